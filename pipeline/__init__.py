@@ -1,0 +1,1 @@
+"""DALI pipelines (GPU or CPU) that turn shards into augmented batches, and their PyTorch iterators."""

@@ -1,0 +1,1 @@
+"""Offline preprocessing: source images -> 256x256 samples (shard) and RGB statistics (pca-stats)."""

@@ -1,0 +1,173 @@
+"""`alexprep`: the offline half of the pipeline (shard, verify, pca-stats)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from preprocess.image import IMAGE_SIZE, JPEG_QUALITY
+from preprocess.shard import DEFAULT_SEED, DEFAULT_SHARD_SIZE, Options, ShardError, shard
+from preprocess.sources import SourceError, discover
+from shards.reader import DatasetError
+
+_USER_ERRORS = (ShardError, SourceError, DatasetError)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"alexprep: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Prepare ImageNet (or any labelled image folder) for AlexNet training.
+
+    \b
+    alexprep shard SRC OUT     source images -> 256x256 WebDataset shards + DALI index + manifest
+    alexprep verify OUT        re-read every shard and check it
+    alexprep pca-stats OUT     RGB mean, covariance eigenbasis and mean image of OUT/train
+    """
+
+
+@main.command("shard")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    help="CSV of `filename,label` for a flat SRC folder (label: class name or wnid).",
+)
+@click.option(
+    "--label-from-name",
+    is_flag=True,
+    help="Flat SRC of ImageNet-style names `<wnid>_<rest>.JPEG`: the label is the part before `_`.",
+)
+@click.option(
+    "--split", default="train", show_default=True, help="Split name for a flat folder given with --labels."
+)
+@click.option(
+    "--synsets",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="LOC_synset_mapping.txt-style file (`wnid name, ...`) for human-readable names.",
+)
+@click.option(
+    "--devkit",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="ILSVRC2012_devkit_t12 folder, for a flat val/ labelled by the devkit.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(8, 4096),
+    default=IMAGE_SIZE,
+    show_default=True,
+    help="Shorter side is resized to SIZE, then the central SIZE x SIZE is kept.",
+)
+@click.option(
+    "--quality",
+    type=click.IntRange(1, 100),
+    default=JPEG_QUALITY,
+    show_default=True,
+    help="JPEG quality of the stored images.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(1),
+    default=DEFAULT_SHARD_SIZE,
+    show_default=True,
+    help="Inputs per shard (rejected inputs leave gaps).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=DEFAULT_SEED,
+    show_default=True,
+    help="Seed of the global shuffle of the train split.",
+)
+@click.option("--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores].")
+@click.option(
+    "--num-nodes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Split the work over N machines writing to one (shared) OUT.",
+)
+@click.option(
+    "--node-rank",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="This machine's part: shards R, R+N, R+2N, ...",
+)
+@click.option("--strict", is_flag=True, help="Fail on the first rejected input.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def shard_cmd(
+    src: Path,
+    out: Path,
+    labels: Path | None,
+    label_from_name: bool,
+    split: str,
+    synsets: Path | None,
+    devkit: Path | None,
+    quiet: bool,
+    **kw: int,
+) -> None:
+    """Shard the images under SRC into WebDataset tars under OUT.
+
+    SRC layouts: ILSVRC-2012 (train/<wnid>/, val/ in folders or flat with LOC_val_solution.csv
+    or the devkit), an ImageFolder tree (SRC/<split>/<class>/ or SRC/<class>/), or a flat
+    folder with --labels or --label-from-name. Re-running resumes: complete shards are kept, the rest redone.
+    """
+    opt = Options(progress=not quiet, **kw)
+    try:
+        source = discover(src, labels, synsets, devkit, split, label_from_name)
+        summary = shard(source, out, opt)
+    except _USER_ERRORS as e:
+        _fail(str(e))
+    click.echo(f"layout: {summary.layout} ({'; '.join(summary.notes) or 'as found'})")
+    for name in sorted(summary.found):
+        f, w, r = summary.found[name], summary.written[name], summary.rejected[name]
+        click.echo(f"{name}: found {f}, written {w}, rejected {r}")
+    rate = summary.images_processed / summary.seconds if summary.seconds else 0.0
+    click.echo(
+        f"shards written now: {summary.shards_done_now}, already complete: "
+        f"{summary.shards_skipped}; {summary.images_processed} images in "
+        f"{summary.seconds:.1f}s ({rate:.0f} img/s)"
+    )
+    for line in summary.first_rejects:
+        click.echo(f"rejected: {line}")
+    if any(summary.rejected.values()):
+        click.echo(f"all rejects with reasons: {out}/<split>/rejects.parquet")
+    if summary.complete:
+        click.echo(f"complete: {out}")
+    else:
+        click.echo(
+            "this node's shards are done; the dataset completes when every node has "
+            "finished (re-run without --node-rank on the shared OUT to merge)"
+        )
+
+
+@main.command("verify")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
+    """Re-read every shard under OUT: index offsets, JPEG decode, checksums, counts."""
+    from shards.verify import verify
+
+    try:
+        problems = verify(out, workers or os.cpu_count() or 1, progress=not quiet)
+    except _USER_ERRORS as e:
+        _fail(str(e))
+    for p in problems:
+        click.echo(p)
+    if problems:
+        click.echo(f"verify: {len(problems)} problem(s) in {out}", err=True)
+        sys.exit(1)
+    click.echo(f"verify: {out} is intact")
+
+
+if __name__ == "__main__":
+    main()

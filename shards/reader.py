@@ -1,0 +1,58 @@
+"""Read a sharded dataset back: its metadata, its shard list, and samples through the index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from shards import layout
+from shards.index import read_index
+
+
+class DatasetError(Exception):
+    """The folder is not a complete sharded dataset (or lacks the split asked for)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    label: int
+    jpeg: bytes
+
+
+def load_dataset(out: Path) -> dict:
+    path = out / layout.DATASET_JSON
+    if not path.is_file():
+        raise DatasetError(f"{out}: no {layout.DATASET_JSON}; run `alexprep shard SRC {out}`")
+    meta = layout.read_json(path)
+    if not meta.get("complete"):
+        raise DatasetError(f"{out}: sharding is not complete; re-run `alexprep shard` to finish")
+    return meta
+
+
+def shard_paths(out: Path, split: str) -> list[Path]:
+    """The split's tars in order; each must have its index (DALI cannot use a bare tar)."""
+    meta = load_dataset(out)
+    if split not in meta["splits"]:
+        raise DatasetError(f"{out}: no {split} split (have: {', '.join(sorted(meta['splits']))})")
+    n = meta["splits"][split]["shards"]
+    tars = [layout.tar_path(out, split, i) for i in range(n)]
+    for t in tars:
+        if not t.is_file():
+            raise DatasetError(f"{t}: shard missing")
+        if not layout.idx_path(t).is_file():
+            raise DatasetError(f"{layout.idx_path(t)}: index file missing (DALI needs it)")
+    return tars
+
+
+def iter_shard(tar: Path) -> Iterator[Sample]:
+    """Samples of one shard in stored order, read by the index's offsets (no tar scan)."""
+    with open(tar, "rb") as f:
+        for members in read_index(layout.idx_path(tar)):
+            parts = {}
+            for m in members:
+                f.seek(m.offset)
+                parts[m.ext] = f.read(m.size)
+            key = members[0].name.split(".", 1)[0]
+            yield Sample(key, int(parts["cls"]), parts["jpg"])

@@ -1,0 +1,72 @@
+"""Shared fixtures: the real data in ../shared/data, and shard sets made from it once per run."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+IMAGENET = SHARED / "imagenet-samples"
+CIFAR_TGZ = SHARED / "cifar10-jpeg.tar.gz"
+
+
+def imagenet_files() -> list[str]:
+    if not IMAGENET.is_dir():
+        pytest.skip(f"{IMAGENET} not present")
+    return sorted(p.name for p in IMAGENET.glob("*.JPEG"))
+
+
+def write_labels(path: Path, names: list[str]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "label"])
+        for n in names:
+            w.writerow([n, n.split("_", 1)[0]])
+    return path
+
+
+def alexprep(*args: object, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    cmd = [sys.executable, "-m", "preprocess.cli", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def imagenet_labels(tmp_path_factory) -> Path:
+    return write_labels(tmp_path_factory.mktemp("labels") / "labels.csv", imagenet_files())
+
+
+@pytest.fixture(scope="session")
+def imagenet_shards(tmp_path_factory, imagenet_labels) -> Path:
+    """The 1,000 real ImageNet samples at 256px, 4 shards of up to 256 (the reference run)."""
+    out = tmp_path_factory.mktemp("imagenet") / "shards"
+    alexprep(
+        "shard", IMAGENET, out, "--labels", imagenet_labels, "--shard-size", 256, "--workers", 2, "--quiet"
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    if not CIFAR_TGZ.is_file():
+        pytest.skip(f"{CIFAR_TGZ} not present")
+    root = tmp_path_factory.mktemp("cifar")
+    with tarfile.open(CIFAR_TGZ) as tf:
+        tf.extractall(root, filter="data")
+    return root / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def cifar_shards(tmp_path_factory, cifar_root) -> Path:
+    """CIFAR-10 (50,000 train + 10,000 test, real JPEGs) as 32px shards."""
+    out = tmp_path_factory.mktemp("cifar-shards") / "shards"
+    alexprep("shard", cifar_root, out, "--size", 32, "--shard-size", 5000, "--quiet")
+    return out
