@@ -169,5 +169,36 @@ def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
     click.echo(f"verify: {out} is intact")
 
 
+@main.command("pca-stats")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores].")
+@click.option("--max-images", type=click.IntRange(1), help="Quick estimate from the first N train images.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def pca_stats_cmd(out: Path, workers: int, max_images: int | None, quiet: bool) -> None:
+    """RGB mean, covariance and its eigenbasis over OUT/train, and the per-pixel mean image.
+
+    Writes OUT/stats.json (pixel scale 0-255; eigvec columns are eigenvectors, eigval
+    descending) and OUT/mean_image.npy (size x size x 3 float32, RGB), which the training
+    pipeline uses for mean subtraction and PCA lighting.
+    """
+    from preprocess.pca import pca_stats
+
+    try:
+        stats = pca_stats(out, workers, max_images, progress=not quiet)
+    except _USER_ERRORS as e:
+        _fail(str(e))
+    fmt = lambda xs: " ".join(f"{x:8.3f}" for x in xs)  # noqa: E731
+    click.echo(
+        f"images: {stats['num_images']} ({stats['num_pixels']} pixels)"
+        + (" -- estimate from --max-images" if stats["computed_from"]["estimate"] else "")
+    )
+    click.echo(f"mean RGB: {fmt(stats['mean_rgb'])}")
+    click.echo(f"std  RGB: {fmt(stats['std_rgb'])}")
+    click.echo(f"eigval:   {fmt(stats['eigval'])}")
+    for row in stats["eigvec"]:
+        click.echo(f"eigvec:   {fmt(row)}")
+    click.echo(f"wrote {out / 'stats.json'} and {out / 'mean_image.npy'}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,67 @@
+"""Training-loader throughput: DALI (CPU here, GPU with --device cuda) vs the reference loader.
+
+    python bench/loader_throughput.py --data OUT [--batches 40] [--batch-size 128] [--repeats 3]
+
+Both loaders run the full paper augmentation (random 224 crop, mirror, PCA lighting, per-pixel
+mean image) from the same shards in the same run, with the same number of CPU workers
+(DALI threads / DataLoader processes). Each measurement skips the first batch of an epoch
+(pipeline start-up) and counts full training batches delivered as torch tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from pipeline.loader import LoaderOptions, TrainLoader
+
+
+def images_per_second(data: Path, opt: LoaderOptions, batches: int) -> float:
+    loader = TrainLoader(data, opt)
+    seen, elapsed, epoch = 0, 0.0, 0
+    while seen < batches:
+        it = loader.epoch(epoch)
+        next(it)  # start-up: pipeline build, shuffle buffer fill, worker fork
+        start = time.perf_counter()
+        n = 0
+        for _x, _y in it:
+            n += 1
+            if seen + n == batches:
+                break
+        elapsed += time.perf_counter() - start
+        seen += n
+        epoch += 1
+        it.close()
+    return seen * opt.batch_size / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    common = dict(batch_size=args.batch_size, num_threads=args.workers, device=args.device)
+    runs: dict[str, list[float]] = {"dali": [], "reference": []}
+    for _ in range(args.repeats):  # interleaved
+        for backend in runs:
+            opt = LoaderOptions(backend=backend, **common)
+            runs[backend].append(images_per_second(args.data, opt, args.batches))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; device {args.device}; "
+          f"batch {args.batch_size}; {args.workers} workers; {args.batches} batches; median of {args.repeats}")
+    print(f"{'loader':<36}{'img/s':>10}")
+    print(f"{'reference (webdataset+DataLoader)':<36}{med['reference']:>10.1f}")
+    print(f"{'DALI':<36}{med['dali']:>10.1f}")
+    print(f"DALI / reference: {med['dali'] / med['reference']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

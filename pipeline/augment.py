@@ -1,0 +1,106 @@
+"""The paper's on-the-fly augmentation, as numbers: crop, flip, PCA lighting, mean subtraction.
+
+Section 4.1: random 224x224 patches of the 256x256 images and their horizontal reflections;
+at test time the 4 corner and the centre patches and their reflections (10 in all); and PCA
+lighting, adding [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every RGB pixel with a_i ~ N(0, 0.1)
+drawn once per image per presentation.
+
+This module holds those constants and the lighting matrix M, so that shift = M @ alpha. The DALI
+pipeline, the reference loader and the tests all take M from here. Lighting conventions:
+
+- `cuda-convnet` (default): Krizhevsky's code: M = V diag(sqrt(lambda)), lambda at the 0-255
+  pixel scale, i.e. alpha scales the standard deviation along each principal axis: a shift of a
+  few pixel levels.
+- `paper`: the formula as printed: M = V diag(lambda), lambda at the 0-255 scale. lambda_1 is
+  ~13,000 on ImageNet, so this shifts colours by ~1,300 levels: reachable, not sensible.
+- `fbresnet`: fb.resnet.torch's: lambda at the [0, 1] scale, multiplied in linearly, applied to
+  [0, 1] pixels; at the 0-255 scale that is M = V diag(lambda / 255).
+- `off`: no lighting noise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shards import layout
+
+CROP_SIZE = 224  # section 4.1: random 224x224 patches of the 256x256 images
+LIGHTING_STD = 0.1  # section 4.1: alpha_i ~ N(0, 0.1)
+LIGHTING_CONVENTIONS = ("cuda-convnet", "paper", "fbresnet", "off")
+NORMALIZATIONS = ("mean-image", "channel")
+# Test-time patches (section 4.1): 4 corners + centre, as relative (x, y); each is also mirrored.
+TEN_CROP_POS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))
+
+
+class StatsError(Exception):
+    """stats.json or mean_image.npy is missing or does not fit the shards."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    mean_rgb: np.ndarray  # (3,)
+    std_rgb: np.ndarray  # (3,)
+    eigval: np.ndarray  # (3,), descending, 0-255 scale
+    eigvec: np.ndarray  # (3, 3), columns
+    mean_image: np.ndarray  # (S, S, 3) float32 RGB
+
+
+def load_stats(out: Path) -> Stats:
+    sj, mi = out / layout.STATS_JSON, out / layout.MEAN_IMAGE
+    for p in (sj, mi):
+        if not p.is_file():
+            raise StatsError(f"{p}: missing; run `alexprep pca-stats {out}` first")
+    s = json.loads(sj.read_text())
+    arr = lambda k: np.asarray(s[k], np.float64)  # noqa: E731
+    return Stats(arr("mean_rgb"), arr("std_rgb"), arr("eigval"), arr("eigvec"), np.load(mi))
+
+
+def lighting_matrix(stats: Stats, convention: str) -> np.ndarray:
+    """M (3x3, 0-255 pixel scale) such that the per-image RGB shift is M @ alpha."""
+    v, lam = stats.eigvec, np.clip(stats.eigval, 0, None)
+    if convention == "cuda-convnet":
+        return v * np.sqrt(lam)
+    if convention == "paper":
+        return v * lam
+    if convention == "fbresnet":
+        return v * (lam / 255.0)
+    if convention == "off":
+        return np.zeros((3, 3))
+    raise ValueError(f"lighting convention {convention!r} not in {LIGHTING_CONVENTIONS}")
+
+
+def crop_origin(pos: float, size: int, crop: int) -> int:
+    """Pixel offset of a crop at relative position pos in [0, 1], rounded as DALI rounds."""
+    return int(np.floor(pos * (size - crop) + 0.5))
+
+
+def reference_augment(
+    image: np.ndarray,
+    mean_image: np.ndarray | None,
+    channel_mean: np.ndarray | None,
+    channel_std: np.ndarray | None,
+    x: int,
+    y: int,
+    crop: int,
+    flip: bool,
+    shift: np.ndarray,
+) -> np.ndarray:
+    """The whole per-image transform in numpy, HWC uint8 RGB -> CHW float32: the oracle.
+
+    (image - mean image) + lighting shift, cropped at (x, y), mirrored: or, with channel
+    normalisation, ((image + shift) - mean_rgb) / std_rgb, cropped and mirrored.
+    """
+    f = image.astype(np.float32)
+    if mean_image is not None:
+        f = f - mean_image
+    f = f + shift.astype(np.float32)
+    if channel_mean is not None:
+        f = (f - channel_mean.astype(np.float32)) / channel_std.astype(np.float32)
+    f = f[y : y + crop, x : x + crop]
+    if flip:
+        f = f[:, ::-1]
+    return np.ascontiguousarray(f.transpose(2, 0, 1))

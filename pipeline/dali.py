@@ -1,0 +1,177 @@
+"""DALI pipelines: shards -> decoded, augmented, normalised NCHW batches, on the GPU or the CPU.
+
+One graph for both devices: with a GPU, JPEGs are decoded by nvJPEG (`device="mixed"`, with
+`hw_decoder_load` of them on the A100/H100 hardware decoder) and every image op runs on the GPU;
+with `device_id=None` the same operators run on the CPU. The random draws (crop position, flip,
+lighting alpha) are CPU argument inputs either way; a test can feed them from outside
+(`draws=`) to compare the output with `augment.reference_augment` pixel for pixel.
+
+What is computed, per image: crop_x,y(image - mean image + M @ alpha), mirrored, CHW. The paper
+subtracts the mean activity from each pixel of the 256x256 image, and PCA lighting adds one RGB
+shift to every pixel, so both commute with cropping. That lets the training graph decode only
+the 224x224 window (`image_crop`), fold the lighting shift into `crop_mirror_normalize`'s
+per-image mean, and subtract the same window of the mean image: no full-size float image is
+ever made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+
+from pipeline.augment import LIGHTING_STD, TEN_CROP_POS
+
+LABEL_BYTES = 8  # `.cls` holds the class index as text; up to 8 digits
+READER_NAME = "Reader"
+DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
+
+
+def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
+    return fn.readers.webdataset(
+        paths=tars,
+        index_paths=idxs,
+        ext=["jpg", "cls"],
+        missing_component_behavior="error",
+        random_shuffle=train,
+        initial_fill=initial_fill,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        pad_last_batch=not train,  # eval: pad instead of wrapping, the iterator trims the pad
+        stick_to_shard=not train,
+        name=READER_NAME,
+    )
+
+
+def _labels(cls):
+    """Text class ids padded with NUL to LABEL_BYTES; `loader.parse_labels` turns them to int64."""
+    return fn.pad(cls, fill_value=0, axes=[0], shape=[LABEL_BYTES])
+
+
+def _decoder(gpu: bool, hw_decoder_load: float) -> dict:
+    return dict(device="mixed", hw_decoder_load=hw_decoder_load) if gpu else dict(device="cpu")
+
+
+def _mean_image(mean_image: np.ndarray, gpu: bool):
+    """The per-pixel mean image as a constant node."""
+    h, w, c = mean_image.shape
+    return fn.constant(
+        fdata=mean_image.ravel().tolist(),
+        shape=[h, w, c],
+        dtype=types.FLOAT,
+        layout="HWC",
+        device="gpu" if gpu else "cpu",
+    )
+
+
+def _normalize(images, shift_neg, mean_image, channel_std, gpu: bool, window: dict, **cmn):
+    """(image + shift - mean) / std, mirrored, CHW, cast: one `crop_mirror_normalize`.
+
+    `images` is already the crop window (train) or the whole image with `window` the crop to
+    take (eval). With the paper's per-pixel mean, the mean image goes through the same window
+    and mirror and is subtracted from the result.
+    """
+    std = [1.0, 1.0, 1.0] if channel_std is None else [float(v) for v in channel_std]
+    out = fn.crop_mirror_normalize(images, mean=shift_neg, std=std, **cmn, **window.get("image", {}))
+    if mean_image is not None:
+        cmn = {k: v for k, v in cmn.items() if k != "dtype"}
+        mean = fn.crop_mirror_normalize(
+            _mean_image(mean_image, gpu), dtype=types.FLOAT, **cmn, **window["mean"]
+        )
+        out = out - mean
+    return out
+
+
+def _shift_neg(alpha, lighting: np.ndarray | None, channel_mean: np.ndarray | None):
+    """(channel mean or 0) - M @ alpha, per image, via coord_transform on the 3-vector alpha."""
+    m = np.zeros((3, 3)) if lighting is None else -lighting
+    t = np.zeros(3) if channel_mean is None else channel_mean
+    shift = fn.coord_transform(alpha, M=m.ravel().tolist(), T=[float(v) for v in t])
+    return fn.reshape(shift, shape=[3])
+
+
+@pipeline_def(enable_conditionals=False)
+def train_pipeline(
+    tars: list[str],
+    idxs: list[str],
+    *,
+    shard_id: int,
+    num_shards: int,
+    size: int,
+    crop: int,
+    lighting: np.ndarray | None,
+    mean_image: np.ndarray | None,
+    channel_mean: np.ndarray | None,
+    channel_std: np.ndarray | None,
+    dtype: str,
+    gpu: bool,
+    hw_decoder_load: float,
+    initial_fill: int,
+    draws: Callable | None = None,
+):
+    """Random crop + mirror + PCA lighting + mean subtraction (paper, section 4.1)."""
+    jpg, cls = _read(tars, idxs, shard_id, num_shards, True, initial_fill)
+    if draws is None:
+        steps = size - crop
+        positions = [i / steps for i in range(steps + 1)] if steps else [0.0]  # whole pixels
+        x = fn.random.uniform(values=positions)
+        y = fn.random.uniform(values=positions)
+        flip = fn.random.coin_flip(probability=0.5)
+        alpha = fn.random.normal(shape=[1, 3], stddev=LIGHTING_STD)
+    else:
+        x, y, flip, alpha = fn.external_source(source=draws, num_outputs=4, batch=True)
+    window = dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y)
+    images = fn.decoders.image_crop(jpg, output_type=types.RGB, **window, **_decoder(gpu, hw_decoder_load))
+    out = _normalize(
+        images,
+        _shift_neg(alpha, lighting, channel_mean),
+        mean_image,
+        channel_std,
+        gpu,
+        {"mean": window},
+        mirror=flip,
+        dtype=DALI_DTYPES[dtype],
+        output_layout="CHW",
+    )
+    return out, _labels(cls)
+
+
+@pipeline_def(enable_conditionals=False)
+def eval_pipeline(
+    tars: list[str],
+    idxs: list[str],
+    *,
+    shard_id: int,
+    num_shards: int,
+    crop: int,
+    ten_crop: bool,
+    mean_image: np.ndarray | None,
+    channel_mean: np.ndarray | None,
+    channel_std: np.ndarray | None,
+    dtype: str,
+    gpu: bool,
+    hw_decoder_load: float,
+):
+    """Centre crop, or the paper's 10 crops (4 corners + centre, each mirrored) as [10, C, H, W]."""
+    jpg, cls = _read(tars, idxs, shard_id, num_shards, False, 1)
+    images = fn.decoders.image(jpg, output_type=types.RGB, **_decoder(gpu, hw_decoder_load))
+    mean = [0.0, 0.0, 0.0] if channel_mean is None else [float(v) for v in channel_mean]
+    crops = []
+    for x, y in TEN_CROP_POS if ten_crop else TEN_CROP_POS[-1:]:
+        window = dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y)
+        for m in (0, 1) if ten_crop else (0,):
+            crops.append(
+                _normalize(
+                    images,
+                    mean,
+                    mean_image,
+                    channel_std,
+                    gpu,
+                    {"image": window, "mean": window},
+                    mirror=m,
+                    dtype=DALI_DTYPES[dtype],
+                    output_layout="CHW",
+                )
+            )
+    return (fn.stack(*crops) if ten_crop else crops[0]), _labels(cls)

@@ -1,0 +1,306 @@
+"""What the trainer iterates: train and eval loaders over a sharded dataset, DALI or reference.
+
+Epoch accounting, the part that silently goes wrong in data-parallel training:
+
+- Train: every rank runs exactly `steps_per_epoch = written // (world * batch)` steps, so DDP
+  ranks never wait on each other at an epoch's end. Each epoch builds a fresh pipeline seeded
+  by (seed, epoch, rank) and reading the dataset part `(rank + epoch) % world`, so ranks see
+  different parts in different epochs and a resumed run replays epoch e exactly.
+- Eval: the readers split the samples into `world` disjoint parts (DALI: contiguous sample
+  ranges; reference: whole shards); the DALI reader pads its last batch and the iterator trims
+  the padding, so every sample is seen exactly once across all ranks, whatever the batch size.
+
+Rank and world come from torch.distributed when it is initialised, else 0 and 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.augment import (
+    CROP_SIZE,
+    LIGHTING_CONVENTIONS,
+    NORMALIZATIONS,
+    Stats,
+    lighting_matrix,
+    load_stats,
+)
+from shards import layout
+from shards.reader import load_dataset, shard_paths
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    batch_size: int = 128  # section 5
+    device: str = "cpu"  # "cpu" or "cuda" (DALI: mixed decode and GPU ops)
+    backend: str = "dali"  # "dali" or "reference"
+    num_threads: int = 4  # DALI CPU threads (reference: DataLoader workers)
+    prefetch: int = 2  # DALI prefetch queue depth
+    hw_decoder_load: float = 0.65  # share of JPEGs for the hardware decoder (A100/H100)
+    seed: int = 0
+    lighting: str = "cuda-convnet"
+    normalization: str = "mean-image"  # or "channel": per-channel mean/std
+    dtype: str = "float32"
+    crop: int = CROP_SIZE
+    shuffle_buffer: int = 4096  # DALI initial_fill / webdataset shuffle buffer
+    rank: int | None = None
+    world: int | None = None
+
+    def validate(self) -> None:
+        checks = [
+            (self.backend in ("dali", "reference"), f"backend {self.backend!r} not dali|reference"),
+            (self.device in ("cpu", "cuda"), f"device {self.device!r} not cpu|cuda"),
+            (
+                self.lighting in LIGHTING_CONVENTIONS,
+                f"lighting {self.lighting!r} not in {LIGHTING_CONVENTIONS}",
+            ),
+            (
+                self.normalization in NORMALIZATIONS,
+                f"normalization {self.normalization!r} not in {NORMALIZATIONS}",
+            ),
+            (self.dtype in DTYPES, f"dtype {self.dtype!r} not in {tuple(DTYPES)}"),
+            (self.batch_size >= 1, "batch size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def rank_world(opt: LoaderOptions) -> tuple[int, int]:
+    if opt.rank is not None and opt.world is not None:
+        return opt.rank, opt.world
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def parse_labels(text: torch.Tensor) -> torch.Tensor:
+    """[B, LABEL_BYTES] uint8 ASCII digits padded with NUL -> [B] int64 (on the same device)."""
+    text = text.to(torch.int64)
+    value = torch.zeros(text.shape[0], dtype=torch.int64, device=text.device)
+    for j in range(text.shape[1]):
+        digit = text[:, j]
+        value = torch.where(digit > 0, value * 10 + (digit - 48), value)
+    return value
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**31 - 1)
+
+
+class _Split:
+    """One split of a dataset and the statistics its normalisation needs."""
+
+    def __init__(self, data: Path, split: str, opt: LoaderOptions, need_lighting: bool):
+        opt.validate()
+        self.meta = load_dataset(data)
+        self.tars = [str(t) for t in shard_paths(data, split)]
+        self.idxs = [str(layout.idx_path(Path(t))) for t in self.tars]
+        self.written = self.meta["splits"][split]["written"]
+        self.size = self.meta["size"]
+        if opt.crop > self.size:
+            raise ValueError(f"crop {opt.crop} is larger than the stored images ({self.size})")
+        self.opt = opt
+        self.rank, self.world = rank_world(opt)
+        stats: Stats | None = None
+        if opt.normalization == "mean-image" or (need_lighting and opt.lighting != "off"):
+            stats = load_stats(data)
+            if opt.normalization == "mean-image" and stats.mean_image.shape != (self.size, self.size, 3):
+                raise ValueError(
+                    f"{data}/mean_image.npy is {stats.mean_image.shape}, shards are {self.size}px"
+                )
+        self.mean_image = stats.mean_image if opt.normalization == "mean-image" else None
+        self.channel_mean = stats.mean_rgb if opt.normalization == "channel" else None
+        self.channel_std = stats.std_rgb if opt.normalization == "channel" else None
+        self.lighting = (
+            lighting_matrix(stats, opt.lighting).astype(np.float32)
+            if need_lighting and opt.lighting != "off"
+            else None
+        )
+
+    def device(self) -> torch.device:
+        if self.opt.device == "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """To the training device, in the asked dtype; labels int64."""
+        dev = self.device()
+        x = x.to(dev, non_blocking=True)
+        if x.dtype != DTYPES[self.opt.dtype]:
+            x = x.to(DTYPES[self.opt.dtype])
+        if y.dtype == torch.uint8:
+            y = parse_labels(y)
+        return x, y.to(dev, non_blocking=True).to(torch.int64)
+
+    def dali_kwargs(self, seed: int) -> dict:
+        gpu = self.opt.device == "cuda"
+        return dict(
+            batch_size=self.opt.batch_size,
+            num_threads=self.opt.num_threads,
+            device_id=torch.cuda.current_device() if gpu else None,
+            seed=seed,
+            prefetch_queue_depth=self.opt.prefetch,
+            gpu=gpu,
+            hw_decoder_load=self.opt.hw_decoder_load,
+            mean_image=self.mean_image,
+            channel_mean=self.channel_mean,
+            channel_std=self.channel_std,
+            dtype="float16" if self.opt.dtype == "float16" else "float32",
+        )
+
+
+def _dali_iter(pipe, policy_name: str):
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    from pipeline.dali import READER_NAME
+
+    return DALIGenericIterator(
+        pipe,
+        ["data", "label"],
+        reader_name=READER_NAME,
+        last_batch_policy=getattr(LastBatchPolicy, policy_name),
+        auto_reset=True,
+    )
+
+
+class TrainLoader:
+    """`for x, y in loader.epoch(e)`: exactly `steps_per_epoch` augmented batches."""
+
+    def __init__(self, data: Path, opt: LoaderOptions, split: str = "train", draws: Callable | None = None):
+        self.s = _Split(data, split, opt, need_lighting=True)
+        self.draws = draws
+        self.steps_per_epoch = self.s.written // (self.s.world * opt.batch_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{data}/{split}: {self.s.written} samples is less than one batch of "
+                f"{opt.batch_size} on each of {self.s.world} rank(s)"
+            )
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        s, opt = self.s, self.s.opt
+        seed = epoch_seed(opt.seed, epoch, s.rank)
+        part = (s.rank + epoch) % s.world
+        if opt.backend == "reference":
+            yield from self._reference(seed, part)
+            return
+        from pipeline.dali import train_pipeline
+
+        kw = s.dali_kwargs(seed)
+        pipe = train_pipeline(
+            s.tars,
+            s.idxs,
+            shard_id=part,
+            num_shards=s.world,
+            size=s.size,
+            crop=opt.crop,
+            lighting=s.lighting,
+            initial_fill=opt.shuffle_buffer,
+            draws=self.draws,
+            **kw,
+        )
+        pipe.build()
+        it = _dali_iter(pipe, "FILL")
+        for _ in range(self.steps_per_epoch):
+            try:
+                batch = next(it)[0]
+            except StopIteration:  # the part ended before the epoch's step count: wrap around
+                batch = next(it)[0]
+            yield s.finish(batch["data"], batch["label"])
+        del it, pipe
+
+    def _reference(self, seed: int, part: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from pipeline.reference import Augment, reference_loader
+
+        s, opt = self.s, self.s.opt
+        aug = Augment(
+            train=True,
+            size=s.size,
+            crop=opt.crop,
+            lighting=s.lighting,
+            mean_image=s.mean_image,
+            channel_mean=s.channel_mean,
+            channel_std=s.channel_std,
+            ten_crop=False,
+            seed=seed,
+        )
+        tars = s.tars[part % len(s.tars) :] + s.tars[: part % len(s.tars)]  # rotate parts per epoch
+        steps, n = self.steps_per_epoch, 0
+        while n < steps:
+            loader = reference_loader(
+                tars,
+                aug,
+                batch_size=opt.batch_size,
+                rank=s.rank,
+                world=s.world,
+                workers=opt.num_threads,
+                shuffle_buffer=opt.shuffle_buffer,
+                seed=seed + n,
+            )
+            for x, y in loader:
+                if len(y) < opt.batch_size:
+                    continue  # a worker's partial tail; train batches are full
+                yield s.finish(x, y)
+                n += 1
+                if n == steps:
+                    return
+
+
+class EvalLoader:
+    """Every sample of this rank's part exactly once; x is [B, C, H, W] or [B, 10, C, H, W]."""
+
+    def __init__(self, data: Path, opt: LoaderOptions, split: str = "val", ten_crop: bool = False):
+        self.s = _Split(data, split, replace(opt, lighting="off"), need_lighting=False)
+        self.ten_crop = ten_crop
+        self.split = split
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        s, opt = self.s, self.s.opt
+        if opt.backend == "reference":
+            from pipeline.reference import Augment, reference_loader
+
+            aug = Augment(
+                train=False,
+                size=s.size,
+                crop=opt.crop,
+                lighting=None,
+                mean_image=s.mean_image,
+                channel_mean=s.channel_mean,
+                channel_std=s.channel_std,
+                ten_crop=self.ten_crop,
+                seed=opt.seed,
+            )
+            loader = reference_loader(
+                s.tars,
+                aug,
+                batch_size=opt.batch_size,
+                rank=s.rank,
+                world=s.world,
+                workers=min(opt.num_threads, len(s.tars)),
+                shuffle_buffer=1,
+                seed=opt.seed,
+            )
+            for x, y in loader:
+                yield s.finish(x, y)
+            return
+        from pipeline.dali import eval_pipeline
+
+        pipe = eval_pipeline(
+            s.tars,
+            s.idxs,
+            shard_id=s.rank,
+            num_shards=s.world,
+            crop=opt.crop,
+            ten_crop=self.ten_crop,
+            **s.dali_kwargs(opt.seed),
+        )
+        pipe.build()
+        for batch in _dali_iter(pipe, "PARTIAL"):  # one epoch: padding trimmed, then StopIteration
+            yield s.finish(batch[0]["data"], batch[0]["label"])

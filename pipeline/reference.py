@@ -1,0 +1,112 @@
+"""The reference loader: the same semantics in plain PyTorch (webdataset + DataLoader + OpenCV).
+
+Three jobs: the oracle the DALI tests compare against, the fallback where DALI is not
+installed, and the baseline of `bench/loader_throughput.py`. Each sample goes through
+`augment.reference_augment`, the numpy statement of the paper's augmentation.
+
+Splitting: shards are dealt to ranks (`urls[rank::world]`) and then to DataLoader workers, so an
+eval epoch sees every sample exactly once across all ranks and workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, get_worker_info
+
+from pipeline.augment import LIGHTING_STD, TEN_CROP_POS, crop_origin, reference_augment
+
+
+def _split(urls, rank: int, world: int):
+    return list(urls)[rank::world]
+
+
+class Augment:
+    """Picklable per-sample transform; its RNG is seeded per (seed, epoch, rank, worker)."""
+
+    def __init__(
+        self,
+        *,
+        train: bool,
+        size: int,
+        crop: int,
+        lighting: np.ndarray | None,
+        mean_image: np.ndarray | None,
+        channel_mean: np.ndarray | None,
+        channel_std: np.ndarray | None,
+        ten_crop: bool,
+        seed: int,
+    ):
+        self.train, self.size, self.crop, self.ten_crop, self.seed = train, size, crop, ten_crop, seed
+        self.lighting, self.mean_image = lighting, mean_image
+        self.channel_mean, self.channel_std = channel_mean, channel_std
+        self._rng: np.random.Generator | None = None
+
+    def _generator(self) -> np.random.Generator:
+        if self._rng is None:
+            info = get_worker_info()
+            self._rng = np.random.default_rng([self.seed, info.id if info else 0])
+        return self._rng
+
+    def _one(self, rgb: np.ndarray, x: int, y: int, flip: bool, shift: np.ndarray) -> np.ndarray:
+        return reference_augment(
+            rgb, self.mean_image, self.channel_mean, self.channel_std, x, y, self.crop, flip, shift
+        )
+
+    def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
+        cv2.setNumThreads(1)
+        bgr = cv2.imdecode(np.frombuffer(sample["jpg"], np.uint8), cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        label = int(sample["cls"])
+        zero = np.zeros(3)
+        if self.train:
+            rng = self._generator()
+            x, y = rng.integers(0, self.size - self.crop + 1, size=2)
+            flip = bool(rng.integers(0, 2))
+            alpha = rng.normal(0.0, LIGHTING_STD, size=3)
+            shift = self.lighting @ alpha if self.lighting is not None else zero
+            return torch.from_numpy(self._one(rgb, int(x), int(y), flip, shift)), label
+        origins = [
+            (crop_origin(px, self.size, self.crop), crop_origin(py, self.size, self.crop))
+            for px, py in (TEN_CROP_POS if self.ten_crop else TEN_CROP_POS[-1:])
+        ]
+        crops = [self._one(rgb, x, y, m, zero) for x, y in origins for m in (False, True)]
+        if not self.ten_crop:
+            return torch.from_numpy(crops[0]), label
+        return torch.from_numpy(np.stack(crops)), label
+
+
+def reference_loader(
+    urls: list[str],
+    augment: Augment,
+    *,
+    batch_size: int,
+    rank: int,
+    world: int,
+    workers: int,
+    shuffle_buffer: int,
+    seed: int,
+) -> DataLoader:
+    """One pass over this rank's shards (train: shuffled within a buffer, as DALI does)."""
+    ds = wds.WebDataset(
+        urls,
+        shardshuffle=False,
+        nodesplitter=functools.partial(_split, rank=rank, world=world),
+        workersplitter=wds.split_by_worker,
+        empty_check=False,
+    )
+    if augment.train:
+        ds = ds.shuffle(shuffle_buffer, rng=random.Random(seed))
+    ds = ds.map(augment)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
