@@ -73,14 +73,14 @@ def _normalize(images, shift_neg, mean_image, channel_std, gpu: bool, window: di
     and mirror and is subtracted from the result.
     """
     std = [1.0, 1.0, 1.0] if channel_std is None else [float(v) for v in channel_std]
-    out = fn.crop_mirror_normalize(images, mean=shift_neg, std=std, **cmn, **window.get("image", {}))
-    if mean_image is not None:
-        cmn = {k: v for k, v in cmn.items() if k != "dtype"}
-        mean = fn.crop_mirror_normalize(
-            _mean_image(mean_image, gpu), dtype=types.FLOAT, **cmn, **window["mean"]
-        )
-        out = out - mean
-    return out
+    if mean_image is None:
+        return fn.crop_mirror_normalize(images, mean=shift_neg, std=std, **cmn, **window.get("image", {}))
+    dtype = cmn.pop("dtype")  # subtract in float32: DALI's CPU arithmetic has no float16
+    image = window.get("image", {})
+    out = fn.crop_mirror_normalize(images, mean=shift_neg, std=std, dtype=types.FLOAT, **cmn, **image)
+    mean = fn.crop_mirror_normalize(_mean_image(mean_image, gpu), dtype=types.FLOAT, **cmn, **window["mean"])
+    out = out - mean
+    return out if dtype == types.FLOAT else fn.cast(out, dtype=dtype)
 
 
 def _shift_neg(alpha, lighting: np.ndarray | None, channel_mean: np.ndarray | None):

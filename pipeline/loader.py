@@ -26,7 +26,6 @@ from pipeline.augment import (
     CROP_SIZE,
     LIGHTING_CONVENTIONS,
     NORMALIZATIONS,
-    Stats,
     lighting_matrix,
     load_stats,
 )
@@ -109,13 +108,9 @@ class _Split:
             raise ValueError(f"crop {opt.crop} is larger than the stored images ({self.size})")
         self.opt = opt
         self.rank, self.world = rank_world(opt)
-        stats: Stats | None = None
-        if opt.normalization == "mean-image" or (need_lighting and opt.lighting != "off"):
-            stats = load_stats(data)
-            if opt.normalization == "mean-image" and stats.mean_image.shape != (self.size, self.size, 3):
-                raise ValueError(
-                    f"{data}/mean_image.npy is {stats.mean_image.shape}, shards are {self.size}px"
-                )
+        stats = load_stats(data)  # both normalisations need it (mean image, or mean/std per channel)
+        if opt.normalization == "mean-image" and stats.mean_image.shape != (self.size, self.size, 3):
+            raise ValueError(f"{data}/mean_image.npy is {stats.mean_image.shape}, shards are {self.size}px")
         self.mean_image = stats.mean_image if opt.normalization == "mean-image" else None
         self.channel_mean = stats.mean_rgb if opt.normalization == "channel" else None
         self.channel_std = stats.std_rgb if opt.normalization == "channel" else None

@@ -1,0 +1,236 @@
+"""The DALI pipelines on the CPU (real DALI, device_id=None) against numpy computed by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.augment import StatsError, crop_origin, lighting_matrix, load_stats, reference_augment
+from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, parse_labels
+from shards.reader import DatasetError, iter_shard, shard_paths
+from tests.conftest import alexprep
+
+
+@pytest.fixture(scope="module")
+def imagenet_with_stats(imagenet_shards) -> Path:
+    if not (imagenet_shards / "stats.json").exists():
+        alexprep("pca-stats", imagenet_shards, "--quiet")
+    return imagenet_shards
+
+
+def _jpegs_by_label(out: Path) -> dict[int, bytes]:
+    return {s.label: s.jpeg for t in shard_paths(out, "train") for s in iter_shard(t)}
+
+
+def _rgb(jpeg: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+class Draws:
+    """Known crop positions, flips and alphas for the pipeline's external_source."""
+
+    def __init__(self, batch: int, size: int, crop: int, seed: int = 3):
+        rng = np.random.default_rng(seed)
+        self.px = rng.integers(0, size - crop + 1, batch)
+        self.py = rng.integers(0, size - crop + 1, batch)
+        self.flip = rng.integers(0, 2, batch).astype(np.int32)
+        self.alpha = rng.normal(0, 0.1, (batch, 1, 3)).astype(np.float32)
+        self.steps = size - crop
+
+    def __call__(self):
+        pos = lambda p: (p / self.steps).astype(np.float32)  # noqa: E731
+        return pos(self.px), pos(self.py), self.flip, self.alpha
+
+
+@pytest.mark.parametrize("normalization", ["mean-image", "channel"])
+def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization):
+    out, batch = imagenet_with_stats, 16
+    draws = Draws(batch, 256, 224)
+    opt = LoaderOptions(batch_size=batch, num_threads=2, normalization=normalization)
+    x, y = next(TrainLoader(out, opt, draws=draws).epoch(0))
+    assert x.shape == (batch, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.int64
+    stats = load_stats(out)
+    m = lighting_matrix(stats, "cuda-convnet")
+    jpegs = _jpegs_by_label(out)  # one image per class: the label names the sample
+    for i, label in enumerate(y.tolist()):
+        expected = reference_augment(
+            _rgb(jpegs[label]),
+            stats.mean_image if normalization == "mean-image" else None,
+            stats.mean_rgb if normalization == "channel" else None,
+            stats.std_rgb if normalization == "channel" else None,
+            int(draws.px[i]),
+            int(draws.py[i]),
+            224,
+            bool(draws.flip[i]),
+            m @ draws.alpha[i, 0].astype(np.float64),
+        )
+        np.testing.assert_allclose(x[i].numpy(), expected, atol=1e-3, rtol=0)
+
+
+def test_reference_decode_matches_dali_decode_bit_for_bit(imagenet_with_stats):
+    # The oracle above decodes with OpenCV; DALI's CPU decoder must agree exactly for it to hold.
+    from nvidia.dali import fn, pipeline_def, types
+
+    jpegs = list(_jpegs_by_label(imagenet_with_stats).values())[:8]
+
+    @pipeline_def(batch_size=8, num_threads=1, device_id=None)
+    def decode():
+        data = fn.external_source(source=lambda: [np.frombuffer(j, np.uint8) for j in jpegs], batch=True)
+        return fn.decoders.image(data, output_type=types.RGB)
+
+    pipe = decode()
+    pipe.build()
+    (images,) = pipe.run()
+    for i, j in enumerate(jpegs):
+        assert np.array_equal(np.array(images[i]), _rgb(j))
+
+
+def _write_stats(out: Path, size: int, eigval, eigvec, mean_rgb=(0, 0, 0), std_rgb=(1, 1, 1)) -> None:
+    cov = np.asarray(eigvec) @ np.diag(eigval) @ np.asarray(eigvec).T
+    (out / "stats.json").write_text(
+        json.dumps(
+            {
+                "pixel_scale": 255,
+                "mean_rgb": list(mean_rgb),
+                "std_rgb": list(std_rgb),
+                "cov_rgb": cov.tolist(),
+                "eigval": list(eigval),
+                "eigvec": np.asarray(eigvec).tolist(),
+            }
+        )
+    )
+    np.save(out / "mean_image.npy", np.zeros((size, size, 3), np.float32))
+
+
+def _folder(root: Path, images: list[np.ndarray], labels: list[int]) -> Path:
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        d = root / f"c{label:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i:04d}.png"), img[:, :, ::-1])
+    return root
+
+
+@pytest.fixture(scope="module")
+def gray_shards(tmp_path_factory) -> Path:
+    """48 flat grey 32px images, with a stats.json whose eigenbasis we chose."""
+    root = tmp_path_factory.mktemp("gray")
+    _folder(root / "src", [np.full((32, 32, 3), 128, np.uint8)] * 48, [i % 4 for i in range(48)])
+    alexprep("shard", root / "src", root / "out", "--size", 32, "--quality", 100, "--quiet")
+    return root / "out"
+
+
+@pytest.mark.parametrize("convention", ["cuda-convnet", "fbresnet", "paper", "off"])
+def test_lighting_noise_has_the_intended_covariance(gray_shards, convention):
+    eigvec = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
+    eigval = [400.0, 100.0, 9.0]
+    _write_stats(gray_shards, 32, eigval, eigvec, mean_rgb=(128, 128, 128))
+    opt = LoaderOptions(batch_size=48, num_threads=2, crop=24, normalization="channel", lighting=convention)
+    loader = TrainLoader(gray_shards, opt)
+    # flat grey 128 minus the channel mean 128: every pixel of an output is the lighting shift
+    shifts = []
+    for epoch in range(40):
+        x, _ = next(loader.epoch(epoch))
+        flat = x.numpy().reshape(48, 3, -1)
+        assert np.allclose(flat, flat[:, :, :1], atol=1e-4)  # one shift for the whole image
+        shifts.append(flat[:, :, 0])
+    shifts = np.concatenate(shifts).astype(np.float64)
+    m = lighting_matrix(load_stats(gray_shards), convention)
+    expected = 0.01 * m @ m.T  # alpha ~ N(0, 0.1^2 I)
+    if convention == "off":
+        assert np.abs(shifts).max() == 0
+        return
+    np.testing.assert_allclose(np.cov(shifts.T), expected, rtol=0.12, atol=0.02 * expected.max())
+    assert np.abs(shifts.mean(0)).max() < 0.15 * np.sqrt(expected.diagonal().max())
+    if convention == "cuda-convnet":  # std along the first axis: 0.1 * sqrt(400) = 2 pixel levels
+        np.testing.assert_allclose(np.std(shifts @ eigvec[:, 0]), 2.0, rtol=0.1)
+
+
+def test_ten_crop_geometry(tmp_path):
+    # pixel (x, y) holds R = x, G = y: the crop origins can be read off the output
+    yy, xx = np.mgrid[0:256, 0:256]
+    img = np.stack([xx, yy, np.full_like(xx, 128)], -1).astype(np.uint8)
+    _folder(tmp_path / "src", [img], [0])
+    alexprep("shard", tmp_path / "src", tmp_path / "out", "--quality", 100, "--quiet", "--split", "val")
+    _write_stats(tmp_path / "out", 256, [1, 1, 1], np.eye(3))
+    for crop in (224, 227):
+        opt = LoaderOptions(batch_size=1, num_threads=1, crop=crop)
+        x, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="train", ten_crop=True)))
+        assert x.shape == (1, 10, 3, crop, crop)
+        corners = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
+        for k, (px, py) in enumerate(corners):
+            ox, oy = crop_origin(px, 256, crop), crop_origin(py, 256, crop)
+            for m in (0, 1):
+                r, g = x[0, 2 * k + m, 0].numpy(), x[0, 2 * k + m, 1].numpy()
+                left = r[:, -1] if m else r[:, 0]  # mirrored: the left edge is now on the right
+                assert abs(left.mean() - ox) < 0.5, (crop, k, m)
+                assert abs(g[0].mean() - oy) < 0.5, (crop, k, m)
+        centre, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="train")))
+        assert torch.equal(centre[0], x[0, 8])
+
+
+@pytest.fixture(scope="module")
+def unique_label_shards(tmp_path_factory) -> Path:
+    """37 images, each its own class, in 4 shards of <= 10: labels identify samples."""
+    root = tmp_path_factory.mktemp("unique")
+    rng = np.random.default_rng(0)
+    _folder(root / "src", [rng.integers(0, 255, (16, 16, 3), np.uint8) for _ in range(37)], list(range(37)))
+    alexprep("shard", root / "src", root / "out", "--size", 16, "--shard-size", 10, "--quiet")
+    _write_stats(root / "out", 16, [1, 1, 1], np.eye(3))
+    return root / "out"
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_eval_epoch_sees_every_sample_exactly_once(unique_label_shards, backend):
+    for world in (1, 2, 3, 4):
+        for batch in (1, 3, 5, 8):
+            seen = []
+            for rank in range(world):
+                opt = LoaderOptions(
+                    batch_size=batch, num_threads=1, crop=16, backend=backend, rank=rank, world=world
+                )
+                for x, y in EvalLoader(unique_label_shards, opt, split="train"):
+                    assert len(y) <= batch and x.shape[0] == len(y)
+                    seen += y.tolist()
+            assert sorted(seen) == list(range(37)), (backend, world, batch)
+
+
+def test_train_epoch_length_is_defined_per_rank(unique_label_shards):
+    for world in (1, 2, 3, 4):
+        for batch in (1, 3, 5):
+            for rank in range(world):
+                opt = LoaderOptions(batch_size=batch, num_threads=1, crop=12, rank=rank, world=world)
+                loader = TrainLoader(unique_label_shards, opt)
+                batches = list(loader.epoch(1))
+                assert len(batches) == loader.steps_per_epoch == 37 // (world * batch)
+                assert all(len(y) == batch for _, y in batches)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_output_dtypes(unique_label_shards, dtype):
+    opt = LoaderOptions(batch_size=4, num_threads=1, crop=12, dtype=dtype)
+    x, y = next(TrainLoader(unique_label_shards, opt).epoch(0))
+    assert x.dtype == getattr(torch, dtype) and x.shape == (4, 3, 12, 12) and y.dtype == torch.int64
+
+
+def test_parse_labels():
+    text = torch.tensor([[55, 0, 0], [49, 50, 51], [48, 0, 0]], dtype=torch.uint8)
+    assert parse_labels(text).tolist() == [7, 123, 0]
+
+
+def test_clear_errors_for_missing_stats_and_index(unique_label_shards, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(unique_label_shards, out)
+    (out / "stats.json").unlink()
+    with pytest.raises(StatsError, match="stats.json: missing; run `alexprep pca-stats"):
+        TrainLoader(out, LoaderOptions(batch_size=2, crop=12))
+    (out / "train" / "train-000001.idx").unlink()
+    with pytest.raises(DatasetError, match=r"train-000001.idx: index file missing"):
+        EvalLoader(
+            out, LoaderOptions(batch_size=2, crop=12, normalization="channel", lighting="off"), split="train"
+        )
