@@ -1,0 +1,262 @@
+"""The paper's network (section 3): two towers, 5 conv + 3 FC, ReLU, LRN, overlapping pooling.
+
+Every layer is written per tower, as in the paper's Figure 2: tower t holds half of each layer's
+kernels. conv2, conv4 and conv5 see only their own tower's maps; conv1 sees the image, and
+conv3 and the FC layers see both towers' outputs, the only places the towers exchange
+activations. On one device the towers simply run side by side; with `devices=[d0, d1]` tower t
+lives on d_t (`--model-parallel 2`), and the exchanges are the only copies between GPUs.
+The arithmetic is the same either way, so outputs and gradients are the same.
+
+Errata (see docs/model.md): a 224x224 input with an 11x11 stride-4 kernel does not give 55x55
+maps; we pad conv1 by 2 (torchvision's choice), giving 55x55x96 = 290,400 conv1 neurons
+(the paper prints 253,440). `input_size=227, conv1_padding=0` gives Caffe's variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+# Section 3.3: k=2, n=5, alpha=1e-4, beta=0.75.
+LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
+DROPOUT = 0.5  # section 4.2
+INIT_STD = 0.01  # section 5: weights ~ N(0, 0.01^2)
+ONE_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")  # section 5: biases 1 here, 0 elsewhere
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "alexnet"  # "alexnet" or "cifar" (the small net of Figure 1)
+    num_classes: int = 1000
+    activation: str = "relu"  # "relu" or "tanh" (Figure 1's comparison)
+    lrn: str = "cuda-convnet"  # "cuda-convnet" (torch alpha = 1e-4), "paper" (5x stronger), "off"
+    pool: str = "overlap"  # "overlap" (3/2) or "nonoverlap" (2/2), section 3.4's ablation
+    towers: int = 2  # 2: the paper's net; 1: one GPU with half the kernels (section 3.2)
+    extra_conv: bool = False  # a sixth conv layer after pool5 ("1 CNN*", Table 2)
+    dropout: float = DROPOUT
+    conv1_padding: int = 2  # with 224 crops; 0 with 227 crops (Caffe)
+    input_size: int = 224
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _act(cfg: ModelConfig) -> nn.Module:
+    if cfg.activation not in ("relu", "tanh"):
+        raise ValueError(f"activation {cfg.activation!r} not relu|tanh")
+    return nn.ReLU(inplace=True) if cfg.activation == "relu" else nn.Tanh()
+
+
+def _lrn(cfg: ModelConfig) -> nn.Module:
+    """cuda-convnet divides alpha by n, as torch does; the paper's printed formula does not."""
+    if cfg.lrn == "off":
+        return nn.Identity()
+    alpha = {"cuda-convnet": LRN_ALPHA, "paper": LRN_ALPHA * LRN_SIZE}[cfg.lrn]
+    return nn.LocalResponseNorm(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
+
+
+def _pool(cfg: ModelConfig) -> nn.Module:
+    k, s = {"overlap": (3, 2), "nonoverlap": (2, 2)}[cfg.pool]
+    return nn.MaxPool2d(k, s)
+
+
+class TowerLayer(nn.Module):
+    """One layer of the net, split in towers. `shared`: each tower sees every tower's input."""
+
+    def __init__(self, name: str, make, towers: int, shared: bool):  # noqa: ANN001
+        super().__init__()
+        self.name, self.shared = name, shared
+        self.parts = nn.ModuleList(make() for _ in range(towers))
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not self.shared:
+            return [part(x) for part, x in zip(self.parts, xs, strict=True)]
+        outs = []
+        for part in self.parts:
+            dev = next(part.parameters()).device
+            outs.append(part(torch.cat([x.to(dev, non_blocking=True) for x in xs], 1)))
+        return outs
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    shape: tuple[int, ...] = field(default_factory=tuple)
+    neurons: int = 0
+    params: int = 0
+
+
+class AlexNet(nn.Module):
+    """The two-tower net; `cfg.towers=1` gives the one-GPU half-width comparison net."""
+
+    def __init__(self, cfg: ModelConfig = ModelConfig()):
+        super().__init__()
+        if cfg.arch != "alexnet":
+            raise ValueError("AlexNet needs arch='alexnet'; use build_model")
+        self.cfg = cfg
+        t = cfg.towers
+        # kernels per tower (section 3.5): 48, 128, 192, 192, 128 -> 96, 256, 384, 384, 256.
+        # One tower keeps conv5 and the FC layers full size, as the paper's comparison net did.
+        c1, c2, c3, c4 = 96 // 2, 256 // 2, 384 // 2, 384 // 2
+        c5 = 256 // t
+        f = 4096 // t
+        conv = lambda i, o, k, p=1, s=1: lambda: nn.Conv2d(i, o, k, s, p)  # noqa: E731
+        self.conv1 = TowerLayer(
+            "conv1", conv(3, c1, 11, cfg.conv1_padding, 4), t, shared=False
+        )  # image per tower
+        self.conv2 = TowerLayer("conv2", conv(c1, c2, 5, 2), t, shared=False)
+        self.conv3 = TowerLayer("conv3", conv(c2 * t, c3, 3), t, shared=True)
+        self.conv4 = TowerLayer("conv4", conv(c3, c4, 3), t, shared=False)
+        self.conv5 = TowerLayer("conv5", conv(c4, c5, 3), t, shared=False)
+        self.conv6 = TowerLayer("conv6", conv(c5 * t, c5, 3), t, shared=True) if cfg.extra_conv else None
+        self.fc6 = TowerLayer("fc6", lambda: nn.Linear(c5 * t * 6 * 6, f), t, shared=True)
+        self.fc7 = TowerLayer("fc7", lambda: nn.Linear(f * t, f), t, shared=True)
+        self.fc8 = nn.Linear(f * t, cfg.num_classes)
+        self.act, self.lrn, self.pool = _act(cfg), _lrn(cfg), _pool(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.devices: list[torch.device] | None = None
+        init_paper(self)
+
+    def place(self, devices: list[torch.device]) -> AlexNet:
+        """Model parallel: tower t on devices[t]; fc8 and the output on devices[0]."""
+        if len(devices) != self.cfg.towers:
+            raise ValueError(f"{len(devices)} devices for {self.cfg.towers} tower(s)")
+        for layer in self.tower_layers():
+            for part, dev in zip(layer.parts, devices, strict=True):
+                part.to(dev)
+        self.fc8.to(devices[0])
+        self.devices = list(devices)
+        return self
+
+    def tower_layers(self) -> list[TowerLayer]:
+        return [
+            m
+            for m in (
+                self.conv1,
+                self.conv2,
+                self.conv3,
+                self.conv4,
+                self.conv5,
+                self.conv6,
+                self.fc6,
+                self.fc7,
+            )
+            if m is not None
+        ]
+
+    def _each(self, fn, xs):  # noqa: ANN001
+        return [fn(x) for x in xs]
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Image -> the last hidden layer (fc7, 4096-d over both towers), per tower."""
+        devs = self.devices or [x.device] * self.cfg.towers
+        xs = [x.to(d, non_blocking=True) for d in devs]
+        a, lrn, pool, drop = self.act, self.lrn, self.pool, self.drop
+        xs = self._each(lambda v: pool(lrn(a(v))), self.conv1(xs))
+        xs = self._each(lambda v: pool(lrn(a(v))), self.conv2(xs))
+        xs = self._each(a, self.conv3(xs))
+        xs = self._each(a, self.conv4(xs))
+        xs = self._each(lambda v: pool(a(v)), self.conv5(xs))
+        if self.conv6 is not None:  # "1 CNN*": a sixth conv layer over the last pooling layer
+            xs = self._each(a, self.conv6(xs))
+        xs = self._each(lambda v: torch.flatten(v, 1), xs)
+        xs = self._each(lambda v: drop(a(v)), self.fc6(xs))
+        return self._each(lambda v: drop(a(v)), self.fc7(xs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.features(x)
+        dev = self.fc8.weight.device
+        return self.fc8(torch.cat([h.to(dev, non_blocking=True) for h in hidden], 1))
+
+
+class CifarNet(nn.Module):
+    """The "four-layer convolutional neural network" of Figure 1, for 32x32 CIFAR-10 images.
+
+    3 conv (32, 32, 64 kernels of 5x5) + 1 FC, with the same options as AlexNet (activation,
+    LRN, pooling), after cuda-convnet's layers-18pct: real learning on a CPU in minutes.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        a, lrn, pool = _act(cfg), _lrn(cfg), _pool(cfg)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 5, padding=2),
+            a,
+            pool,
+            lrn,
+            nn.Conv2d(32, 32, 5, padding=2),
+            a,
+            pool,
+            lrn,
+            nn.Conv2d(32, 64, 5, padding=2),
+            a,
+            pool,
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n = self.body(torch.zeros(1, 3, cfg.input_size, cfg.input_size)).shape[1]
+        self.fc = nn.Linear(n, cfg.num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, INIT_STD)
+                nn.init.zeros_(m.bias)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.body(x)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+def init_paper(model: AlexNet) -> None:
+    """Section 5: weights N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0."""
+    for layer in [*model.tower_layers(), model.fc8]:
+        name = getattr(layer, "name", "fc8")
+        for m in layer.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, INIT_STD)
+                nn.init.constant_(m.bias, 1.0 if name in ONE_BIAS else 0.0)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "alexnet":
+        return AlexNet(cfg)
+    if cfg.arch == "cifar":
+        return CifarNet(cfg)
+    raise ValueError(f"arch {cfg.arch!r} not alexnet|cifar")
+
+
+def learned_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    if isinstance(model, AlexNet):
+        return [(layer.name, layer) for layer in model.tower_layers()] + [("fc8", model.fc8)]
+    convs = [m for m in model.body if isinstance(m, nn.Conv2d)]
+    return [(f"conv{i + 1}", m) for i, m in enumerate(convs)] + [("fc", model.fc)]
+
+
+def summary(model: nn.Module, input_size: int) -> list[LayerInfo]:
+    """Each learned layer's output shape (both towers together), neurons and parameters."""
+    rows: list[LayerInfo] = []
+
+    def hook(name: str, params: int):  # noqa: ANN202
+        def record(_module, _inputs, out):  # noqa: ANN001, ANN202
+            outs = out if isinstance(out, list) else [out]
+            shape = (sum(o.shape[1] for o in outs), *outs[0].shape[2:])
+            rows.append(LayerInfo(name, tuple(shape), int(torch.Size(shape).numel()), params))
+
+        return record
+
+    hooks = [
+        m.register_forward_hook(hook(n, sum(p.numel() for p in m.parameters())))
+        for n, m in learned_layers(model)
+    ]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size, device=next(model.parameters()).device))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return rows

@@ -1,0 +1,112 @@
+"""The paper's SGD (section 5) and its learning-rate schedule.
+
+    v <- 0.9 v - 0.0005 * eps * w - eps * dL/dw
+    w <- w + v
+
+torch.optim.SGD keeps a buffer of raw gradients and multiplies by the *current* lr at each step,
+so when the lr drops 10x the whole accumulated velocity drops 10x at once. Here the velocity
+carries the old lr's steps and decays by momentum, exactly as printed. With a constant lr the
+two agree (v = -lr * buf); the tests check both facts.
+
+Weight decay applies to weights, not biases (as in Krizhevsky's cuda-convnet, where biases
+have no decay); `decay_biases=True` applies it to every parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BATCH_SIZE = 128  # section 5
+MOMENTUM = 0.9
+WEIGHT_DECAY = 0.0005
+LEARNING_RATE = 0.01
+LR_DROP = 10.0  # "divided by 10 when the validation error stopped improving"
+MAX_DROPS = 3  # "reduced three times prior to termination"
+EPOCHS = 90  # "roughly 90 cycles"
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """v <- m v - wd lr w - lr g;  w <- w + v  (per parameter group; groups set wd)."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = LEARNING_RATE,
+        momentum: float = MOMENTUM,
+        weight_decay: float = WEIGHT_DECAY,
+    ):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
+                v = state["velocity"]
+                v.mul_(m).add_(p.grad, alpha=-lr)
+                if wd:
+                    v.add_(p, alpha=-wd * lr)
+                p.add_(v)
+        return loss
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_biases: bool) -> list[dict]:
+    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [
+        {"params": weights, "weight_decay": weight_decay},
+        {"params": biases, "weight_decay": weight_decay if decay_biases else 0.0},
+    ]
+
+
+@dataclass
+class PlateauSchedule:
+    """Divide the lr by 10 when validation error has not improved for `patience` epochs,
+    at most `max_drops` times (the paper's manual heuristic, made mechanical)."""
+
+    lr: float = LEARNING_RATE
+    patience: int = 3
+    max_drops: int = MAX_DROPS
+    best: float = float("inf")
+    bad_epochs: int = 0
+    drops: int = 0
+
+    def update(self, val_error: float) -> bool:
+        """Record an epoch's validation error; True when the lr was just divided."""
+        if val_error < self.best:
+            self.best, self.bad_epochs = val_error, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience and self.drops < self.max_drops:
+            self.lr /= LR_DROP
+            self.drops += 1
+            self.bad_epochs = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return dict(
+            lr=self.lr,
+            patience=self.patience,
+            max_drops=self.max_drops,
+            best=self.best,
+            bad_epochs=self.bad_epochs,
+            drops=self.drops,
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
