@@ -70,3 +70,42 @@ def cifar_shards(tmp_path_factory, cifar_root) -> Path:
     out = tmp_path_factory.mktemp("cifar-shards") / "shards"
     alexprep("shard", cifar_root, out, "--size", 32, "--shard-size", 5000, "--quiet")
     return out
+
+
+def alextrain(*args: object, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "trainer.cli", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def cifar_ready(cifar_shards) -> Path:
+    """CIFAR-10 shards with their pca-stats."""
+    if not (cifar_shards / "stats.json").exists():
+        alexprep("pca-stats", cifar_shards, "--quiet")
+    return cifar_shards
+
+
+@pytest.fixture(scope="session")
+def cifar_run(cifar_ready, tmp_path_factory) -> Path:
+    """One real epoch of the small CIFAR net with the paper's recipe (about a minute on 2 cores)."""
+    run = tmp_path_factory.mktemp("cifar-run") / "run"
+    alextrain(
+        "run",
+        "--data",
+        cifar_ready,
+        "--out",
+        run,
+        "--arch",
+        "cifar",
+        "--crop",
+        32,
+        "--epochs",
+        1,
+        "--num-threads",
+        2,
+        "--quiet",
+    )
+    return run

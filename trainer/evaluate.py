@@ -26,40 +26,61 @@ def topk_correct(probs: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[int]:
 
 
 @torch.no_grad()
-def predict(models: list[torch.nn.Module], x: torch.Tensor, amp: bool) -> torch.Tensor:
-    """Softmax averaged over crops (x: [B, 10, C, H, W]) and over models -> [B, classes]."""
+def predict_each(models: list[torch.nn.Module], x: torch.Tensor, amp: bool) -> list[torch.Tensor]:
+    """Each model's softmax averaged over the crops (x: [B, 10, C, H, W]) -> [B, classes]."""
     crops = x.shape[1] if x.ndim == 5 else 1
     flat = x.flatten(0, 1) if x.ndim == 5 else x
-    total = None
+    out = []
     for m in models:
         with autocast(flat.device, amp):
             logits = m(flat)
-        p = logits.float().softmax(1).to(x.device).view(x.shape[0], crops, -1).mean(1)
-        total = p if total is None else total + p
-    return total / len(models)
+        out.append(logits.float().softmax(1).to(x.device).view(x.shape[0], crops, -1).mean(1))
+    return out
 
 
-@torch.no_grad()
-def evaluate(models: list[torch.nn.Module], loader, amp: bool = False) -> dict:  # noqa: ANN001
-    """Loss (NLL of the averaged softmax), top-1/top-5 error over every sample of `loader`."""
-    for m in models:
-        m.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # samples, loss, top1 hits, top5 hits
-    for x, y in loader:
-        probs = predict(models, x, amp)
+class Tally:
+    """Running sums of samples, NLL, top-1 and top-5 hits; all-reduced across ranks at the end."""
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64)
+
+    def add(self, probs: torch.Tensor, y: torch.Tensor) -> None:
         y = y.to(probs.device)
         nll = -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).sum()
         c1, c5 = topk_correct(probs, y)
-        sums += torch.tensor([len(y), float(nll), c1, c5], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        s = sums.to(dev)
-        dist.all_reduce(s)
-        sums = s.cpu()
-    n = max(sums[0].item(), 1.0)
-    return {
-        "samples": int(sums[0].item()),
-        "loss": sums[1].item() / n,
-        "top1_err": 1.0 - sums[2].item() / n,
-        "top5_err": 1.0 - sums[3].item() / n,
-    }
+        self.sums += torch.tensor([len(y), float(nll), c1, c5], dtype=torch.float64)
+
+    def result(self) -> dict:
+        sums = self.sums
+        if dist.is_available() and dist.is_initialized():
+            dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            s = sums.to(dev)
+            dist.all_reduce(s)
+            sums = s.cpu()
+        n = max(sums[0].item(), 1.0)
+        return {
+            "samples": int(sums[0].item()),
+            "loss": sums[1].item() / n,
+            "top1_err": 1.0 - sums[2].item() / n,
+            "top5_err": 1.0 - sums[3].item() / n,
+        }
+
+
+@torch.no_grad()
+def evaluate_many(models: list[torch.nn.Module], loader, amp: bool = False) -> list[dict]:  # noqa: ANN001
+    """One pass over `loader`: each model's results, then (for several) their average's."""
+    for m in models:
+        m.eval()
+    tallies = [Tally() for _ in range(len(models) + (len(models) > 1))]
+    for x, y in loader:
+        probs = predict_each(models, x, amp)
+        if len(models) > 1:
+            probs.append(torch.stack(probs).mean(0))
+        for t, p in zip(tallies, probs, strict=True):
+            t.add(p, y)
+    return [t.result() for t in tallies]
+
+
+def evaluate(models: list[torch.nn.Module], loader, amp: bool = False) -> dict:  # noqa: ANN001
+    """Loss (NLL of the averaged softmax), top-1/top-5 error over every sample of `loader`."""
+    return evaluate_many(models, loader, amp)[-1]

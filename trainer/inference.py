@@ -11,7 +11,7 @@ from pipeline.loader import EvalLoader, LoaderOptions
 from shards import layout
 from shards.reader import load_dataset
 from trainer import checkpoint
-from trainer.evaluate import evaluate
+from trainer.evaluate import evaluate_many
 from trainer.model import ModelConfig, build_model
 
 
@@ -63,7 +63,6 @@ def evaluate_checkpoints(
         num_threads=cfg.get("num_threads", 4),
     )
     loader = EvalLoader(data, opt, split=split, ten_crop=ten_crop)
-    rows = [{"model": str(p), **evaluate([m], loader)} for p, m in zip(paths, models, strict=True)]
-    if len(models) > 1:
-        rows.append({"model": f"average of {len(models)}", **evaluate(models, loader)})
+    names = [str(p) for p in paths] + ([f"average of {len(models)}"] if len(models) > 1 else [])
+    rows = [{"model": n, **r} for n, r in zip(names, evaluate_many(models, loader), strict=True)]
     return {"split": split, "ten_crop": ten_crop, "rows": rows}

@@ -208,6 +208,7 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> list[d
     train = TrainLoader(data, loader_options(cfg, env), split=cfg.train_split)
     val = EvalLoader(data, loader_options(cfg, env), split=cfg.val_split) if cfg.val_split else None
 
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = build(cfg, env)
     opt = PaperSGD(param_groups(model, cfg.weight_decay, cfg.decay_biases), lr=cfg.lr, momentum=cfg.momentum)
     schedule = PlateauSchedule(lr=cfg.lr, patience=cfg.patience, max_drops=cfg.max_drops)

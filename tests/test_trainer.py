@@ -1,0 +1,330 @@
+"""The model's shape, the paper's update rule and init, real learning, resume, DDP, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import alextrain
+from trainer.model import AlexNet, ModelConfig, build_model, summary
+from trainer.optim import PaperSGD, PlateauSchedule
+
+PAPER_NEURONS = [290_400, 186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000]  # conv1: errata
+
+
+def test_parameter_and_neuron_counts():
+    model = AlexNet()
+    assert sum(p.numel() for p in model.parameters()) == 60_965_224
+    rows = summary(model, 224)
+    assert [r.neurons for r in rows] == PAPER_NEURONS
+    assert [r.shape for r in rows][:2] == [(96, 55, 55), (256, 27, 27)]
+    # Caffe's variant: 227 crops, unpadded conv1 -> the same counts
+    caffe = AlexNet(ModelConfig(conv1_padding=0, input_size=227))
+    assert [r.neurons for r in summary(caffe, 227)] == PAPER_NEURONS
+    # the printed 253,440 is not 55x55x96, whichever variant: the paper's erratum
+    assert 253_440 not in [r.neurons for r in rows]
+    out = json.loads(alextrain("summary", "--json").stdout)
+    assert out["total"]["params"] == 60_965_224
+
+
+def test_variants_build_and_run():
+    for cfg in [
+        ModelConfig(towers=1),
+        ModelConfig(extra_conv=True),
+        ModelConfig(pool="nonoverlap"),
+        ModelConfig(activation="tanh"),
+        ModelConfig(lrn="off"),
+        ModelConfig(num_classes=10),
+    ]:
+        model = build_model(cfg).eval()
+        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, cfg.num_classes)
+    one = AlexNet(ModelConfig(towers=1))
+    assert [r.shape[0] for r in summary(one, 224)] == [48, 128, 192, 192, 256, 4096, 4096, 1000]
+    cifar = build_model(ModelConfig(arch="cifar", num_classes=10, input_size=32))
+    assert cifar(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_lrn_conventions():
+    x = torch.rand(1, 8, 4, 4) * 50
+    a = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2)(x)
+    # the printed formula: b = a / (k + alpha * sum_{n adjacent} a^2)^beta, no division by n
+    sq = torch.nn.functional.pad(x.pow(2), (0, 0, 0, 0, 2, 2))
+    s = sum(sq[:, i : i + 8] for i in range(5))
+    printed = x / (2 + 1e-4 * s) ** 0.75
+    paper = AlexNet(ModelConfig(lrn="paper")).lrn(x)
+    assert torch.allclose(paper, printed, rtol=1e-5)
+    assert not torch.allclose(a, printed, rtol=1e-3)  # cuda-convnet's is the weaker one
+
+
+def test_init_is_the_papers():
+    model = AlexNet()
+    for layer in model.tower_layers():
+        for conv in layer.parts:
+            assert abs(conv.weight.std().item() - 0.01) < 0.001
+            assert abs(conv.weight.mean().item()) < 0.001
+            expected = 1.0 if layer.name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+            assert torch.all(conv.bias == expected), layer.name
+    assert torch.all(model.fc8.bias == 0)
+
+
+def test_update_rule_by_hand_across_an_lr_change():
+    w0, g1, g2 = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.25]), torch.tensor([-1.0, 2.0])
+    w = nn.Parameter(w0.clone())
+    opt = PaperSGD([w], lr=0.01, momentum=0.9, weight_decay=0.0005)
+    w.grad = g1.clone()
+    opt.step()
+    v1 = -0.0005 * 0.01 * w0 - 0.01 * g1
+    assert torch.allclose(w.data, w0 + v1, atol=1e-12)
+    opt.param_groups[0]["lr"] = 0.001  # divided by 10
+    w.grad = g2.clone()
+    opt.step()
+    v2 = 0.9 * v1 - 0.0005 * 0.001 * (w0 + v1) - 0.001 * g2
+    assert torch.allclose(w.data, w0 + v1 + v2, atol=1e-12)
+    # torch.optim.SGD rescales the whole velocity at the lr change: a different trajectory
+    u = nn.Parameter(w0.clone())
+    sgd = torch.optim.SGD([u], lr=0.01, momentum=0.9, weight_decay=0.0005)
+    u.grad = g1.clone()
+    sgd.step()
+    assert torch.allclose(u.data, w0 + v1, atol=1e-7)  # same while the lr is constant
+    sgd.param_groups[0]["lr"] = 0.001
+    u.grad = g2.clone()
+    sgd.step()
+    assert not torch.allclose(u.data, w.data, atol=1e-6)
+
+
+def test_plateau_schedule_drops_at_most_three_times():
+    s = PlateauSchedule(lr=0.01, patience=2)
+    drops = [s.update(e) for e in [0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]]
+    assert sum(drops) == 3 and s.lr == pytest.approx(1e-5)
+
+
+class TowerLRN(nn.Module):
+    """LRN within each tower's half of the maps: each GPU normalised over its own kernels."""
+
+    def __init__(self, lrn: nn.Module):
+        super().__init__()
+        self.lrn = lrn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.lrn(h) for h in x.chunk(2, 1)], 1)
+
+
+def _grouped_reference(model: AlexNet) -> nn.Module:
+    """The single-device net with grouped convs (conv2/4/5 groups=2), weights from the towers."""
+    cat = lambda layer, attr: torch.cat([getattr(p, attr) for p in layer.parts], 0)  # noqa: E731
+    convs = {}
+    for name, groups, pad in [
+        ("conv1", 1, 2),
+        ("conv2", 2, 2),
+        ("conv3", 1, 1),
+        ("conv4", 2, 1),
+        ("conv5", 2, 1),
+    ]:
+        layer = getattr(model, name)
+        w = cat(layer, "weight")
+        c = nn.Conv2d(
+            w.shape[1] * groups, w.shape[0], w.shape[2], 4 if name == "conv1" else 1, pad, groups=groups
+        )
+        c.weight.data, c.bias.data = w.clone(), cat(layer, "bias").clone()
+        convs[name] = c
+    fcs = {}
+    for name in ("fc6", "fc7"):
+        layer = getattr(model, name)
+        w = cat(layer, "weight")
+        f = nn.Linear(w.shape[1], w.shape[0])
+        f.weight.data, f.bias.data = w.clone(), cat(layer, "bias").clone()
+        fcs[name] = f
+    fc8 = nn.Linear(4096, model.cfg.num_classes)
+    fc8.weight.data, fc8.bias.data = model.fc8.weight.data.clone(), model.fc8.bias.data.clone()
+    pool, r = model.pool, nn.ReLU()
+    lrn = TowerLRN(model.lrn)
+    # grouped layers see the towers' channels in order [tower 0 | tower 1], as torch.cat makes them
+    return nn.Sequential(
+        convs["conv1"],
+        r,
+        lrn,
+        pool,
+        convs["conv2"],
+        r,
+        lrn,
+        pool,
+        convs["conv3"],
+        r,
+        convs["conv4"],
+        r,
+        convs["conv5"],
+        r,
+        pool,
+        nn.Flatten(),
+        fcs["fc6"],
+        r,
+        fcs["fc7"],
+        r,
+        fc8,
+    )
+
+
+def test_two_towers_equal_the_grouped_single_device_model():
+    torch.manual_seed(0)
+    model = AlexNet(ModelConfig(num_classes=20, dropout=0.0))
+    for m in model.modules():  # non-trivial biases, so a wrong concatenation order would show
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.bias.data.uniform_(-0.1, 0.1)
+            m.weight.data.mul_(3)
+    ref = _grouped_reference(model)
+    x = torch.randn(2, 3, 224, 224) * 50
+    out, expected = model(x), ref(x)
+    assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    g_tower = torch.cat([p.weight.grad for p in model.conv4.parts], 0)
+    g_ref = ref[10].weight.grad
+    assert ((g_tower - g_ref).norm() / g_ref.norm()).item() < 1e-4  # float32 summation order only
+    # model parallel placement (here both "devices" are the CPU: the same code path as 2 GPUs)
+    placed = AlexNet(ModelConfig(num_classes=20, dropout=0.0))
+    placed.load_state_dict(model.state_dict())
+    placed.place([torch.device("cpu"), torch.device("cpu")])
+    assert torch.equal(placed(x), model(x))
+
+
+def test_cifar_learns_far_above_chance(cifar_run):
+    rows = [json.loads(line) for line in (cifar_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    assert rows[0]["val_top1_err"] < 0.65  # chance is 0.90; the paper's recipe does train
+    assert rows[0]["train_loss"] < 2.0  # ln 10 = 2.30 at the start
+    state = torch.load(cifar_run / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "schedule", "epoch", "step", "rng", "loader", "config"} <= set(state)
+
+
+def test_eval_ten_crop_and_ensemble(cifar_run, cifar_ready, tmp_path):
+    ck = cifar_run / "last.pt"
+    metrics = json.loads((cifar_run / "metrics.jsonl").read_text().splitlines()[-1])
+    proc = alextrain(
+        "eval", "--data", cifar_ready, "--checkpoint", ck, "--ten-crop", "--json", tmp_path / "ten.json"
+    )
+    ten = json.loads((tmp_path / "ten.json").read_text())
+    assert ten["ten_crop"] and ten["rows"][0]["samples"] == 10000 and "top-1 err" in proc.stdout
+    assert abs(ten["rows"][0]["top1_err"] - metrics["val_top1_err"]) < 0.05  # 10-crop ~ centre crop
+    proc = alextrain("eval", "--data", cifar_ready, "--checkpoint", ck, ck, "--json", tmp_path / "two.json")
+    assert "average of 2" in proc.stdout
+    single, avg = json.loads((tmp_path / "two.json").read_text())["rows"][::2]
+    assert single["top1_err"] == pytest.approx(metrics["val_top1_err"])  # eval agrees with training
+    assert avg["top1_err"] == pytest.approx(single["top1_err"])  # the same model twice
+
+
+def _metrics(run) -> list[dict]:
+    drop = ("img_per_s", "train_seconds")
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in drop}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_kill_and_resume_gives_the_same_metrics(cifar_ready, tmp_path):
+    args = [
+        "--data",
+        cifar_ready,
+        "--arch",
+        "cifar",
+        "--crop",
+        28,
+        "--epochs",
+        3,
+        "--steps-per-epoch",
+        25,
+        "--num-threads",
+        2,
+        "--quiet",
+    ]
+    alextrain("run", "--out", tmp_path / "straight", *args)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "trainer.cli", "run", "--out", str(killed), *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)  # into epoch 1
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(killed / "last.pt", weights_only=True)
+    assert state["epoch"] < 2, "the kill should land before the end"
+    again = alextrain("run", "--out", killed, *args, check=False)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently overwrite a run
+    alextrain("run", "--out", killed, *args, "--resume")
+    assert _metrics(killed) == _metrics(tmp_path / "straight")
+
+
+def _ddp_worker(rank: int, world: int, port: int, path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="cifar", num_classes=10, input_size=32, dropout=0.0))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = PaperSGD(ddp.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x, y = torch.randn(8, 3, 32, 32, generator=gen) * 50, torch.randint(0, 10, (8,), generator=gen)
+        part = slice(rank * 8 // world, (rank + 1) * 8 // world)  # this rank's half of the global batch
+        opt.zero_grad()
+        nn.functional.cross_entropy(ddp(x[part]), y[part]).backward()
+        opt.step()
+    if rank == 0:
+        torch.save(model.state_dict(), path)
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as tmp
+
+    results = {}
+    for world in (1, 2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        path = str(tmp_path / f"w{world}.pt")
+        tmp.spawn(_ddp_worker, args=(world, port, path), nprocs=world)
+        results[world] = torch.load(path, weights_only=True)
+    for k in results[1]:
+        assert torch.allclose(results[1][k], results[2][k], rtol=1e-4, atol=1e-6), k
+
+
+def test_user_errors(cifar_run, cifar_ready, tmp_path):
+    import shutil
+
+    no_stats = tmp_path / "no-stats"
+    shutil.copytree(cifar_ready, no_stats, ignore=shutil.ignore_patterns("stats.json"))
+    cases = [
+        (["run", "--data", tmp_path / "none", "--out", tmp_path / "r"], "no dataset.json"),
+        (["run", "--data", no_stats, "--out", tmp_path / "r1", "--arch", "cifar"], "stats.json: missing"),
+        (["run", "--data", cifar_ready, "--out", tmp_path / "r2", "--model-parallel", 2], "needs 2 GPUs"),
+        (["eval", "--data", cifar_ready, "--checkpoint", tmp_path / "missing.pt"], "no such checkpoint"),
+        (
+            ["eval", "--data", no_stats, "--checkpoint", cifar_run / "last.pt", "--split", "train"],
+            "stats.json: missing",
+        ),
+    ]
+    if torch.cuda.device_count() < 2:
+        cases.append((["run", "--data", cifar_ready, "--out", tmp_path / "r3", "--device", "cuda"], "CUDA"))
+    for args, message in cases:
+        proc = alextrain(*args, check=False)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_from_another_architecture(cifar_run):
+    from trainer.checkpoint import CheckpointError
+    from trainer.inference import load_model
+
+    with pytest.raises(CheckpointError, match="made for 10 classes, the dataset has 1000"):
+        load_model(cifar_run / "last.pt", torch.device("cpu"), num_classes=1000)
