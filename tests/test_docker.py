@@ -66,7 +66,11 @@ def test_every_runbook_and_readme_command_parses():
     for doc in (ROOT / "docs" / "runbook.md", ROOT / "README.md"):
         for block in re.findall(r"```\n(.*?)```", doc.read_text(), re.S):
             lines += [ln.strip() for ln in block.splitlines()]
-    commands = [shlex.split(ln, comments=True) for ln in lines if ln.split(" ")[0] in ("alexprep", "alextrain", "torchrun")]
+    commands = [
+        shlex.split(ln, comments=True)
+        for ln in lines
+        if ln.split(" ")[0] in ("alexprep", "alextrain", "torchrun")
+    ]
     assert len(commands) >= 8
     for argv in commands:
         parse_cli(argv)

@@ -85,8 +85,11 @@ def _config_options(f):  # noqa: ANN001, ANN202
     help="JSON or TOML file of the same settings; flags override it.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--auto-resume", is_flag=True,
-              help="Resume if --out has a checkpoint, else start (for restart policies and schedulers).")
+@click.option(
+    "--auto-resume",
+    is_flag=True,
+    help="Resume if --out has a checkpoint, else start (for restart policies and schedulers).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bool, **flags) -> None:
     """Train AlexNet with the paper's recipe (all values overridable)."""
