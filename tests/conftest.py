@@ -55,6 +55,17 @@ def imagenet_shards(tmp_path_factory, imagenet_labels) -> Path:
 
 
 @pytest.fixture(scope="session")
+def imagenet_with_stats(imagenet_shards, tmp_path_factory) -> Path:
+    """A copy of the ImageNet shards with pca-stats run on it (the original stays untouched)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("imagenet-stats") / "shards"
+    shutil.copytree(imagenet_shards, out)
+    alexprep("pca-stats", out, "--quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> Path:
     if not CIFAR_TGZ.is_file():
         pytest.skip(f"{CIFAR_TGZ} not present")

@@ -17,13 +17,6 @@ from shards.reader import DatasetError, iter_shard, shard_paths
 from tests.conftest import alexprep
 
 
-@pytest.fixture(scope="module")
-def imagenet_with_stats(imagenet_shards) -> Path:
-    if not (imagenet_shards / "stats.json").exists():
-        alexprep("pca-stats", imagenet_shards, "--quiet")
-    return imagenet_shards
-
-
 def _jpegs_by_label(out: Path) -> dict[int, bytes]:
     return {s.label: s.jpeg for t in shard_paths(out, "train") for s in iter_shard(t)}
 

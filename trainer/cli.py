@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import click
+import numpy as np
 
 from pipeline.augment import LIGHTING_CONVENTIONS, NORMALIZATIONS, StatsError
 from shards.reader import DatasetError
@@ -234,6 +235,238 @@ def bench_loader_cmd(
         if as_json
         else f"{loader} on {device}: {rate:.1f} img/s ({n} batches of {batch_size})"
     )
+
+
+def _load_for_figures(checkpoint: Path, data: Path | None):  # noqa: ANN202
+    """(model, config, data folder): the model from a checkpoint, data from --data or its config."""
+    import torch
+
+    from trainer.inference import load_model
+
+    model, state = load_model(checkpoint, torch.device("cpu"))
+    cfg = state["config"]
+    data = data or Path(cfg["data"])
+    classes = json.loads((data / "classes.json").read_text()) if (data / "classes.json").is_file() else None
+    if classes is None:
+        raise TrainError(f"{data}: no classes.json; pass --data OUT (the shards the model was trained on)")
+    if len(classes) != state["model_config"]["num_classes"]:
+        raise CheckpointError(
+            f"{checkpoint}: made for {state['model_config']['num_classes']} classes, "
+            f"{data} has {len(classes)}"
+        )
+    return model, cfg, data
+
+
+@main.command("kernels")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("fig3.png"), show_default=True)
+@click.option("--scale", type=click.IntRange(1, 32), default=4, show_default=True, help="Pixels per weight.")
+def kernels_cmd(checkpoint: Path, out: Path, scale: int) -> None:
+    """Figure 3: the conv1 kernels as an image grid, one row block per tower."""
+    from trainer.checkpoint import load
+    from trainer.figures import FigureError, conv1_kernels, kernel_grid
+
+    try:
+        towers = conv1_kernels(load(checkpoint))
+    except (*_USER_ERRORS, FigureError) as e:
+        _fail(str(e))
+    img = kernel_grid(towers, scale=scale)
+    img.save(out)
+    shape = "x".join(map(str, towers[0].shape[1:]))
+    click.echo(
+        f"{sum(len(t) for t in towers)} kernels ({shape}) in {len(towers)} tower(s) -> {out} "
+        f"({img.width}x{img.height})"
+    )
+
+
+@main.command("predict")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--data", type=click.Path(path_type=Path), help="Shards it was trained on [default: from the checkpoint]."
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Figure 4 (left) as PNG.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the predictions as JSON.")
+@click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's 10 patches.")
+def predict_cmd(
+    checkpoint: Path,
+    images: tuple[Path, ...],
+    data: Path | None,
+    out: Path | None,
+    json_out: Path | None,
+    ten_crop: bool,
+) -> None:
+    """Top-5 classes of each IMAGE with probabilities (true label marked when the name has a wnid)."""
+    from trainer.figures import FigureError, plot_predictions, predict_images
+
+    try:
+        model, cfg, data = _load_for_figures(checkpoint, data)
+        results = predict_images(model, data, list(images), cfg["crop"], ten_crop)
+    except (*_USER_ERRORS, FigureError) as e:
+        _fail(str(e))
+    for r in results:
+        click.echo(
+            f"{r['image']}"
+            + (f"  (true: {r['true_name']}, p={r['true_prob']:.4f})" if r["true_name"] else "")
+        )
+        for t in r["top"]:
+            mark = " *" if t["index"] == r["true_index"] else ""
+            click.echo(f"  {t['prob']:8.4f}  {t['name']}{mark}")
+    if out:
+        plot_predictions(results, out)
+        click.echo(f"wrote {out}")
+    if json_out:
+        json_out.write_text(
+            json.dumps([{k: v for k, v in r.items() if k != "_rgb"} for r in results], indent=2)
+        )
+        click.echo(f"wrote {json_out}")
+
+
+@main.command("neighbors")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Shards [default: from the checkpoint].")
+@click.option(
+    "--query",
+    "queries",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A query image; repeat for several.",
+)
+@click.option("--k", type=click.IntRange(1, 64), default=6, show_default=True)
+@click.option("--split", default="train", show_default=True)
+@click.option(
+    "--chunk", type=click.IntRange(1), default=65536, show_default=True, help="Bank rows per block."
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Figure 4 (right) as PNG.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path))
+def neighbors_cmd(
+    checkpoint: Path,
+    data: Path | None,
+    queries: tuple[Path, ...],
+    k: int,
+    split: str,
+    chunk: int,
+    out: Path | None,
+    json_out: Path | None,
+) -> None:
+    """Figure 4 (right): the training images nearest each query in the 4096-d last hidden layer.
+
+    The split's features are extracted once and cached beside the checkpoint
+    (features-<split>.npy); the search runs in blocks of --chunk rows, so memory stays bounded.
+    """
+    import torch
+
+    from pipeline.augment import load_stats
+    from trainer.figures import (
+        FigureError,
+        check_query_memory,
+        chunked_topk,
+        extract_features,
+        load_image,
+        plot_neighbors,
+        train_images,
+    )
+
+    try:
+        model, cfg, data = _load_for_figures(checkpoint, data)
+        stats = load_stats(data)
+        cache = checkpoint.parent / f"features-{checkpoint.stem}-{split}.npy"
+        bank = extract_features(model, data, split, cfg["crop"], cfg["normalization"], cache)
+        check_query_memory(len(queries), bank.shape[1], chunk)
+        size = json.loads((data / "dataset.json").read_text())["size"]
+        loaded = [load_image(q, stats, cfg["crop"], False, size) for q in queries]
+        with torch.no_grad():
+            model.eval()
+            q = torch.cat([torch.cat(model.features(x), 1) for _, x in loaded]).float()
+        chunks = ((o, torch.from_numpy(np.asarray(bank[o : o + chunk]))) for o in range(0, len(bank), chunk))
+        dist, idx = chunked_topk(q, chunks, k)
+    except (*_USER_ERRORS, FigureError) as e:
+        _fail(str(e))
+    result = [
+        {"query": str(p), "neighbors": idx[i].tolist(), "distances": dist[i].tolist()}
+        for i, p in enumerate(queries)
+    ]
+    for r in result:
+        click.echo(
+            f"{r['query']}: "
+            + ", ".join(f"{n} ({d:.1f})" for n, d in zip(r["neighbors"], r["distances"], strict=True))
+        )
+    if out:
+        plot_neighbors(
+            [rgb for rgb, _ in loaded], [train_images(data, r["neighbors"], split) for r in result], out
+        )
+        click.echo(f"wrote {out}")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {json_out}")
+
+
+@main.command("report")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Markdown report [default: RUN/report.md].")
+def report_cmd(run: Path, out: Path | None) -> None:
+    """Curves (loss, top-1/top-5 error, lr per epoch) as PNG, and this run beside the paper's Table 2."""
+    from trainer.figures import FigureError, report
+
+    try:
+        result = report(run, out or run / "report.md")
+    except FigureError as e:
+        _fail(str(e))
+    click.echo(f"wrote {result['markdown']} and {result['png']}")
+
+
+@main.command("fig1")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="CIFAR-10 shards (--size 32).")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Folder for the runs, JSON and PNG."
+)
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option(
+    "--variants",
+    default="relu,tanh,relu-no-lrn",
+    show_default=True,
+    help="Comma-separated: relu, tanh, relu-no-lrn.",
+)
+@click.option(
+    "--lr", type=float, default=0.01, show_default=True, help="One learning rate for every variant."
+)
+@click.option("--crop", type=int, default=32, show_default=True)
+@click.option("--steps-per-epoch", type=int, default=None, help="Cap (quick runs).")
+@click.option("--num-threads", type=int, default=4, show_default=True)
+@click.option("--quiet", is_flag=True)
+def fig1_cmd(
+    data: Path,
+    out: Path,
+    epochs: int,
+    variants: str,
+    lr: float,
+    crop: int,
+    steps_per_epoch: int | None,
+    num_threads: int,
+    quiet: bool,
+) -> None:
+    """Figure 1 (ReLU vs tanh: epochs to 25% training error) and the LRN ablation, on CIFAR-10."""
+    from trainer.ablations import VARIANTS, run_ablation
+
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        _fail(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    base = TrainConfig(lr=lr, crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads)
+    try:
+        summary = run_ablation(data, out, epochs, base, names, progress=not quiet)
+    except _USER_ERRORS as e:
+        _fail(str(e))
+    for name, r in summary["variants"].items():
+        reached = r["epochs_to_25pct_train_error"]
+        click.echo(
+            f"{name:<12} train err {r['train_error'][-1]:.4f}  test err {r['test_error'][-1]:.4f}  "
+            f"epochs to 25% train err: {reached if reached else f'not within {epochs}'}"
+        )
+    if "tanh_over_relu" in summary:
+        click.echo(f"tanh / relu epochs to 25%: {summary['tanh_over_relu']:.2f} (paper: about 6)")
+    click.echo(f"wrote {out / 'ablation.json'} and {out / 'fig1.png'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""Figures 3 and 4, the run report, and the chunked neighbour search, on a real trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import alextrain
+from trainer.figures import FigureError, check_query_memory, chunked_topk
+from trainer.model import AlexNet
+
+
+def test_kernels_png_for_the_cifar_net_and_for_two_towers(cifar_run, tmp_path):
+    out = tmp_path / "fig3.png"
+    alextrain("kernels", cifar_run / "last.pt", "--out", out)
+    assert Image.open(out).size == (8 * 22 + 2, 4 * 22 + 2)  # 32 kernels of 5x5, 8 a row, x4, 2px gaps
+    ck = tmp_path / "alexnet.pt"
+    torch.save({"model": AlexNet().state_dict()}, ck)
+    proc = alextrain("kernels", ck, "--out", tmp_path / "two.png")
+    assert "96 kernels (3x11x11) in 2 tower(s)" in proc.stdout
+    cell = 11 * 4 + 2
+    assert Image.open(tmp_path / "two.png").size == (8 * cell + 2, 2 * 6 * cell + 6 + 2)  # two row blocks
+
+
+def test_kernels_error_without_conv1(tmp_path):
+    ck = tmp_path / "other.pt"
+    torch.save({"model": {"fc.weight": torch.zeros(3, 3)}}, ck)
+    proc = alextrain("kernels", ck, "--out", tmp_path / "x.png", check=False)
+    assert proc.returncode == 2 and "no conv1 of shape" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_table_json_png(cifar_run, cifar_ready, cifar_root, tmp_path):
+    images = [cifar_root / "test" / c / "0000.jpg" for c in ("cat", "ship", "truck")]
+    proc = alextrain(
+        "predict",
+        cifar_run / "last.pt",
+        *images,
+        "--data",
+        cifar_ready,
+        "--out",
+        tmp_path / "p.png",
+        "--json",
+        tmp_path / "p.json",
+        "--ten-crop",
+    )
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert len(result) == 3 and "ship" in proc.stdout
+    for r in result:
+        assert {"image", "top", "true_index", "true_name", "true_prob"} <= set(r)
+        assert len(r["top"]) == 5 and abs(sum(t["prob"] for t in r["top"]) - 1) < 0.2
+        assert r["top"] == sorted(r["top"], key=lambda t: -t["prob"])
+    assert Image.open(tmp_path / "p.png").size == (round(2.4 * 3 * 100), 420)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    proc = alextrain("predict", cifar_run / "last.pt", bad, "--data", cifar_ready, check=False)
+    assert proc.returncode == 2 and "bad.jpg: not a decodable image" in proc.stderr
+
+
+def test_chunked_topk_equals_brute_force_numpy():
+    rng = np.random.default_rng(0)
+    bank, queries = rng.normal(size=(1000, 16)), rng.normal(size=(7, 16))
+    brute = np.sqrt(((queries[:, None] - bank[None]) ** 2).sum(-1))
+    expected = np.argsort(brute, 1)[:, :6]
+    b = torch.from_numpy(bank).float()
+    for chunk in (1000, 97, 6, 1):
+        d, i = chunked_topk(
+            torch.from_numpy(queries).float(), ((o, b[o : o + chunk]) for o in range(0, 1000, chunk)), 6
+        )
+        assert i.tolist() == expected.tolist(), chunk
+        np.testing.assert_allclose(d.numpy(), np.take_along_axis(brute, expected, 1), rtol=1e-4)
+
+
+def test_neighbors_finds_the_query_itself(cifar_run, cifar_ready, cifar_root, tmp_path):
+    import pyarrow.parquet as pq
+
+    manifest = pq.read_table(cifar_ready / "test" / "manifest.parquet", columns=["source"])[
+        "source"
+    ].to_pylist()
+    query = "test/ship/0007.jpg"
+    proc = alextrain(
+        "neighbors",
+        cifar_run / "last.pt",
+        "--data",
+        cifar_ready,
+        "--split",
+        "test",
+        "--query",
+        cifar_root / query,
+        "--k",
+        4,
+        "--chunk",
+        3000,
+        "--out",
+        tmp_path / "n.png",
+        "--json",
+        tmp_path / "n.json",
+    )
+    result = json.loads((tmp_path / "n.json").read_text())[0]
+    assert result["neighbors"][0] == manifest.index(query) and result["distances"][0] < 1e-3, proc.stdout
+    assert result["distances"] == sorted(result["distances"])
+    assert Image.open(tmp_path / "n.png").size == (round(1.3 * 5 * 100), 130)
+    assert list(cifar_run.glob("features-*-test.npy"))  # cached for the next query
+
+
+def test_query_set_larger_than_memory_is_refused():
+    with pytest.raises(FigureError, match="query fewer images"):
+        check_query_memory(10**9, 4096, 65536)
+
+
+def test_report(cifar_run, tmp_path):
+    out = tmp_path / "report.md"
+    alextrain("report", cifar_run, "--out", out)
+    text = out.read_text()
+    assert "| paper: 1 CNN | 40.7 | 18.2 |" in text and "this run (epoch 1" in text
+    assert Image.open(tmp_path / "report.png").size == (1200, 350)
+    proc = alextrain("report", tmp_path, check=False)
+    assert proc.returncode == 2 and "no metrics.jsonl" in proc.stderr
