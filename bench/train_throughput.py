@@ -95,9 +95,7 @@ def main() -> None:
     )
     for name, rate in results.items():
         print(f"{name:<34}{rate:>10.1f} img/s")
-    print(
-        f"dali / synthetic: {results['dali'] / results['synthetic']:.1%} (H100 + AlexNet target: >= 95%)"
-    )
+    print(f"dali / synthetic: {results['dali'] / results['synthetic']:.1%} (H100 + AlexNet target: >= 95%)")
     print(f"dali / torchvision-style loop: {results['dali'] / results['reference']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

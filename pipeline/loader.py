@@ -135,6 +135,22 @@ class _Split:
             y = parse_labels(y)
         return x, y.to(dev, non_blocking=True).to(torch.int64)
 
+    def augment(self, train: bool, ten_crop: bool, seed: int):  # noqa: ANN201
+        """The reference loader's per-sample transform with this split's statistics."""
+        from pipeline.reference import Augment
+
+        return Augment(
+            train=train,
+            size=self.size,
+            crop=self.opt.crop,
+            lighting=self.lighting,
+            mean_image=self.mean_image,
+            channel_mean=self.channel_mean,
+            channel_std=self.channel_std,
+            ten_crop=ten_crop,
+            seed=seed,
+        )
+
     def dali_kwargs(self, seed: int) -> dict:
         gpu = self.opt.device == "cuda"
         return dict(
@@ -212,20 +228,10 @@ class TrainLoader:
         del it, pipe
 
     def _reference(self, seed: int, part: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from pipeline.reference import Augment, reference_loader
+        from pipeline.reference import reference_loader
 
         s, opt = self.s, self.s.opt
-        aug = Augment(
-            train=True,
-            size=s.size,
-            crop=opt.crop,
-            lighting=s.lighting,
-            mean_image=s.mean_image,
-            channel_mean=s.channel_mean,
-            channel_std=s.channel_std,
-            ten_crop=False,
-            seed=seed,
-        )
+        aug = s.augment(train=True, ten_crop=False, seed=seed)
         tars = s.tars[part % len(s.tars) :] + s.tars[: part % len(s.tars)]  # rotate parts per epoch
         steps, n = self.steps_per_epoch, 0
         while n < steps:
@@ -259,19 +265,9 @@ class EvalLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s, opt = self.s, self.s.opt
         if opt.backend == "reference":
-            from pipeline.reference import Augment, reference_loader
+            from pipeline.reference import reference_loader
 
-            aug = Augment(
-                train=False,
-                size=s.size,
-                crop=opt.crop,
-                lighting=None,
-                mean_image=s.mean_image,
-                channel_mean=s.channel_mean,
-                channel_std=s.channel_std,
-                ten_crop=self.ten_crop,
-                seed=opt.seed,
-            )
+            aug = s.augment(train=False, ten_crop=self.ten_crop, seed=opt.seed)
             loader = reference_loader(
                 s.tars,
                 aug,

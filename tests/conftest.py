@@ -30,13 +30,17 @@ def write_labels(path: Path, names: list[str]) -> Path:
     return path
 
 
-def alexprep(*args: object, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess, as a user would."""
-    cmd = [sys.executable, "-m", "preprocess.cli", *map(str, args)]
+def _cli(module: str, args: tuple, check: bool) -> subprocess.CompletedProcess:
+    """Run a real CLI in a subprocess, as a user would."""
+    cmd = [sys.executable, "-m", module, *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def alexprep(*args: object, check: bool = True) -> subprocess.CompletedProcess:
+    return _cli("preprocess.cli", args, check)
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +88,7 @@ def cifar_shards(tmp_path_factory, cifar_root) -> Path:
 
 
 def alextrain(*args: object, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "trainer.cli", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return _cli("trainer.cli", args, check)
 
 
 @pytest.fixture(scope="session")
