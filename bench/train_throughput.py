@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     meta = json.loads((args.data / "dataset.json").read_text())
@@ -81,14 +83,15 @@ def main() -> None:
     )
     dev = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     env = Env(0, 1, 0, [dev])
-    results = {
-        "synthetic": measure(
-            cfg, env, Synthetic(args.batch_size, crop, classes, dev, args.steps + 3), args.steps
-        ),
-    }
+    loaders = {"synthetic": (cfg, Synthetic(args.batch_size, crop, classes, dev, args.steps + 3))}
     for backend in ("dali", "reference"):
         c = TrainConfig(**{**cfg.to_dict(), "loader": backend})
-        results[backend] = measure(c, env, TrainLoader(args.data, loader_options(c, env)), args.steps)
+        loaders[backend] = (c, TrainLoader(args.data, loader_options(c, env)))
+    runs: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(args.repeats):  # interleaved, so drift hits all three alike
+        for name, (c, loader) in loaders.items():
+            runs[name].append(measure(c, env, loader, args.steps))
+    results = {name: statistics.median(v) for name, v in runs.items()}
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, device {dev}; arch {args.arch}, "
         f"batch {args.batch_size}, {args.steps} timed steps"
