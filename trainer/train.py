@@ -13,6 +13,7 @@ repeats exactly what the uninterrupted run would have done from that epoch on.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -132,13 +133,10 @@ class Metrics:
 
     def __init__(self, run: Path, enabled: bool):
         self.path, self.enabled, self.tb = run / "metrics.jsonl", enabled, None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if enabled and importlib.util.find_spec("tensorboard") is not None:  # optional extra
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run / "tb"))
-            except ImportError:
-                pass
+            self.tb = SummaryWriter(str(run / "tb"))
 
     def write(self, row: dict) -> None:
         if not self.enabled:
