@@ -100,7 +100,9 @@ def test_neighbors_finds_the_query_itself(cifar_run, cifar_ready, cifar_root, tm
         tmp_path / "n.json",
     )
     result = json.loads((tmp_path / "n.json").read_text())[0]
-    assert result["neighbors"][0] == manifest.index(query) and result["distances"][0] < 1e-3, proc.stdout
+    # itself, at ~0: DALI's float ops vs the numpy path differ in the last bits only
+    assert result["neighbors"][0] == manifest.index(query), proc.stdout
+    assert result["distances"][0] < 0.01 * result["distances"][1], proc.stdout
     assert result["distances"] == sorted(result["distances"])
     assert Image.open(tmp_path / "n.png").size == (round(1.3 * 5 * 100), 130)
     assert list(cifar_run.glob("features-*-test.npy"))  # cached for the next query

@@ -379,7 +379,7 @@ def neighbors_cmd(
         with torch.no_grad():
             model.eval()
             q = torch.cat([torch.cat(model.features(x), 1) for _, x in loaded]).float()
-        chunks = ((o, torch.from_numpy(np.asarray(bank[o : o + chunk]))) for o in range(0, len(bank), chunk))
+        chunks = ((o, torch.from_numpy(np.array(bank[o : o + chunk]))) for o in range(0, len(bank), chunk))
         dist, idx = chunked_topk(q, chunks, k)
     except (*_USER_ERRORS, FigureError) as e:
         _fail(str(e))
