@@ -20,7 +20,8 @@ from pathlib import Path
 from trainer.config import TrainConfig
 from trainer.train import run
 
-TARGET_TRAIN_ERROR = 0.25
+TARGET_TRAIN_ERROR = 0.25  # the paper's threshold
+SECOND_TARGET = 0.50  # reached within a short CPU budget, for a ratio even when 25% is not
 
 VARIANTS = {
     "relu": dict(activation="relu"),
@@ -55,11 +56,14 @@ def run_ablation(
             "train_error": [r["train_top1_err"] for r in rows],
             "test_error": [r.get("val_top1_err") for r in rows],
             "epochs_to_25pct_train_error": epochs_to(rows, TARGET_TRAIN_ERROR),
+            "epochs_to_50pct_train_error": epochs_to(rows, SECOND_TARGET),
         }
     summary = {"epochs": epochs, "lr": base.lr, "variants": results}
     relu, tanh = results.get("relu", {}), results.get("tanh", {})
-    if relu.get("epochs_to_25pct_train_error") and tanh.get("epochs_to_25pct_train_error"):
-        summary["tanh_over_relu"] = tanh["epochs_to_25pct_train_error"] / relu["epochs_to_25pct_train_error"]
+    for pct in ("25", "50"):
+        key = f"epochs_to_{pct}pct_train_error"
+        if relu.get(key) and tanh.get(key):
+            summary[f"tanh_over_relu_at_{pct}pct"] = tanh[key] / relu[key]
     if "relu" in results and "relu-no-lrn" in results:
         summary["final_test_error_with_lrn"] = results["relu"]["test_error"][-1]
         summary["final_test_error_without_lrn"] = results["relu-no-lrn"]["test_error"][-1]
