@@ -249,7 +249,6 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
     summary = Summary(source.layout, list(source.notes))
     todo: list[tuple[SplitPlan, int]] = []
     for p in plans:
-        summary.found[p.name] = len(p.items)
         for i in range(p.num_shards):
             if i % opt.num_nodes != opt.node_rank:
                 continue

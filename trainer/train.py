@@ -77,7 +77,7 @@ def setup(cfg: TrainConfig) -> Env:
     return Env(rank, world, local, devices)
 
 
-def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
+def resolve_data(cfg: TrainConfig) -> TrainConfig:
     """Fill in num_classes and val_split from the dataset; check stats exist."""
     data = Path(cfg.data)
     meta = load_dataset(data)
@@ -89,7 +89,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
         cfg.val_split = next((s for s in ("val", "validation", "test") if s in meta["splits"]), None)
     if not (data / layout.STATS_JSON).is_file():
         raise TrainError(f"{data}/stats.json: missing; run `alexprep pca-stats {data}` first")
-    return cfg, sorted(meta["splits"])
+    return cfg
 
 
 def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) -> LoaderOptions:
@@ -199,7 +199,7 @@ def train_epoch(model, opt, loader, epoch: int, cfg: TrainConfig, env: Env, bar:
 def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> list[dict]:
     """Train to `cfg.epochs`; returns the metrics rows of the epochs run by this call."""
     env = setup(cfg)
-    cfg, _ = resolve_data(cfg)
+    cfg = resolve_data(cfg)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = Path(cfg.data)
