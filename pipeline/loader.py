@@ -195,7 +195,19 @@ class TrainLoader:
                 f"{opt.batch_size} on each of {self.s.world} rank(s)"
             )
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch`'s batches from step `start_step` on (mid-epoch resume).
+
+        An epoch is a pure function of (seed, epoch, rank, world): resuming at step k yields
+        bit-identical tensors to the tail of an uninterrupted epoch.
+        """
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step {start_step} not in 0..{self.steps_per_epoch}")
+        for step, (x, y) in enumerate(self._epoch(epoch)):
+            if step >= start_step:  # skipped batches never reach the device
+                yield self.s.finish(x, y)
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s, opt = self.s, self.s.opt
         seed = epoch_seed(opt.seed, epoch, s.rank)
         part = (s.rank + epoch) % s.world
@@ -224,7 +236,7 @@ class TrainLoader:
                 batch = next(it)[0]
             except StopIteration:  # the part ended before the epoch's step count: wrap around
                 batch = next(it)[0]
-            yield s.finish(batch["data"], batch["label"])
+            yield batch["data"], batch["label"]
         del it, pipe
 
     def _reference(self, seed: int, part: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -248,7 +260,7 @@ class TrainLoader:
             for x, y in loader:
                 if len(y) < opt.batch_size:
                     continue  # a worker's partial tail; train batches are full
-                yield s.finish(x, y)
+                yield x, y
                 n += 1
                 if n == steps:
                     return

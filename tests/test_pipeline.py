@@ -227,3 +227,20 @@ def test_clear_errors_for_missing_stats_and_index(unique_label_shards, tmp_path)
         EvalLoader(
             out, LoaderOptions(batch_size=2, crop=12, normalization="channel", lighting="off"), split="train"
         )
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_resume_mid_epoch_yields_the_tail_of_the_full_epoch(unique_label_shards, backend):
+    for rank, world in ((0, 1), (1, 2)):
+        opt = LoaderOptions(batch_size=3, num_threads=2, crop=12, backend=backend, rank=rank, world=world)
+        loader = TrainLoader(unique_label_shards, opt)
+        full = [(x.clone(), y.clone()) for x, y in loader.epoch(2)]
+        assert len(full) == loader.steps_per_epoch
+        assert not torch.equal(full[0][0], full[1][0])  # distinct batches, not one reused buffer
+        for k in (1, loader.steps_per_epoch - 1, loader.steps_per_epoch):
+            tail = list(TrainLoader(unique_label_shards, opt).epoch(2, start_step=k))
+            assert len(tail) == len(full) - k
+            for (x, y), (fx, fy) in zip(tail, full[k:], strict=True):
+                assert torch.equal(x, fx) and torch.equal(y, fy), (backend, rank, k)
+    with pytest.raises(ValueError, match="start_step"):
+        next(loader.epoch(0, start_step=loader.steps_per_epoch + 1))
