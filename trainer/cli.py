@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -118,6 +119,8 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=set(values))
     except _USER_ERRORS as e:
         _fail(str(e))
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 speaks for the run
     if rows:
         last = rows[-1]
         click.echo(

@@ -220,12 +220,37 @@ class Sums:
         self.correct += (logits.detach().argmax(1) == y).sum()
         self.seen += len(y)
 
-    def state(self, seconds: float) -> dict:
-        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "seen": self.seen, "seconds": seconds}
+    def totals(self, world: int) -> torch.Tensor:
+        """[loss, correct, seen] of this rank, or of each rank ([world, 3]) under DDP."""
+        mine = torch.stack(
+            [self.loss, self.correct.double(), torch.tensor(float(self.seen), device=self.loss.device)]
+        )
+        if world == 1:
+            return mine[None].cpu()
+        everyone = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(everyone, mine)
+        return torch.stack(everyone).cpu()
+
+    def state(self, world: int, seconds: float) -> dict:
+        """Every rank's sums (all ranks call this together), so each resumes with its own."""
+        t = self.totals(world)
+        return {"per_rank": t, "seconds": seconds}
 
     @classmethod
-    def from_state(cls, s: dict) -> Sums:
-        return cls(s["loss"].clone(), s["correct"].clone(), int(s["seen"]), float(s["seconds"]))
+    def from_state(cls, s: dict, rank: int) -> Sums:
+        loss, correct, seen = s["per_rank"][rank]
+        return cls(loss.clone(), correct.to(torch.int64), int(seen), float(s["seconds"]))
+
+    def epoch_row(self, world: int, steps: int) -> dict:
+        """The epoch's training metrics over all ranks."""
+        loss, correct, seen = self.totals(world).sum(0).tolist()
+        return dict(
+            train_loss=loss / (steps * world),
+            train_top1_err=1.0 - correct / max(seen, 1),
+            img_per_s=seen / max(self.seconds, 1e-9),
+            train_seconds=self.seconds,
+            steps=steps,
+        )
 
 
 @dataclass
@@ -266,6 +291,7 @@ class Trainer:
 
     def state(self, seconds: float = 0.0) -> dict:
         p = self.pos
+        sums = p.sums.state(self.env.world, seconds)  # a collective: before any rank-0-only work
         return {
             "format": checkpoint.FORMAT,
             "model": checkpoint.cpu_state_dict(self.model),
@@ -274,7 +300,7 @@ class Trainer:
             "epoch": p.epoch,
             "epoch_step": p.epoch_step,
             "step": p.step,
-            "sums": p.sums.state(seconds),
+            "sums": sums,
             "history": list(p.history),
             "best_top1_err": p.best_top1_err,
             "metrics": p.history[-1] if p.history else {},
@@ -285,11 +311,11 @@ class Trainer:
         }
 
     def save(self, seconds: float = 0.0, best: bool = False) -> None:
-        """Rank 0 writes the checkpoint of the current position (the others hold the same state)."""
+        """Rank 0 writes the checkpoint of the current position (every rank calls this)."""
+        state = self.state(seconds)
         if not self.env.main:
             return
         self.saves += 1
-        state = self.state(seconds)
         if os.environ.get(DIE_ENV) == f"save:{self.saves}":  # tests: die with a half-written file
             layout.tmp_path(self.run_dir / checkpoint.LAST).write_bytes(b"PK\x03\x04 partial")
             _maybe_die("save", self.saves)
@@ -319,11 +345,11 @@ class Trainer:
                 epoch=int(state["epoch"]),
                 epoch_step=int(state["epoch_step"]),
                 step=int(state["step"]),
-                sums=Sums.from_state(state["sums"]),
+                sums=Sums.from_state(state["sums"], self.env.rank),
                 history=list(state["history"]),
                 best_top1_err=state["best_top1_err"],
             )
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise checkpoint.CheckpointError(
                 f"{path}: malformed checkpoint ({e.__class__.__name__}: {e})"
             ) from None
@@ -460,13 +486,7 @@ def run(
         set_lr(trainer.opt, schedule.lr)
         row = {"epoch": epoch, "lr": schedule.lr}
         sums = train_epoch(trainer, net, train, epoch, steps, progress and env.main)
-        row.update(
-            train_loss=sums.loss.item() / steps,
-            train_top1_err=1.0 - sums.correct.item() / max(sums.seen, 1),
-            img_per_s=sums.seen * env.world / max(sums.seconds, 1e-9),
-            train_seconds=sums.seconds,
-            steps=steps,
-        )
+        row.update(sums.epoch_row(env.world, steps))
         best = False
         if val is not None:
             ev = evaluate([net], val, cfg.amp)

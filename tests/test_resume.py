@@ -1,0 +1,293 @@
+"""Exact resume after kill -9 (mid-epoch, one process and torchrun), kept checkpoints, refusals.
+
+Real runs in subprocesses on a tiny CIFAR-10 subset (240 train / 80 test real JPEGs at 32px);
+the kill is a real SIGKILL that rank 0 sends itself after a given step (ALEXTRAIN_TEST_DIE), as a
+preempted host would die.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import alexprep, alextrain
+
+from trainer import checkpoint
+from trainer.cli import main as cli_main
+from trainer.train import DIE_ENV
+
+PER_CLASS = {"train": 24, "test": 8}
+
+
+def _tiny(root: Path, out: Path, splits: tuple[str, ...]) -> Path:
+    src = out.parent / "src"
+    for split in splits:
+        for cls in sorted((root / split).iterdir()):
+            (src / split / cls.name).mkdir(parents=True)
+            for f in sorted(cls.iterdir())[: PER_CLASS[split]]:
+                shutil.copy(f, src / split / cls.name / f.name)
+    alexprep("shard", src, out, "--size", 32, "--shard-size", 60, "--quiet")
+    alexprep("pca-stats", out, "--quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(cifar_root, tmp_path_factory) -> Path:
+    return _tiny(cifar_root, tmp_path_factory.mktemp("tiny") / "shards", ("train", "test"))
+
+
+@pytest.fixture(scope="session")
+def tiny_train_only(cifar_root, tmp_path_factory) -> Path:
+    return _tiny(cifar_root, tmp_path_factory.mktemp("tiny-train") / "shards", ("train",))
+
+
+def _args(
+    data: Path, *more: object, epochs: int = 2, every: int | None = 2, loader: str = "dali"
+) -> list[str]:
+    base = ["--data", data, "--arch", "cifar", "--epochs", epochs, "--steps-per-epoch", 5, "--loader", loader]
+    base += ["--batch-size", 16, "--num-threads", 1, "--quiet", *more]
+    base += ["--checkpoint-every", every] if every else []
+    return [str(a) for a in base]
+
+
+def _die_at(event: str, out: Path, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, DIE_ENV: event}
+    cmd = [sys.executable, "-m", "trainer.cli", "run", "--out", str(out), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _rows(run: Path) -> list[dict]:
+    drop = ("img_per_s", "train_seconds")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny, tmp_path_factory):
+    """Uninterrupted runs by loader: 2 epochs of 5 steps, a checkpoint every 2 steps, 3 kept."""
+    runs: dict[str, Path] = {}
+
+    def get(loader: str = "dali") -> Path:
+        if loader not in runs:
+            out = tmp_path_factory.mktemp(f"straight-{loader}") / "run"
+            proc = alextrain("run", "--out", out, *_args(tiny, "--keep", 3, loader=loader))
+            assert "global batch 16 (16 per process x 1)" in proc.stdout
+            runs[loader] = out
+        return runs[loader]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["dali", "reference"])
+def test_kill_mid_epoch_and_resume_is_bit_exact(straight, tiny, tmp_path, loader):
+    straight_run = straight(loader)
+    args = _args(tiny, "--keep", 3, loader=loader)
+    killed = tmp_path / "killed"
+    proc = _die_at("step:7", killed, args)  # epoch 1, step 2 of 5; the last checkpoint is at step 6
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    state = torch.load(killed / "last.pt", weights_only=True)
+    assert (state["epoch"], state["epoch_step"], state["step"]) == (1, 1, 6)  # mid-epoch
+    again = alextrain("run", "--out", killed, *args, check=False)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently overwrite a run
+    resumed = alextrain("run", "--out", killed, *args, "--resume")
+    assert "resuming at epoch 1 step 1" in resumed.stdout
+    assert _same_weights(killed / "last.pt", straight_run / "last.pt")
+    assert _rows(killed) == _rows(straight_run)  # and the resumed epoch's metrics sums
+    assert json.loads((killed / "config.json").read_text())["crop"] == 32  # cifar: the stored size
+
+
+def test_keeps_best_and_the_newest_n(straight):
+    run = straight()
+    # checkpoints at steps 2, 4, 5 (epoch 0's end), 6, 8, 10 (epoch 1's end): the newest 3 kept
+    assert [p.name for p in checkpoint.kept(run)] == [f"step-{s:08d}.pt" for s in (6, 8, 10)]
+    assert (run / "last.pt").samefile(run / "step-00000010.pt") or (run / "last.pt").read_bytes() == (
+        run / "step-00000010.pt"
+    ).read_bytes()
+    rows = _rows(run)
+    best = torch.load(run / "best.pt", weights_only=True)
+    errs = [r["val_top1_err"] for r in rows]
+    first_best = errs.index(min(errs))
+    assert best["best_top1_err"] == min(errs) and best["epoch"] == first_best + 1  # saved after that epoch
+    assert checkpoint.resolve(run) == run / "best.pt"
+    assert not list(run.glob(".*tmp"))  # nothing half-written left behind
+
+
+def test_kill_during_the_first_checkpoint_write_lists_each_epoch_once(straight, tiny, tmp_path):
+    straight_run = straight()
+    args = _args(tiny, "--keep", 3, every=None)
+    out = tmp_path / "run"
+    proc = _die_at("save:1", out, args)  # the first save: epoch 0's end
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "last.pt").exists() and len(_rows(out)) == 1  # epoch 0 logged, not saved
+    alextrain("run", "--out", out, *args, "--auto-resume")  # nothing to resume: a fresh start
+    assert [r["epoch"] for r in _rows(out)] == [0, 1]
+    assert _rows(out) == _rows(straight_run)
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_settings_but_extends_epochs(straight, tiny, tmp_path):
+    straight_run = straight()
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    config = (run / "config.json").read_text()
+    args = _args(tiny)
+    proc = alextrain(
+        "run", "--out", run, *args, "--resume", "--lr", 0.02, "--activation", "tanh", check=False
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        "lr (checkpoint 0.01, now 0.02)" in proc.stderr
+        and "activation (checkpoint 'relu', now 'tanh')" in proc.stderr
+    )
+    assert (run / "config.json").read_text() == config  # nothing rewritten
+    alextrain("run", "--out", run, *_args(tiny, epochs=3), "--resume")
+    assert [r["epoch"] for r in _rows(run)] == [0, 1, 2] and _rows(run)[:2] == _rows(straight_run)
+
+
+def test_malformed_checkpoints_are_refused_clearly(straight, tiny, tmp_path):
+    straight_run = straight()
+    good = torch.load(straight_run / "last.pt", weights_only=True)
+    fc = next(k for k in good["model"] if k.startswith("fc") and k.endswith("weight"))
+    broken = {
+        "missing optimizer": {k: v for k, v in good.items() if k != "optimizer"},
+        "unexpected rng": {**good, "rng": {}},
+        "do not fit": {**good, "model": {**good["model"], fc: torch.zeros(3, 3)}},
+    }
+    for message, state in broken.items():
+        run = tmp_path / message.replace(" ", "-")
+        shutil.copytree(straight_run, run)
+        checkpoint.save(run / "last.pt", state)
+        proc = alextrain("run", "--out", run, *_args(tiny), "--resume", check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    proc = alextrain("run", "--out", run, *_args(tiny), "--resume", check=False)
+    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
+
+
+def _cli(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(cli_main, ["run", *map(str, args)], catch_exceptions=False)
+    return result.exit_code, result.stderr
+
+
+def test_settings_are_refused_up_front_with_the_key_named(tiny, tmp_path):
+    toml = tmp_path / "c.toml"
+    listy = tmp_path / "l.json"
+    listy.write_text("[1, 2]")
+    out = tmp_path / "never"
+    base = ["--data", tiny, "--out", out]
+    cases = [
+        (["--crop", 0], "--crop (crop) = 0"),
+        (["--crop", -8], "--crop (crop) = -8"),
+        (["--crop", 100], "alexnet takes 224 or 227"),
+        (["--arch", "cifar", "--crop", 48], "larger than the stored images (32px)"),
+        (["--arch", "cifar", "--num-classes", 7], "the dataset"),
+        (["--num-classes", 0], "--num-classes (num_classes) = 0"),
+        (["--model-parallel", 0], "--model-parallel (model_parallel) = 0"),
+        (["--towers", 0], "--towers (towers) = 0"),
+        (["--arch", "cifar", "--towers", 2], "--towers (towers): --arch cifar has one tower"),
+        (["--arch", "cifar", "--dropout", 0.5], "--dropout (dropout): --arch cifar has no dropout"),
+        (["--epochs", -1], "--epochs (epochs) = -1"),
+        (["--steps-per-epoch", 0], "--steps-per-epoch (steps_per_epoch) = 0"),
+        (["--lr", "nan"], "--lr (lr) = nan"),
+        (["--lr", -1], "--lr (lr) = -1.0"),
+        (["--lr", 1e30], "--lr (lr) = 1e+30"),
+        (["--momentum", 5], "--momentum (momentum) = 5.0"),
+        (["--weight-decay", -1], "--weight-decay (weight_decay) = -1.0"),
+        (["--patience", -1], "--patience (patience) = -1"),
+        (["--max-drops", -1], "--max-drops (max_drops) = -1"),
+        (["--keep", 0], "--keep (keep) = 0"),
+        (["--checkpoint-every", 0], "--checkpoint-every (checkpoint_every) = 0"),
+        (["--schedule", "step"], "--schedule step needs --lr-steps"),
+        (["--lr-steps", "30,60"], "--lr-steps (lr_steps): --schedule plateau"),
+        (["--config", toml], 'epochs) = "abc"'),
+        (["--config", listy], "not a list"),
+    ]
+    for args, message in cases:
+        toml.write_text('epochs = "abc"\n')
+        code, err = _cli(*base, *args)
+        assert code == 2 and message.replace('"', "'") in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+        assert not out.exists(), args  # refused before anything was written
+
+
+def test_without_a_val_split_only_a_fixed_step_schedule_runs(tiny_train_only, tmp_path):
+    args = ["--data", tiny_train_only, "--arch", "cifar", "--steps-per-epoch", 2, "--batch-size", 16]
+    args += ["--num-threads", 1, "--epochs", 2, "--quiet"]
+    code, err = _cli("--out", tmp_path / "plateau", *args)
+    assert code == 2 and "no val, validation or test split" in err and "--schedule step" in err
+    assert not (tmp_path / "plateau").exists()
+    proc = alextrain("run", "--out", tmp_path / "step", *args, "--schedule", "step", "--lr-steps", 1)
+    assert "/10 at epochs 1" in proc.stdout
+    assert [r["lr"] for r in _rows(tmp_path / "step")] == pytest.approx([0.01, 0.001])
+    assert (
+        not (tmp_path / "step" / "best.pt").exists()
+        and checkpoint.resolve(tmp_path / "step").name == "last.pt"
+    )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RANK_OUT = """
+import os, sys
+from trainer.cli import main
+rank = os.environ["RANK"]
+extra = os.environ.get("ALEXTRAIN_TEST_EXTRA" + rank, "").split()
+main(["run", "--out", os.path.join(os.environ["ALEXTRAIN_TEST_OUTS"], "rank" + rank), *sys.argv[1:], *extra])
+"""
+
+
+def _torchrun(tmp: Path, outs: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """Two gloo ranks on the CPU, each with its own --out (a runs folder that is not shared)."""
+    script = tmp / "rank_out.py"
+    script.write_text(RANK_OUT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ALEXTRAIN_TEST_OUTS": str(outs), **env}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+    ]
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_torchrun_resume_comes_from_rank_0_alone(tiny, tmp_path):
+    args = _args(tiny, epochs=2)
+    straight = _torchrun(tmp_path, tmp_path / "straight", args)
+    assert straight.returncode == 0, straight.stderr
+    assert "global batch 32 (16 per process x 2)" in straight.stdout
+    killed = tmp_path / "killed"
+    proc = _torchrun(tmp_path, killed, args, **{DIE_ENV: "step:3"})  # epoch 0, step 3 of 5
+    assert proc.returncode != 0
+    state = torch.load(killed / "rank0" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["epoch_step"]) == (0, 2)
+    assert not (killed / "rank1" / "last.pt").exists()  # only rank 0's folder holds the checkpoint
+    resumed = _torchrun(tmp_path, killed, [*args, "--auto-resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at epoch 0 step 2" in resumed.stdout
+    assert _same_weights(killed / "rank0" / "last.pt", tmp_path / "straight" / "rank0" / "last.pt")
+    assert _rows(killed / "rank0") == _rows(tmp_path / "straight" / "rank0")
+    other = _torchrun(tmp_path, tmp_path / "disagree", args, ALEXTRAIN_TEST_EXTRA1="--lr 0.02")
+    assert other.returncode != 0 and "rank 1 disagrees with rank 0 on: lr" in other.stderr, other.stderr
+    assert not (tmp_path / "disagree" / "rank0" / "last.pt").exists()
