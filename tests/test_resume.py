@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import alexprep, alextrain
 
+from tests.conftest import alexprep, alextrain
 from trainer import checkpoint
 from trainer.cli import main as cli_main
 from trainer.train import DIE_ENV
@@ -291,3 +291,56 @@ def test_torchrun_resume_comes_from_rank_0_alone(tiny, tmp_path):
     other = _torchrun(tmp_path, tmp_path / "disagree", args, ALEXTRAIN_TEST_EXTRA1="--lr 0.02")
     assert other.returncode != 0 and "rank 1 disagrees with rank 0 on: lr" in other.stderr, other.stderr
     assert not (tmp_path / "disagree" / "rank0" / "last.pt").exists()
+
+
+class _Batches:
+    """Stand-in data with the TrainLoader interface: batch k of epoch e is a function of (e, k)."""
+
+    steps_per_epoch = 6
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        for k in range(start_step, self.steps_per_epoch):
+            gen = torch.Generator().manual_seed(1000 * epoch + k)
+            yield torch.randn(4, 3, 32, 32, generator=gen) * 50, torch.randint(0, 10, (4,), generator=gen)
+
+
+def _trainer(tmp_path: Path):
+    from trainer.config import TrainConfig
+    from trainer.train import Env, Trainer, build
+
+    cfg = TrainConfig(arch="cifar", num_classes=10, crop=32, out=str(tmp_path), lr=0.001)
+    env = Env(0, 1, 0, [torch.device("cpu")])
+    torch.manual_seed(0)
+    return Trainer(cfg, env, {"fake": True}, build(cfg, env))
+
+
+def test_steps_never_wait_for_the_device_and_resume_in_process_is_exact(tmp_path, monkeypatch):
+    from trainer import train
+
+    reads = []
+    for name in ("item", "tolist", "__int__", "__float__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _r=real, _n=name: reads.append(_n) or _r(self, *a)
+        )
+    straight = _trainer(tmp_path / "a")
+    sums = train.train_epoch(straight, straight.model, _Batches(), 0, 6, bar=False)
+    assert reads == []  # six steps, not one host read of a device value
+    monkeypatch.setattr(train, "LOG_EVERY", 2)
+    half = _trainer(tmp_path / "b")
+    train.train_epoch(half, half.model, _Batches(), 0, 3, bar=True)  # 3 of 6 steps, then "killed"
+    assert reads.count("item") == 1  # the progress bar read the loss once, at step 2
+    monkeypatch.undo()
+    state = half.state()
+    resumed = _trainer(tmp_path / "c")
+    resumed.restore(state, tmp_path / "b" / "last.pt")
+    assert (resumed.pos.epoch, resumed.pos.epoch_step, resumed.pos.step) == (0, 3, 3)
+    sums_resumed = train.train_epoch(resumed, resumed.model, _Batches(), 0, 6, bar=False)
+    for (k, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    assert sums_resumed.epoch_row(1, 6) | {"img_per_s": 0, "train_seconds": 0} == sums.epoch_row(1, 6) | {
+        "img_per_s": 0,
+        "train_seconds": 0,
+    }
