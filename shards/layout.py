@@ -245,5 +245,6 @@ class NodeLock:
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # no holder; the file stays (unlinking a lock file races)
             os.close(self.fd)  # releases the flock
             self.fd = None

@@ -24,7 +24,12 @@ from tests.conftest import IMAGENET, alexprep, imagenet_files
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every data file's bytes; not the run's state (lock files, verify's record), which differ by run."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".alexprep-node") and p.name != "verified.json"
+    }
 
 
 def manifest(out: Path, split: str = "train") -> list[dict]:
@@ -50,7 +55,14 @@ def test_flat_imagenet_samples(imagenet_shards):
     out = imagenet_shards
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["complete"] and meta["layout"] == "flat"
+    files = meta["splits"]["train"].pop("files")
     assert meta["splits"]["train"] == {"found": 1000, "written": 1000, "rejected": 0, "shards": 4}
+    # what each shard must be, recorded when written: the sizes on disk and the index's count
+    assert sorted(files) == [f"train-00000{i}" for i in range(4)]
+    for name, rec in files.items():
+        assert rec["tar_bytes"] == (out / "train" / f"{name}.tar").stat().st_size
+        assert rec["samples"] == len(read_index(out / "train" / f"{name}.idx"))
+    assert sum(rec["samples"] for rec in files.values()) == 1000
     classes = json.loads((out / "classes.json").read_text())
     wnids = sorted({n.split("_", 1)[0] for n in imagenet_files()})
     assert [c["wnid"] for c in classes] == wnids  # sorted wnid order -> 0..999
