@@ -146,16 +146,21 @@ def decode(data: bytes, size: int = IMAGE_SIZE, max_pixels: int = MAX_PIXELS) ->
 
 
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Scale so the shorter side is `size`, then cut the central size x size patch."""
+    """The central square (side = the shorter side), scaled to size x size.
+
+    The same geometry as the paper's "rescale the shorter side to 256, then crop the central
+    256x256" (the same scale; the crop's position can differ by under one output pixel), but
+    cropping first resizes only the pixels that are kept: 25 % less work for a 4:3 image.
+    """
     h, w = image.shape[:2]
-    scale = size / min(h, w)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        # INTER_AREA averages when shrinking (no aliasing); cubic when enlarging small images.
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-        image = cv2.resize(image, (new_w, new_h), interpolation=interp)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return image[top : top + size, left : left + size]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[top : top + side, left : left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    # INTER_AREA averages when shrinking (no aliasing); cubic when enlarging small images.
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(square, (size, size), interpolation=interp)
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:

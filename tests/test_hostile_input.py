@@ -18,7 +18,6 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
