@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from shards import layout
 from shards.reader import DamagedDataError, iter_shard, load_dataset, repair_hint, shard_paths
-from shards.verify import check_structure
+from shards.verify import check_structure, read_manifest
 
 PIXEL_SCALE = 255
 
@@ -134,12 +134,9 @@ def plan_jobs(out: Path, size: int, max_images: int | None) -> list[tuple[str, i
 
 
 def _per_shard_counts(out: Path) -> dict[str, int]:
-    import pyarrow.parquet as pq
-
-    shards = pq.read_table(out / "train" / layout.MANIFEST, columns=["shard"])["shard"].to_pylist()
     counts: dict[str, int] = {}
-    for s in shards:
-        counts[s] = counts.get(s, 0) + 1
+    for row in read_manifest(out, "train", columns=["shard"]):
+        counts[row["shard"]] = counts.get(row["shard"], 0) + 1
     return counts
 
 

@@ -148,7 +148,14 @@ def _check_out(src: Path, out: Path, identity: dict) -> dict | None:
         return old
     if out.is_dir():
         try:
-            entries = [e for e in os.listdir(out) if not e.startswith(".alexprep-node")]
+            # another node's lock and temporary files may appear before its dataset.json
+            entries = [
+                e
+                for e in os.listdir(out)
+                if not (
+                    e.startswith(".alexprep-node") or (e.startswith(".") and e.endswith(layout.TMP_SUFFIX))
+                )
+            ]
         except OSError as e:
             raise ShardError(f"{out}: cannot list ({e.strerror})") from None
         if entries:

@@ -245,9 +245,12 @@ def _expected(rows: list[dict], classes: list[dict]) -> dict[str, dict[str, tupl
     return by_shard
 
 
-def _read_manifest(out: Path, split: str, shard: str | None = None) -> list[dict]:
+def read_manifest(
+    out: Path, split: str, shard: str | None = None, columns: list[str] | None = None
+) -> list[dict]:
+    """A split's manifest rows (of one shard); DatasetError naming the file if missing or garbage."""
     path = out / split / layout.MANIFEST
-    cols = ["key", "label", "source", "width", "height", "shard", "sha256"]
+    cols = columns or ["key", "label", "source", "width", "height", "shard", "sha256"]
     try:
         table = pq.read_table(path, columns=cols, filters=[("shard", "=", shard)] if shard else None)
     except FileNotFoundError:
@@ -260,7 +263,7 @@ def _read_manifest(out: Path, split: str, shard: str | None = None) -> list[dict
 
 
 def _check_one(out: Path, meta: dict, split: str, tar: Path) -> list[str]:
-    rows = _read_manifest(out, split, tar.name)
+    rows = read_manifest(out, split, tar.name)
     expected = _expected(rows, load_classes(out)).get(tar.name, {})
     return check_shard((str(tar), meta["size"], expected))[1]
 
@@ -274,7 +277,7 @@ def verify(out: Path, workers: int = 1, progress: bool = True) -> list[str]:
     problems, jobs, hashed = [], [], []
     for split in splits:
         counts = meta["splits"][split]
-        manifest = _read_manifest(out, split)
+        manifest = read_manifest(out, split)
         if len(manifest) != counts.get("written"):
             problems.append(
                 f"{split}: manifest has {len(manifest)} rows, "

@@ -499,3 +499,29 @@ def test_cli_defaults_equal_the_modules(tmp_path):
     assert (cli.DEFAULT_SHARD_SIZE, cli.DEFAULT_SEED) == (shard.DEFAULT_SHARD_SIZE, shard.DEFAULT_SEED)
     help_text = alexprep("shard", "--help").stdout
     assert "--max-pixels" in help_text and "100000000" in help_text and "67108864" in help_text
+
+
+def test_two_nodes_on_one_shared_out_at_once_give_the_single_node_dataset(small_shards, tmp_path):
+    labels, _, pristine = small_shards
+    out = tmp_path / "shared-out"
+    args = ["shard", IMAGENET, out, "--labels", labels, "--size", SIZE, "--shard-size", 10, "--workers", 1]
+    cmd = [sys.executable, "-m", "preprocess.cli", *map(str, args), "--quiet", "--num-nodes", "2"]
+    nodes = [
+        subprocess.Popen(
+            [*cmd, "--node-rank", str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for r in (0, 1)
+    ]
+    results = [(p.communicate(timeout=120), p.returncode) for p in nodes]
+    for (stdout, stderr), rc in results:
+        assert rc == 0, stderr
+    # whichever node finished last merged; either way the dataset is complete and identical
+    assert json.loads((out / "dataset.json").read_text())["complete"]
+    for f in [
+        "classes.json",
+        "dataset.json",
+        "train/manifest.parquet",
+        *(f"train/train-00000{i}.tar" for i in range(4)),
+    ]:
+        assert (out / f).read_bytes() == (pristine / f).read_bytes(), f
+    assert not [p for p in out.rglob("*.tmp")]
