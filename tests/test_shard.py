@@ -48,6 +48,26 @@ def test_resize_center_crop_geometry_by_hand():
     assert out[:, :49].max() == 0 and out[:, 51:].min() == 255  # the edge sits in the middle
 
 
+def _checkerboard_jpeg(w: int, h: int) -> bytes:
+    board = ((np.indices((h, w)).sum(0) % 2) * 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", cv2.merge([board] * 3), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("w, h", [(1100, 1030), (2200, 2060)])  # DCT-reduced by 4 and by 8
+def test_large_jpegs_decoded_at_reduced_scale_stay_antialiased(w, h):
+    # a 1-pixel checkerboard: any sampling without averaging shows it as black/white moire
+    data = _checkerboard_jpeg(w, h)
+    enc = process(data, 256, 95)
+    assert (enc.width, enc.height) == (w, h)  # the source's size, not the reduced one
+    out = cv2.imdecode(np.frombuffer(enc.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE).astype(float)
+    assert abs(out.mean() - 127.5) < 4 and out.std() < 4
+    # and the same picture as INTER_AREA from the full-size decode
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    reference = cv2.cvtColor(resize_center_crop(full, 256), cv2.COLOR_BGR2GRAY).astype(float)
+    assert np.abs(out - reference).mean() < 4
+
+
 # ---- real data: flat folder + labels, ILSVRC tree, CIFAR-10 ImageFolder -----------------------
 
 
