@@ -7,9 +7,10 @@ Both sides run as fresh processes, timed from launch to exit (start-up included)
   shorter side to 256 (Pillow's default antialiased bicubic) -> centre crop -> save JPEG q90;
 - ours: `python -m preprocess.cli shard SRC OUT --labels ... --workers 1|2` (tars, DALI index,
   manifest, everything a user gets).
-Runs are interleaved (PIL, ours x1, ours x2, PIL, ...) so the load of a shared machine hits all
-alike; the figure per core is images per CPU-second of the process tree (user + sys), which
-other users of the CPUs do not inflate, and wall-clock img/s is printed beside it.
+Also prints the start-up time of `alexprep --help`. Runs are interleaved (PIL, ours x1, ours x2,
+PIL, ...) so the load of a shared machine hits all alike; the figure per core is images per
+CPU-second of the process tree (user + sys), which other users of the CPUs do not inflate, and
+wall-clock img/s is printed beside it.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def main() -> None:
         f"per core vs PIL: {per_cpu['w1'] / per_cpu['pil']:.2f}x by CPU time, "
         f"{wall['w1'] / wall['pil']:.2f}x by wall clock (target >= 1.15x)"
     )
+    helps = sorted(timed([sys.executable, "-m", "preprocess.cli", "--help"])[0] for _ in range(5))
+    print(f"`alexprep --help`: {helps[2]:.2f} s (median of 5; target < 0.5 s)")
     print(
         f"--workers 2 vs PIL: {wall['w2'] / wall['pil']:.2f}x wall "
         "(target >= 2.07x on an idle 2-core machine); "

@@ -374,10 +374,6 @@ def _shard_locked(
     summary: Summary,
 ) -> Summary:
     """The writing half of `shard`, under this node's lock."""
-    for p in plans:
-        layout.remove_stale_tmp(out / p.name)
-        layout.remove_stale_tmp(out / p.name / layout.PARTS)
-    layout.remove_stale_tmp(out)
     states = _states(out, plans)
     mine = [(p, i) for p in plans for i in range(p.num_shards) if i % opt.num_nodes == opt.node_rank]
     todo = [(p, i) for p, i in mine if (p.name, i) in redo or states[(p.name, i)][1] is not None]
@@ -385,6 +381,11 @@ def _shard_locked(
         # incomplete until every shard is back: a reader never trusts a dataset being repaired
         layout.write_json_if_changed(out / layout.DATASET_JSON, _dataset_json(identity, None))
     layout.write_json_if_changed(out / layout.CLASSES_JSON, _classes_json(source))
+    layout.remove_stale_tmp(out)
+    for p in plans:  # real folders (a link here is refused, not followed), then clean them
+        for folder in (out / p.name, out / p.name / layout.PARTS):
+            layout.ensure_dir(folder)
+            layout.remove_stale_tmp(folder)
     for p, i in todo:  # the part is the commit marker: remove it first, then redo the shard
         layout.part_path(out, p.name, i).unlink(missing_ok=True)
     wnids = {c.index: c.wnid for c in source.classes}

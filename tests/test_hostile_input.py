@@ -525,3 +525,15 @@ def test_two_nodes_on_one_shared_out_at_once_give_the_single_node_dataset(small_
     ]:
         assert (out / f).read_bytes() == (pristine / f).read_bytes(), f
     assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_split_folder_replaced_by_a_link_is_refused_not_followed(two_images, tmp_path):
+    labels = write_labels(tmp_path / "l.csv", ["a.jpg", "b.jpg"])
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    alexprep("shard", two_images, out, "--labels", labels, "--size", SIZE, "--quiet")
+    shutil.rmtree(out / "train")
+    outside.mkdir()
+    (out / "train").symlink_to(outside)
+    proc = alexprep("shard", two_images, out, "--labels", labels, "--size", SIZE, "--quiet", check=False)
+    assert proc.returncode == 2 and "train: is a symbolic link" in proc.stderr, proc.stderr
+    assert list(outside.iterdir()) == []
