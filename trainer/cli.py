@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pipeline.augment import LIGHTING_CONVENTIONS, NORMALIZATIONS, StatsError
+from pipeline.augment import StatsError
 from shards.reader import DatasetError
 from trainer.checkpoint import CheckpointError
-from trainer.config import TrainConfig, load_config_file
+from trainer.config import CHOICES, TrainConfig, load_config_file, parse_lr_steps
 from trainer.train import TrainError
 
 _USER_ERRORS = (DatasetError, StatsError, CheckpointError, TrainError, ValueError)
@@ -36,43 +36,54 @@ def main() -> None:
     """
 
 
-_CHOICES = {
-    "arch": ["alexnet", "cifar"],
-    "activation": ["relu", "tanh"],
-    "lrn": ["cuda-convnet", "paper", "off"],
-    "pool": ["overlap", "nonoverlap"],
-    "loader": ["auto", "dali", "reference"],
-    "lighting": list(LIGHTING_CONVENTIONS),
-    "normalization": list(NORMALIZATIONS),
-    "device": ["auto", "cuda", "cpu"],
-}
 _HELP = {
-    "data": "Sharded dataset (alexprep shard + pca-stats).",
-    "out": "Run directory: checkpoints, metrics.jsonl, config.json.",
+    "data": "Sharded dataset (alexprep shard + pca-stats). Required.",
+    "out": "Run directory: checkpoints, metrics.jsonl, config.json. Required.",
+    "num_classes": "Must match the dataset [default: from its classes.json].",
     "lrn": "cuda-convnet: torch LRN alpha=1e-4 (Krizhevsky's code); paper: the printed formula (5x).",
     "lighting": "PCA lighting convention (see pipeline/augment.py); off to disable.",
-    "crop": "224 (conv1 padded by 2) or 227 (unpadded, Caffe).",
-    "towers": "2: the paper's net; 1: one GPU with half the kernels (section 3.2's comparison).",
-    "extra_conv": "A sixth conv layer (Table 2's 1 CNN*).",
-    "steps_per_epoch": "Cap on steps per epoch (quick runs).",
+    "crop": "alexnet: 224 (conv1 padded by 2) or 227 (Caffe) [default: 224; cifar: the stored size].",
+    "towers": "2: the paper's net; 1: one GPU with half the kernels (section 3.2). alexnet only.",
+    "dropout": "Dropout probability of fc6 and fc7 (section 4.2). alexnet only.",
+    "extra_conv": "A sixth conv layer (Table 2's 1 CNN*). alexnet only.",
+    "batch_size": "Per process: the global batch is this times the process count.",
+    "schedule": "plateau: lr/10 when val error stalls (the paper; needs a val split); step: at --lr-steps.",
+    "lr_steps": "Epochs at which --schedule step divides the lr by 10, e.g. 30,60,80.",
+    "patience": "Epochs without val improvement before the lr is divided by 10 (plateau).",
+    "max_drops": "Most lr divisions (plateau).",
+    "val_split": "[default: val, validation or test, whichever exists].",
+    "steps_per_epoch": "Cap on steps per epoch (quick runs) [default: the whole split].",
+    "checkpoint_every": "Also checkpoint every N steps (exact mid-epoch resume) [default: epoch ends only].",
+    "keep": "Keep the newest N checkpoints as step-*.pt (last.pt is the newest; best.pt is kept too).",
     "model_parallel": "2: one tower per GPU, as in the paper.",
-    "patience": "Epochs without val improvement before the lr is divided by 10.",
 }
+
+
+class _EpochList(click.ParamType):
+    name = "EPOCHS"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        try:
+            return parse_lr_steps(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 def _config_options(f):  # noqa: ANN001, ANN202
     """One flag per TrainConfig field, defaulting to None so a config file can set it."""
     for fl in reversed(fields(TrainConfig)):
         name = "--" + fl.name.replace("_", "-")
-        help_ = _HELP.get(fl.name, "") + f" [default: {fl.default}]"
+        help_ = _HELP.get(fl.name, "")
+        if fl.default not in (None, "") and "[default:" not in help_:
+            help_ += f" [default: {fl.default}]"
         if fl.type in ("bool",) or isinstance(fl.default, bool):
             f = click.option(f"{name}/--no-{name[2:]}", fl.name, default=None, help=help_)(f)
-        elif fl.name in _CHOICES:
-            f = click.option(name, fl.name, type=click.Choice(_CHOICES[fl.name]), default=None, help=help_)(f)
+        elif fl.name in CHOICES:
+            f = click.option(name, fl.name, type=click.Choice(CHOICES[fl.name]), default=None, help=help_)(f)
+        elif fl.name == "lr_steps":
+            f = click.option(name, fl.name, type=_EpochList(), default=None, help=help_)(f)
         else:
-            kind = {int: int, float: float}.get(type(fl.default), str)
-            if fl.name in ("num_classes", "steps_per_epoch"):
-                kind = int
+            kind = {"int": int, "float": float}.get(str(fl.type).split(" ")[0], str)
             f = click.option(name, fl.name, type=kind, default=None, help=help_)(f)
     return f
 
@@ -85,7 +96,9 @@ def _config_options(f):  # noqa: ANN001, ANN202
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="JSON or TOML file of the same settings; flags override it.",
 )
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same settings)."
+)
 @click.option(
     "--auto-resume",
     is_flag=True,
@@ -102,9 +115,7 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         cfg = TrainConfig(**values)
         if not cfg.data or not cfg.out:
             raise TrainError("--data and --out are required (flags or config file)")
-        if auto_resume:
-            resume = (Path(cfg.out) / "last.pt").exists()
-        rows = run(cfg, resume=resume, progress=not quiet)
+        rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=set(values))
     except _USER_ERRORS as e:
         _fail(str(e))
     if rows:
@@ -114,6 +125,8 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
             + (f", val top-1 err {last['val_top1_err']:.4f}" if "val_top1_err" in last else "")
             + f"; checkpoint {Path(cfg.out) / 'last.pt'}"
         )
+    else:
+        click.echo(f"nothing to do: {cfg.out} has finished its {cfg.epochs} epochs")
 
 
 @main.command("eval")
