@@ -56,3 +56,27 @@ def iter_shard(tar: Path) -> Iterator[Sample]:
                 parts[m.ext] = f.read(m.size)
             key = members[0].name.split(".", 1)[0]
             yield Sample(key, int(parts["cls"]), parts["jpg"])
+
+
+VAL_SPLITS = ("val", "validation", "test")  # the split evaluated when none is named, first found
+
+
+def load_classes(out: Path) -> list[dict]:
+    """OUT/classes.json: one {index, name, wnid, label} per class, in index order."""
+    path = out / layout.CLASSES_JSON
+    if not path.is_file():
+        raise DatasetError(f"{out}: no {layout.CLASSES_JSON}; pass the shards the model was trained on")
+    try:
+        classes = layout.read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not JSON ({e})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, dict) and "index" in c for c in classes):
+        raise DatasetError(f"{path}: not a list of classes with an index each")
+    if [c["index"] for c in classes] != list(range(len(classes))):
+        raise DatasetError(f"{path}: class indices are not 0..{len(classes) - 1} in order")
+    return classes
+
+
+def default_val_split(meta: dict) -> str | None:
+    """The split to validate on when none is named: val, validation or test, whichever exists."""
+    return next((s for s in VAL_SPLITS if s in meta["splits"]), None)

@@ -15,13 +15,10 @@ from pathlib import Path
 import torch
 
 from shards import layout
+from trainer.errors import CheckpointError  # noqa: F401 (re-exported)
 
 LAST = "last.pt"
 BEST = "best.pt"
-
-
-class CheckpointError(Exception):
-    """Missing, unreadable, or made for another model."""
 
 
 def save(path: Path, state: dict) -> None:

@@ -11,10 +11,13 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.augment import CROP_SIZE
-from trainer.model import DROPOUT, ModelConfig
-from trainer.optim import BATCH_SIZE, EPOCHS, LEARNING_RATE, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
+from trainer.paper import BATCH_SIZE, DROPOUT, EPOCHS, LEARNING_RATE, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
+
+if TYPE_CHECKING:
+    from trainer.model import ModelConfig
 
 
 @dataclass
@@ -57,6 +60,8 @@ class TrainConfig:
     compile: bool = False
 
     def model_config(self) -> ModelConfig:
+        from trainer.model import ModelConfig  # torch: only when a model is built
+
         return ModelConfig(
             arch=self.arch,
             num_classes=self.num_classes or 1000,

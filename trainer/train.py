@@ -30,13 +30,10 @@ from shards import layout
 from shards.reader import load_dataset
 from trainer import checkpoint
 from trainer.config import TrainConfig
+from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
 from trainer.model import build_model
 from trainer.optim import PaperSGD, PlateauSchedule, param_groups, set_lr
-
-
-class TrainError(Exception):
-    """A user-facing problem with the run's setup (data, devices, checkpoint)."""
 
 
 @dataclass
