@@ -102,19 +102,22 @@ def json_options(f: Callable) -> Callable:
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what the figures can be saved as
 
 
-def prepare_outputs(*paths: Path | None, images: tuple[str, ...] = ()) -> None:
-    """Check every output path before any work: its folder is made (or the error says why not).
+def prepare_outputs(
+    image: Path | None = None, data: Path | None = None, image_types: tuple[str, ...] = IMAGE_TYPES
+) -> None:
+    """Check a command's output files before any work, and make their folders.
 
-    `images` lists the suffixes allowed for image outputs (all but the last path, a JSON file,
-    when given); so a typo in --out fails in a second, not after an hour of feature extraction.
+    So a typo in --out fails in a second with one line, not with a traceback after an hour of
+    feature extraction. `image` must end in one of `image_types`; `data` (JSON, Markdown) may
+    be named anything.
     """
-    for i, path in enumerate(paths):
+    if image is not None and image.suffix.lower() not in image_types:
+        _fail(f"{image}: unknown image type {image.suffix!r}; use one of {', '.join(image_types)}")
+    for path in (image, data):
         if path is None:
             continue
         if path.is_dir():
             _fail(f"{path}: is a folder; give a file name")
-        if images and i < len(paths) - 1 and path.suffix.lower() not in images:
-            _fail(f"{path}: unknown image type {path.suffix!r}; use one of {', '.join(images)}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -256,9 +259,10 @@ def eval_cmd(
     Averaging the softmax of several models is the paper's "5 CNNs" (section 6):
     `--checkpoint runs/a --checkpoint runs/b ...`.
     """
+    prepare_outputs(data=json_out)
+
     from trainer.inference import evaluate_checkpoints
 
-    prepare_outputs(json_out)
     try:
         result = evaluate_checkpoints(
             data, list(checkpoints), split, ten_crop, batch_size, device, num_threads
@@ -295,9 +299,10 @@ def summary_cmd(
     json_out: Path | None,
 ) -> None:
     """Each layer's output shape, neurons and parameters, and the totals."""
+    prepare_outputs(data=json_out)
+
     from trainer.model import build_model, summary
 
-    prepare_outputs(json_out)
     size = 32 if arch == "cifar" else int(crop)
     cfg = TrainConfig(
         arch=arch,
@@ -350,6 +355,8 @@ def bench_loader_cmd(
     Each epoch's first batch (pipeline start-up) is not timed; epochs repeat until --batches
     batches are timed.
     """
+    prepare_outputs(data=json_out)
+
     import time
 
     from pipeline.augment import CROP_SIZE
@@ -358,7 +365,6 @@ def bench_loader_cmd(
     from trainer.inference import pick_device
     from trainer.train import Env, loader_options
 
-    prepare_outputs(json_out)
     try:
         size = load_dataset(data)["size"]
         dev = pick_device(device)
@@ -442,10 +448,11 @@ def kernels_cmd(checkpoint: Path, out: Path, scale: int) -> None:
 
     CHECKPOINT is a checkpoint file, or a run folder (its best.pt, else last.pt).
     """
+    prepare_outputs(image=out, image_types=(".png", ".jpg", ".jpeg"))
+
     from trainer.checkpoint import load, resolve
     from trainer.figures import conv1_kernels, kernel_grid, save_image
 
-    prepare_outputs(out, None, images=(".png", ".jpg", ".jpeg"))
     try:
         towers = conv1_kernels(load(resolve(checkpoint)))
         img = kernel_grid(towers, scale=scale)
@@ -485,9 +492,10 @@ def predict_cmd(
     LOC_synset_mapping.txt, the devkit, or --label-from-name on `<wnid>_<name>` files), else
     DATA/class_names.json ({"n01440764": "tench", ...}), else the names image files give.
     """
+    prepare_outputs(image=out, data=json_out)
+
     from trainer.figures import plot_predictions, predict_images
 
-    prepare_outputs(out, json_out, images=IMAGE_TYPES)
     try:
         model, cfg, data, _ = _load_for_figures(checkpoint, data, device)
         results, unnamed = predict_images(model, data, list(images), cfg["crop"], ten_crop)
@@ -559,6 +567,8 @@ def neighbors_cmd(
     the search runs in blocks of --chunk rows, so memory stays bounded. The model and the loader
     run on the one --device.
     """
+    prepare_outputs(image=out, data=json_out)
+
     import numpy as np
     import torch
 
@@ -573,7 +583,6 @@ def neighbors_cmd(
         train_images,
     )
 
-    prepare_outputs(out, json_out, images=IMAGE_TYPES)
     try:
         model, cfg, data, checkpoint = _load_for_figures(checkpoint, data, device)
         stats = load_stats(data)
@@ -620,15 +629,17 @@ def report_cmd(run: Path, out: Path | None) -> None:
     RUN is a run folder (or a checkpoint in one). Its metrics.jsonl is read tolerantly: a torn
     or garbage line is skipped with a warning.
     """
+    prepare_outputs(data=out)  # RUN/report.md (the default) needs no folder made
+
     from trainer.figures import report
 
     run = run.parent if run.is_file() else run
-    out = out or run / "report.md"
-    prepare_outputs(out)
     try:
-        result = report(run, out)
+        result = report(run, out or run / "report.md")
     except _USER_ERRORS as e:
         _fail(str(e))
+    except OSError as e:  # e.g. a read-only run folder
+        _fail(f"{e.filename or run}: {e.strerror or e}")
     click.echo(f"wrote {result['markdown']} and {result['png']} ({result['epochs']} epochs)")
 
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -345,9 +346,13 @@ def report(run: Path, out: Path) -> dict:
     path = run / METRICS
     if not path.is_file():
         raise FigureError(f"{run}: no {METRICS} (is this an alextrain run directory?)")
-    rows = read_metrics(path)
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always")
+        rows = read_metrics(path)
     if not rows:
         raise FigureError(f"{path}: no readable epochs (empty, or not alextrain metrics)")
+    for w in skipped:  # some epochs are readable: say what was skipped, and go on
+        warnings.warn(w.message, stacklevel=2)
     png = out.with_suffix(".png")
     plt = _mpl()
     epochs = [r["epoch"] + 1 for r in rows]
