@@ -329,3 +329,35 @@ def test_neighbors_cache_follows_the_checkpoints_content(tiny, tiny_run, tmp_pat
     now = list(run.glob("features-last-train-*.npy"))
     assert len(now) == 1 and now != caches  # re-extracted, the stale cache removed
     assert second["distances"] != first["distances"]
+
+
+# ---- packaging: optional extras say what to install --------------------------------------------
+
+
+def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 2.0, "lr": 0.01}\n')
+    code = "import sys; sys.modules['matplotlib'] = None; from trainer.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "report", str(run)], capture_output=True, text=True)
+    _fails_cleanly(proc, "matplotlib is not installed; pip install 'alexnet2012[figures]'")
+    assert not (run / "report.md").exists()
+
+    from preprocess.sources import SourceError, _devkit_val_labels
+
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    with pytest.raises(SourceError, match=r"needs scipy: pip install 'alexnet2012\[devkit\]'"):
+        _devkit_val_labels(tmp_path)
+
+
+def test_packaging_metadata():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "setuptools>=77" in project["build-system"]["requires"]  # the SPDX license string needs 77
+    deps = project["project"]["dependencies"]
+    assert any(d.startswith("pillow") for d in deps)  # imported at run time by trainer/figures.py
+    extras = project["project"]["optional-dependencies"]
+    assert extras["figures"] == ["matplotlib>=3.7"] and extras["devkit"] == ["scipy>=1.10"]
+    assert set(extras["figures"] + extras["devkit"]) <= set(extras["dev"])  # CI installs [dev]
