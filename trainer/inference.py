@@ -9,6 +9,7 @@ import torch
 from pipeline.loader import EvalLoader, LoaderOptions
 from shards.reader import default_val_split, load_classes, load_dataset
 from trainer import checkpoint
+from trainer.errors import TrainError
 from trainer.evaluate import evaluate_many
 from trainer.model import ModelConfig, build_model
 
@@ -16,7 +17,7 @@ from trainer.model import ModelConfig, build_model
 def pick_device(name: str) -> torch.device:
     """--device auto|cuda|cpu -> the one device a command puts its model AND its loader on."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise checkpoint.CheckpointError("--device cuda, but no CUDA GPU is visible")
+        raise TrainError("--device cuda, but no CUDA GPU is visible")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
