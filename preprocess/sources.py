@@ -165,7 +165,10 @@ def _ilsvrc_root(src: Path) -> Path | None:
 
 def _devkit_val_labels(devkit: Path) -> list[str]:
     """Devkit ground truth (one ILSVRC2012_ID per val image, in file-name order) -> wnids."""
-    import scipy.io
+    try:
+        import scipy.io
+    except ImportError:
+        raise SourceError("the devkit's meta.mat needs scipy: pip install 'alexnet2012[devkit]'") from None
 
     meta = devkit / "data" / "meta.mat"
     truth = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"

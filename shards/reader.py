@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +43,6 @@ def load_dataset(out: Path) -> dict:
     if not isinstance(meta.get("size"), int):
         raise DatasetError(f"{path}: `size` is missing or malformed")
     return meta
-
-
-def load_classes(out: Path) -> list[dict]:
-    path = out / layout.CLASSES_JSON
-    try:
-        classes = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: missing or not valid JSON ({e})") from None
-    if not isinstance(classes, list) or not all(isinstance(c, dict) for c in classes):
-        raise DatasetError(f"{path}: expected a list of classes")
-    return classes
 
 
 def shard_paths(out: Path, split: str) -> list[Path]:
@@ -107,3 +95,28 @@ def repair_hint(tar: Path) -> str:
         f"repair: re-run `alexprep shard SRC OUT ... --redo-shard {tar.stem}` with the original "
         "arguments (or delete its parts/*.parquet and re-run)"
     )
+
+
+VAL_SPLITS = ("val", "validation", "test")  # the split evaluated when none is named, first found
+
+
+def load_classes(out: Path) -> list[dict]:
+    """OUT/classes.json: one {index, name, wnid, label} per class, in index order."""
+    path = out / layout.CLASSES_JSON
+    if not path.is_file():
+        raise DatasetError(f"{out}: no {layout.CLASSES_JSON}; pass the shards the model was trained on")
+    try:
+        classes = layout.read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not JSON ({e})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, dict) and "index" in c for c in classes):
+        raise DatasetError(f"{path}: not a list of classes with an index each")
+    if [c["index"] for c in classes] != list(range(len(classes))):
+        raise DatasetError(f"{path}: class indices are not 0..{len(classes) - 1} in order")
+    return classes
+
+
+def default_val_split(meta: dict) -> str | None:
+    """The split to validate on when none is named: val, validation or test, whichever exists."""
+    return next((s for s in VAL_SPLITS if s in meta["splits"]), None)
+

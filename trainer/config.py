@@ -16,10 +16,13 @@ import math
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.augment import CROP_SIZE, LIGHTING_CONVENTIONS, NORMALIZATIONS
-from trainer.model import DROPOUT, ModelConfig
-from trainer.optim import BATCH_SIZE, EPOCHS, LEARNING_RATE, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
+from trainer.paper import BATCH_SIZE, DROPOUT, EPOCHS, LEARNING_RATE, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
+
+if TYPE_CHECKING:
+    from trainer.model import ModelConfig
 
 
 @dataclass
@@ -67,6 +70,8 @@ class TrainConfig:
     compile: bool = False
 
     def model_config(self) -> ModelConfig:
+        from trainer.model import ModelConfig  # torch: only when a model is built
+
         return ModelConfig(
             arch=self.arch,
             num_classes=self.num_classes or 1000,

@@ -39,16 +39,13 @@ from shards import layout
 from shards.reader import load_dataset
 from trainer import checkpoint
 from trainer.config import TrainConfig
+from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
 from trainer.model import build_model
 from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups, set_lr
 
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
 DIE_ENV = "ALEXTRAIN_TEST_DIE"  # tests only: "step:K" or "save:K" -> SIGKILL self (see _maybe_die)
-
-
-class TrainError(Exception):
-    """A user-facing problem with the run's setup (data, devices, checkpoint)."""
 
 
 @dataclass
