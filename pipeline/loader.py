@@ -45,6 +45,7 @@ class LoaderOptions:
     hw_decoder_load: float = 0.65  # share of JPEGs for the hardware decoder (A100/H100)
     seed: int = 0
     lighting: str = "cuda-convnet"
+    mirror: bool = True  # random horizontal reflection in training (section 4.1); off: Figure 1
     normalization: str = "mean-image"  # or "channel": per-channel mean/std
     dtype: str = "float32"
     crop: int = CROP_SIZE
@@ -149,6 +150,7 @@ class _Split:
             channel_std=self.channel_std,
             ten_crop=ten_crop,
             seed=seed,
+            mirror=self.opt.mirror,
         )
 
     def dali_kwargs(self, seed: int) -> dict:
@@ -215,6 +217,7 @@ class TrainLoader:
             lighting=s.lighting,
             initial_fill=opt.shuffle_buffer,
             draws=self.draws,
+            mirror=opt.mirror,
             **kw,
         )
         pipe.build()

@@ -22,6 +22,8 @@ from torch import nn
 # Section 3.3: k=2, n=5, alpha=1e-4, beta=0.75.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 DROPOUT = 0.5  # section 4.2
+DROPOUT_MODES = ("paper", "inverted")
+LEGACY_DROPOUT_MODE = "inverted"  # what checkpoints without the key were trained with
 INIT_STD = 0.01  # section 5: weights ~ N(0, 0.01^2)
 ONE_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")  # section 5: biases 1 here, 0 elsewhere
 
@@ -36,11 +38,18 @@ class ModelConfig:
     towers: int = 2  # 2: the paper's net; 1: one GPU with half the kernels (section 3.2)
     extra_conv: bool = False  # a sixth conv layer after pool5 ("1 CNN*", Table 2)
     dropout: float = DROPOUT
+    dropout_mode: str = "paper"  # "paper" (section 4.2) or "inverted" (torch's nn.Dropout)
     conv1_padding: int = 2  # with 224 crops; 0 with 227 crops (Caffe)
     input_size: int = 224
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> ModelConfig:
+        """A checkpoint's model config. Checkpoints from before `dropout_mode` existed were
+        trained with torch's inverted dropout, so they load as "inverted": the same function."""
+        return cls(**{"dropout_mode": LEGACY_DROPOUT_MODE, **saved})
 
 
 def _act(cfg: ModelConfig) -> nn.Module:
@@ -55,6 +64,42 @@ def _lrn(cfg: ModelConfig) -> nn.Module:
         return nn.Identity()
     alpha = {"cuda-convnet": LRN_ALPHA, "paper": LRN_ALPHA * LRN_SIZE}[cfg.lrn]
     return nn.LocalResponseNorm(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
+
+
+class PaperDropout(nn.Module):
+    """Section 4.2's dropout: in training each unit is zeroed with probability p and the kept
+    units pass unscaled; at test every unit passes, multiplied by (1 - p) (the paper's 0.5).
+
+    torch's nn.Dropout ("inverted") divides the kept units by (1 - p) in training instead. The
+    expected output is the same up to that factor, but the layers after it then see 2x larger
+    inputs in training: with the paper's init, learning rate and weight decay they train as if
+    those were changed (2x init std, 4x lr, 1/4 weight decay), so the paper's form is the default.
+    """
+
+    def __init__(self, p: float = DROPOUT):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout {p} not in [0, 1)")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0:
+            return x
+        if self.training:
+            keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
+            return x * keep
+        return x * (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, kept units unscaled in training, x{1 - self.p:g} at test"
+
+
+def _dropout(cfg: ModelConfig) -> nn.Module:
+    if cfg.dropout_mode == "paper":
+        return PaperDropout(cfg.dropout)
+    if cfg.dropout_mode == "inverted":
+        return nn.Dropout(cfg.dropout)
+    raise ValueError(f"dropout_mode {cfg.dropout_mode!r} not in {DROPOUT_MODES}")
 
 
 def _pool(cfg: ModelConfig) -> nn.Module:
@@ -115,7 +160,7 @@ class AlexNet(nn.Module):
         self.fc7 = TowerLayer("fc7", lambda: nn.Linear(f * t, f), t, shared=True)
         self.fc8 = nn.Linear(f * t, cfg.num_classes)
         self.act, self.lrn, self.pool = _act(cfg), _lrn(cfg), _pool(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = _dropout(cfg)
         self.devices: list[torch.device] | None = None
         init_paper(self)
 

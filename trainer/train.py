@@ -108,6 +108,7 @@ def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) ->
         num_threads=cfg.num_threads,
         seed=cfg.seed,
         lighting=cfg.lighting,
+        mirror=cfg.mirror,
         normalization=cfg.normalization,
         crop=cfg.crop,
         rank=env.rank,
