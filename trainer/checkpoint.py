@@ -9,12 +9,15 @@ resolved config. Nothing but tensors, numbers, strings, lists and dicts, so
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import torch
 
+from shards import layout
+
 LAST = "last.pt"
+BEST = "best.pt"
 
 
 class CheckpointError(Exception):
@@ -22,11 +25,26 @@ class CheckpointError(Exception):
 
 
 def save(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically: after a crash `path` is the previous checkpoint or this one, never a mix."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    layout.write_atomic(path, buf.getvalue())
+
+
+def resolve(path: Path) -> Path:
+    """The checkpoint a user means: a run folder -> its best.pt, else its last.pt; a file -> itself.
+
+    So `eval`, `predict`, `report` ... accept `RUN` as well as `RUN/last.pt`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: a folder with no {BEST} or {LAST} (not a run folder?)")
+    if path.is_file():
+        return path
+    raise CheckpointError(f"{path}: no such checkpoint or run folder")
 
 
 def load(path: Path) -> dict:
