@@ -45,6 +45,7 @@ _CHOICES = {
     "lighting": list(LIGHTING_CONVENTIONS),
     "normalization": list(NORMALIZATIONS),
     "device": ["auto", "cuda", "cpu"],
+    "dropout_mode": ["paper", "inverted"],
 }
 _HELP = {
     "data": "Sharded dataset (alexprep shard + pca-stats).",
@@ -57,6 +58,11 @@ _HELP = {
     "steps_per_epoch": "Cap on steps per epoch (quick runs).",
     "model_parallel": "2: one tower per GPU, as in the paper.",
     "patience": "Epochs without val improvement before the lr is divided by 10.",
+    "dropout_mode": "paper: kept units unscaled in training, x0.5 at test (section 4.2); "
+    "inverted: torch's nn.Dropout (x2 in training).",
+    "init_from": "Fine-tune: start from this run folder's / checkpoint's weights (new classifier "
+    "if the class count differs; new optimiser state).",
+    "mirror": "Random horizontal reflections in training (section 4.1).",
 }
 
 

@@ -58,12 +58,93 @@ def _act(cfg: ModelConfig) -> nn.Module:
     return nn.ReLU(inplace=True) if cfg.activation == "relu" else nn.Tanh()
 
 
+class Float32LRN(nn.LocalResponseNorm):
+    """Local response normalisation computed in float32, also under bf16/fp16 autocast.
+
+    The adaptive part of the denominator, alpha/n * sum(a^2), is ~0.005 next to k = 2 at the
+    paper's init; bf16 keeps 8 bits of mantissa (steps of 1/64 near 2), so `k + ...` rounds back
+    to exactly 2 for most units and LRN degenerates to a constant 2^-0.75. Here the input is
+    upcast and autocast is off inside; the output stays float32 (the next conv, under autocast,
+    casts it as it would any input). See `lrn_bf16_agreement`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 def _lrn(cfg: ModelConfig) -> nn.Module:
     """cuda-convnet divides alpha by n, as torch does; the paper's printed formula does not."""
     if cfg.lrn == "off":
         return nn.Identity()
     alpha = {"cuda-convnet": LRN_ALPHA, "paper": LRN_ALPHA * LRN_SIZE}[cfg.lrn]
-    return nn.LocalResponseNorm(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
+    return Float32LRN(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
+
+
+def _lrn_as_cuda_autocast(a: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """F.local_response_norm's steps with the dtypes CUDA bf16 autocast gives them: the channel
+    window average accumulates in float32 and is stored bf16, `* alpha + k` runs in bf16 (this is
+    where the adaptive term rounds away), `pow` is on autocast's float32 list."""
+    sq = (a.float() ** 2).unsqueeze(1)
+    sq = nn.functional.pad(sq, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+    avg = nn.functional.avg_pool3d(sq, (size, 1, 1), stride=1).squeeze(1).to(a.dtype)
+    div = (avg * alpha + k).float().pow(beta)  # bf16 * and +, as CUDA autocast leaves them
+    return a / div
+
+
+def lrn_bf16_agreement(device: str | torch.device = "cpu", batch: int = 1, seed: int = 0) -> dict:
+    """How much of LRN's adaptive term survives bf16 autocast: torch's LRN vs `Float32LRN`.
+
+    Input: conv1 at the paper's init (N(0, 0.01^2), 11x11 stride 4) + ReLU on a random
+    mean-subtracted image (pixel std 60, the 0-255 scale the loader gives), the LRN's real input
+    at the start of training. The adaptive term of a unit is f - 1, where f is its output over
+    the output a constant denominator k would give; reference: float32 without autocast.
+    Returns, for each of "torch_lrn" and "float32_lrn": the share of units whose adaptive term
+    is more than half lost, and the mean relative error of the term; and `ok` (float32_lrn keeps
+    it: < 1 % of units lost). Used by tests and by bench/gpu_check.sh on a GPU.
+
+    torch_lrn on CUDA is torch's LRN under bf16 autocast, where the ops up to `+ k` stay bf16.
+    CPU autocast runs avg_pool3d in float32 (it has no bf16 kernel), which hides the problem, so
+    on the CPU the baseline is `_lrn_as_cuda_autocast`, the same arithmetic CUDA autocast does.
+    """
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(3, 96, 11, 4, 2)
+    with torch.no_grad():
+        conv.weight.normal_(0.0, INIT_STD, generator=gen)
+        conv.bias.zero_()
+    conv.to(device)
+    x = (torch.randn(batch, 3, 224, 224, generator=gen) * 60.0).to(device)
+    params = dict(size=LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K)
+    with torch.no_grad():
+        act = torch.relu(conv(x))
+        ref = nn.LocalResponseNorm(**params)(act)
+        const = act * LRN_K**-LRN_BETA
+        ref_term = ref.double() / const.double() - 1.0
+        live = (act > 0) & (ref_term.abs() > 1e-5)  # units where there is a term to keep
+        ref_term = ref_term[live]
+        result: dict = {"device": str(device), "units": int(live.sum())}
+        result["mean_term"] = float(ref_term.mean())
+        for name, lrn in (
+            ("torch_lrn", nn.LocalResponseNorm(**params)),
+            ("float32_lrn", Float32LRN(**params)),
+        ):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                a = torch.relu(conv(x))  # bf16 under autocast, as in training
+                cpu_baseline = device.type == "cpu" and name == "torch_lrn"
+                out = _lrn_as_cuda_autocast(a, **params) if cpu_baseline else lrn(a)
+            # the term relative to the bf16 input this LRN actually saw
+            seen = a[live].double()
+            term = out.double()[live] / (seen * LRN_K**-LRN_BETA) - 1.0
+            err = ((term - ref_term).abs() / ref_term.abs()).clamp(max=10.0)
+            err = err[seen > 0]  # a unit bf16 rounded to 0 has no ratio (and no output to scale)
+            result[name] = {
+                "out_dtype": str(out.dtype).replace("torch.", ""),
+                "share_of_term_lost": float((err > 0.5).double().mean()),
+                "mean_rel_err_of_term": float(err.mean()),
+            }
+    result["ok"] = result["float32_lrn"]["share_of_term_lost"] < 0.01
+    return result
 
 
 class PaperDropout(nn.Module):

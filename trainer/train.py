@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
 from shards import layout
 from shards.reader import load_dataset
-from trainer import checkpoint
+from trainer import checkpoint, finetune
 from trainer.config import TrainConfig
 from trainer.evaluate import autocast, evaluate
 from trainer.model import build_model
@@ -224,6 +224,8 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> list[d
             _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
     elif last.exists():
         raise TrainError(f"{run_dir}: holds a run already; pass --resume to continue it, or use a new --out")
+    if cfg.init_from and not resume and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
+        tqdm.write(finetune.describe(finetune.init_from(model, cfg.init_from, cfg.model_config())))
     if env.main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
