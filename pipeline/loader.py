@@ -48,6 +48,7 @@ class LoaderOptions:
     hw_decoder_load: float = 0.65  # share of JPEGs for the hardware decoder (A100/H100)
     seed: int = 0
     lighting: str = "cuda-convnet"
+    mirror: bool = True  # random horizontal reflection in training (section 4.1); off: Figure 1
     normalization: str = "mean-image"  # or "channel": per-channel mean/std
     dtype: str = "float32"
     crop: int = CROP_SIZE
@@ -152,6 +153,7 @@ class _Split:
             channel_std=self.channel_std,
             ten_crop=ten_crop,
             seed=seed,
+            mirror=self.opt.mirror,
         )
 
     def dali_kwargs(self, seed: int) -> dict:
@@ -230,6 +232,7 @@ class TrainLoader:
             lighting=s.lighting,
             initial_fill=opt.shuffle_buffer,
             draws=self.draws,
+            mirror=opt.mirror,
             **s.dali_kwargs(seed),
         )
         pipe.build()

@@ -65,7 +65,9 @@ class Augment:
         channel_std: np.ndarray | None,
         ten_crop: bool,
         seed: int,
+        mirror: bool = True,
     ):
+        self.mirror = mirror
         self.train, self.size, self.crop, self.ten_crop, self.seed = train, size, crop, ten_crop, seed
         self.lighting, self.mean_image = lighting, mean_image
         self.channel_mean, self.channel_std = channel_mean, channel_std
@@ -84,7 +86,7 @@ class Augment:
         if self.train:
             rng = np.random.default_rng([self.seed, sample["__pos__"]])
             x, y = rng.integers(0, self.size - self.crop + 1, size=2)
-            flip = bool(rng.integers(0, 2))
+            flip = bool(rng.integers(0, 2)) and self.mirror
             alpha = rng.normal(0.0, LIGHTING_STD, size=3)
             shift = self.lighting @ alpha if self.lighting is not None else zero
             return torch.from_numpy(self._one(rgb, int(x), int(y), flip, shift)), label

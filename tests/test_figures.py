@@ -121,30 +121,3 @@ def test_report(cifar_run, tmp_path):
     assert Image.open(tmp_path / "report.png").size == (1200, 350)
     proc = alextrain("report", tmp_path, check=False)
     assert proc.returncode == 2 and "no metrics.jsonl" in proc.stderr
-
-
-def test_fig1_command_writes_curves_and_numbers(cifar_ready, tmp_path):
-    from trainer.ablations import epochs_to
-
-    assert epochs_to([{"epoch": 0, "train_top1_err": 0.6}, {"epoch": 1, "train_top1_err": 0.2}], 0.25) == 2
-    proc = alextrain(
-        "fig1",
-        "--data",
-        cifar_ready,
-        "--out",
-        tmp_path,
-        "--epochs",
-        2,
-        "--variants",
-        "relu,tanh",
-        "--steps-per-epoch",
-        5,
-        "--num-threads",
-        2,
-        "--quiet",
-    )
-    summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert set(summary["variants"]) == {"relu", "tanh"} and summary["epochs"] == 2
-    assert all(len(v["train_error"]) == 2 for v in summary["variants"].values())
-    assert Image.open(tmp_path / "fig1.png").size == (600, 400)
-    assert "epochs to 25% train err" in proc.stdout

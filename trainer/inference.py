@@ -36,7 +36,7 @@ def load_model(
         raise checkpoint.CheckpointError(
             f"{path}: made for {mc['num_classes']} classes, the dataset has {num_classes}"
         )
-    model = build_model(ModelConfig(**mc))
+    model = build_model(ModelConfig.from_dict(mc))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

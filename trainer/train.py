@@ -37,7 +37,7 @@ from tqdm import tqdm
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
 from shards import layout
 from shards.reader import load_dataset
-from trainer import checkpoint
+from trainer import checkpoint, finetune
 from trainer.config import TrainConfig
 from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
@@ -145,6 +145,7 @@ def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) ->
         num_threads=cfg.num_threads,
         seed=cfg.seed,
         lighting=cfg.lighting,
+        mirror=cfg.mirror,
         normalization=cfg.normalization,
         crop=cfg.crop,
         rank=env.rank,
@@ -439,6 +440,8 @@ def run(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     trainer = Trainer(cfg, env, fingerprint, build(cfg, env))
     _start(trainer, env, resume, auto_resume)
+    if cfg.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
+        tqdm.write(finetune.describe(finetune.init_from(trainer.model, cfg.init_from, cfg.model_config())))
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         layout.write_json(run_dir / "config.json", cfg.to_dict())
