@@ -26,7 +26,6 @@ import argparse
 import copy
 import importlib.metadata
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -42,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.loader import LoaderOptions, TrainLoader  # noqa: E402
-from shards.reader import load_dataset  # noqa: E402
+from shards.reader import load_classes, load_dataset  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
+from trainer.metrics import METRICS, read_metrics  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.optim import PaperSGD, param_groups  # noqa: E402
 from trainer.train import Env, build, train_epoch  # noqa: E402
@@ -172,7 +172,7 @@ def train_rate(cfg: TrainConfig, env: Env, stream: Iterator, warm: int, steps: i
 
 
 def bench_config(a: argparse.Namespace, device: torch.device, **kw) -> TrainConfig:  # noqa: ANN003
-    classes = len(json.loads((a.data / "classes.json").read_text()))
+    classes = len(load_classes(a.data))
     return TrainConfig(
         data=str(a.data),
         num_classes=classes,
@@ -227,7 +227,7 @@ def check_run(a: argparse.Namespace, device: torch.device) -> None:
     start = time.perf_counter()
     alextrain(a.out, "run", *common, "--epochs", "1")
     alextrain(a.out, "run", *common, "--epochs", "2", "--resume")
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run / METRICS)
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     ev = alextrain(
         a.out, "eval", "--data", str(a.data), "--checkpoint", str(run / "last.pt"), "--device", device.type

@@ -19,13 +19,13 @@ interrupted figure resumes where it stopped; directories are named by net and lr
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
 from shards import layout
 from trainer.config import TrainConfig
+from trainer.metrics import METRICS, read_metrics
 from trainer.train import run
 
 TARGET_TRAIN_ERROR = 0.25  # the paper's threshold
@@ -47,8 +47,7 @@ LR_OF = {"relu-lrn": "relu"}  # the ablation uses the lr chosen for the net it i
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    return read_metrics(run_dir / METRICS)
 
 
 def epochs_to(rows: list[dict], target: float) -> int | None:

@@ -36,11 +36,12 @@ from tqdm import tqdm
 
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
 from shards import layout
-from shards.reader import load_dataset
+from shards.reader import default_val_split, load_classes, load_dataset
 from trainer import checkpoint, finetune
 from trainer.config import TrainConfig
 from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
+from trainer.metrics import METRICS
 from trainer.model import build_model
 from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups, set_lr
 
@@ -97,7 +98,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     splits = meta["splits"]
     if cfg.train_split not in splits:
         raise TrainError(f"{data}: no {cfg.train_split} split (have: {', '.join(sorted(splits))})")
-    classes = len(json.loads((data / layout.CLASSES_JSON).read_text()))
+    classes = len(load_classes(data))
     if cfg.num_classes is None:
         cfg.num_classes = classes
     elif cfg.num_classes != classes:
@@ -105,7 +106,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
             f"--num-classes (num_classes) = {cfg.num_classes}: the dataset {data} has {classes} classes"
         )
     if cfg.val_split is None:
-        cfg.val_split = next((s for s in ("val", "validation", "test") if s in splits), None)
+        cfg.val_split = default_val_split(meta)
     elif cfg.val_split not in splits:
         raise TrainError(f"--val-split (val_split) = {cfg.val_split!r}: {data} has no such split")
     if cfg.val_split is None and cfg.schedule == "plateau":
@@ -180,7 +181,7 @@ class Metrics:
     """
 
     def __init__(self, run: Path, enabled: bool, history: list[dict]):
-        self.path, self.enabled, self.tb = run / "metrics.jsonl", enabled, None
+        self.path, self.enabled, self.tb = run / METRICS, enabled, None
         if not enabled:
             return
         layout.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in history).encode())
