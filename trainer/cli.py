@@ -111,13 +111,14 @@ def prepare_outputs(
     feature extraction. `image` must end in one of `image_types`; `data` (JSON, Markdown) may
     be named anything.
     """
+    for path in (image, data):
+        if path is not None and path.is_dir():
+            _fail(f"{path}: is a folder; give a file name")
     if image is not None and image.suffix.lower() not in image_types:
         _fail(f"{image}: unknown image type {image.suffix!r}; use one of {', '.join(image_types)}")
     for path in (image, data):
         if path is None:
             continue
-        if path.is_dir():
-            _fail(f"{path}: is a folder; give a file name")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -155,7 +156,7 @@ _HELP = {
     "towers": "2: the paper's net; 1: one GPU with half the kernels (section 3.2). alexnet only.",
     "dropout": "Dropout probability of fc6 and fc7 (section 4.2). alexnet only.",
     "extra_conv": "A sixth conv layer (Table 2's 1 CNN*). alexnet only.",
-    "batch_size": "Per process: the global batch is this times the process count.",
+    "batch_size": HELP["batch_size"] + " Per process: the global batch is this times the process count.",
     "schedule": "plateau: lr/10 when val error stalls (the paper; needs a val split); step: at --lr-steps.",
     "lr_steps": "Epochs at which --schedule step divides the lr by 10, e.g. 30,60,80.",
     "patience": "Epochs without val improvement before the lr is divided by 10 (plateau).",
