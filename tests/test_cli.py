@@ -147,10 +147,17 @@ def test_load_classes_and_val_split(tmp_path, tiny):
     assert default_val_split({"splits": {"train": 1}}) is None
     with pytest.raises(DatasetError, match="no classes.json"):
         load_classes(tmp_path)
-    for text, why in (("{", "not JSON"), ('{"a": 1}', "not a list"), ('[{"index": 1}]', "not 0..0")):
+    for text, why in (
+        ("{", "not valid JSON"),
+        ('{"a": 1}', "expected a JSON list"),
+        ("[1]", "with an index"),
+    ):
         (tmp_path / "classes.json").write_text(text)
         with pytest.raises(DatasetError, match=why):
             load_classes(tmp_path)
+    (tmp_path / "classes.json").write_text('[{"index": 1}]')
+    with pytest.raises(DatasetError, match="not 0..0 in order"):
+        load_classes(tmp_path)
 
 
 # ---- run folders, outputs checked before any work ----------------------------------------------
@@ -224,7 +231,7 @@ def test_eval_json_flag_prints_and_json_out_writes(tiny, tiny_run, tmp_path):
     printed = json.loads(proc.stdout)  # stdout is pure JSON with --json
     assert printed == json.loads((tmp_path / "e.json").read_text())
     assert printed["split"] == "val" and printed["rows"][0]["samples"] == 12
-    assert printed["rows"][0]["model"] == str(tiny_run / "last.pt")  # the run folder's checkpoint
+    assert printed["rows"][0]["model"] == str(tiny_run / "best.pt")  # the run folder's best
     table = alextrain("eval", "--data", tiny, "--checkpoint", tiny_run, "--checkpoint", tiny_run / "last.pt")
     assert "average of 2" in table.stdout and not table.stdout.startswith("{")
 
@@ -262,6 +269,8 @@ def test_predict_names_truth_and_figure(tiny, tiny_run, tmp_path):
     (tiny / "class_names.json").write_text(json.dumps({"n01440764": "tench, Tinca tinca"}))
     try:
         (r,) = json.loads(alextrain("predict", tiny_run, images[1], "--json").stdout)
+        (tiny / "class_names.json").write_text('["not", "an object"]')
+        _fails_cleanly(alextrain("predict", tiny_run, images[1], check=False), "expected a JSON dict")
     finally:
         (tiny / "class_names.json").unlink()
     assert r["true_name"] == "tench, Tinca tinca"
@@ -318,15 +327,15 @@ def test_neighbors_cache_follows_the_checkpoints_content(tiny, tiny_run, tmp_pat
     query = tiny / "src" / "train" / "dog" / "0003.jpg"
     args = ("neighbors", run, "--query", query, "--k", 3, "--num-threads", 1, "--json")
     first = json.loads(alextrain(*args).stdout)[0]
-    caches = list(run.glob("features-last-train-*.npy"))
+    caches = list(run.glob("features-best-train-*.npy"))
     assert len(caches) == 1 and first["distances"][0] < 1e-2 * first["distances"][1]  # itself first
     alextrain(*args)
-    assert list(run.glob("features-last-train-*.npy")) == caches  # same weights: reused
-    state = torch.load(run / "last.pt", weights_only=True)
+    assert list(run.glob("features-best-train-*.npy")) == caches  # same weights: reused
+    state = torch.load(run / "best.pt", weights_only=True)
     state["model"] = {k: v * 2 if v.is_floating_point() else v for k, v in state["model"].items()}
-    torch.save(state, run / "last.pt")  # a later epoch overwrote last.pt
+    torch.save(state, run / "best.pt")  # a later, better epoch overwrote best.pt
     second = json.loads(alextrain(*args).stdout)[0]
-    now = list(run.glob("features-last-train-*.npy"))
+    now = list(run.glob("features-best-train-*.npy"))
     assert len(now) == 1 and now != caches  # re-extracted, the stale cache removed
     assert second["distances"] != first["distances"]
 
@@ -361,3 +370,21 @@ def test_packaging_metadata():
     extras = project["project"]["optional-dependencies"]
     assert extras["figures"] == ["matplotlib>=3.7"] and extras["devkit"] == ["scipy>=1.10"]
     assert set(extras["figures"] + extras["devkit"]) <= set(extras["dev"])  # CI installs [dev]
+
+
+def test_feature_loader_follows_the_models_device(tiny, tiny_run, tmp_path, monkeypatch):
+    """Issue 11.8: on a GPU host the loader went to CUDA while the model stayed on the CPU.
+
+    Here the host claims a GPU (as a careless `torch.cuda.is_available()` check would see it);
+    the model is on the CPU, so the features must be extracted on the CPU, and work.
+    """
+    from trainer.figures import extract_features
+    from trainer.inference import load_model, pick_device
+
+    model, state = load_model(tiny_run, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("cpu") == torch.device("cpu")
+    cfg = state["config"]
+    cache = tmp_path / "features-x-val-0123456789abcdef.npy"
+    bank = extract_features(model, tiny, "val", cfg["crop"], cfg["normalization"], cache, 8, False, 1)
+    assert bank.shape[0] == 12 and np.isfinite(bank).all() and cache.is_file()

@@ -24,7 +24,15 @@ from shards.reader import DatasetError
 from trainer.config import CHOICES, TrainConfig, load_config_file, parse_lr_steps
 from trainer.errors import CheckpointError, FigureError, TrainError
 
-_USER_ERRORS = (DatasetError, StatsError, CheckpointError, TrainError, FigureError, ValueError)
+_USER_ERRORS = (
+    DatasetError,
+    layout.LayoutError,
+    StatsError,
+    CheckpointError,
+    TrainError,
+    FigureError,
+    ValueError,
+)
 
 
 def _fail(message: str) -> None:

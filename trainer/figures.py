@@ -153,11 +153,9 @@ def class_names(data: Path, classes: list[dict]) -> tuple[list[str], list[int]]:
     extra = {}
     if (data / CLASS_NAMES_JSON).is_file():
         try:
-            extra = layout.read_json(data / CLASS_NAMES_JSON)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise FigureError(f"{data / CLASS_NAMES_JSON}: not JSON ({e})") from None
-        if not isinstance(extra, dict):
-            raise FigureError(f"{data / CLASS_NAMES_JSON}: not a JSON object of name -> text")
+            extra = layout.read_json(data / CLASS_NAMES_JSON)  # an object: name -> text
+        except layout.LayoutError as e:
+            raise FigureError(str(e)) from None
     names, missing = [], []
     for c in classes:
         key = c.get("wnid") or c.get("name")
