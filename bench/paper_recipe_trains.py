@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pipeline.loader import LoaderOptions, TrainLoader
+from shards.reader import load_classes
 from trainer.model import AlexNet, ModelConfig
 from trainer.optim import PaperSGD, param_groups
 
@@ -54,7 +55,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    classes = len(json.loads((args.data / "classes.json").read_text()))
+    classes = len(load_classes(args.data))
     results = [run(args.data, n, args.steps, args.batch_size, classes) for n in ("mean-image", "channel")]
     print(f"ln({classes}) = {math.log(classes):.4f}")
     for r in results:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from pipeline.loader import TrainLoader
+from shards.reader import load_classes
 from trainer.config import TrainConfig
 from trainer.model import build_model
 from trainer.optim import PaperSGD, param_groups
@@ -70,7 +71,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     meta = json.loads((args.data / "dataset.json").read_text())
-    classes = len(json.loads((args.data / "classes.json").read_text()))
+    classes = len(load_classes(args.data))
     crop = 224 if args.arch == "alexnet" else min(32, meta["size"])
     cfg = TrainConfig(
         data=str(args.data),

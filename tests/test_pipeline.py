@@ -193,15 +193,23 @@ def test_eval_epoch_sees_every_sample_exactly_once(unique_label_shards, backend)
             assert sorted(seen) == list(range(37)), (backend, world, batch)
 
 
-def test_train_epoch_length_is_defined_per_rank(unique_label_shards):
-    for world in (1, 2, 3, 4):
-        for batch in (1, 3, 5):
-            for rank in range(world):
-                opt = LoaderOptions(batch_size=batch, num_threads=1, crop=12, rank=rank, world=world)
-                loader = TrainLoader(unique_label_shards, opt)
-                batches = list(loader.epoch(1))
-                assert len(batches) == loader.steps_per_epoch == 37 // (world * batch)
-                assert all(len(y) == batch for _, y in batches)
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_ranks_read_disjoint_parts_that_cover_the_split(unique_label_shards, backend):
+    for world in (1, 2, 3):
+        for batch in (1, 4):
+            for epoch in (0, 1):
+                seen = []
+                for rank in range(world):
+                    opt = LoaderOptions(
+                        batch_size=batch, num_threads=2, crop=12, backend=backend, rank=rank, world=world
+                    )
+                    loader = TrainLoader(unique_label_shards, opt)
+                    batches = list(loader.epoch(epoch))
+                    assert len(batches) == loader.steps_per_epoch == 37 // (world * batch)
+                    assert all(len(y) == batch for _, y in batches)
+                    seen += [v for _, y in batches for v in y.tolist()]
+                # disjoint, and at most one batch per rank left out of the 37
+                assert len(seen) == len(set(seen)) > 37 - world * batch, (backend, world, batch, epoch)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from shards import layout
+from trainer.errors import CheckpointError  # noqa: F401 (re-exported)
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -49,10 +50,6 @@ KEYS = frozenset(
 # Settings a resumed run may change: none of them touches the arithmetic or the data order.
 RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep"})
 _STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
-
-
-class CheckpointError(Exception):
-    """Missing, unreadable, or made for another model."""
 
 
 def save(path: Path, state: dict) -> None:

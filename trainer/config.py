@@ -16,10 +16,13 @@ import math
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.augment import CROP_SIZE, LIGHTING_CONVENTIONS, NORMALIZATIONS
-from trainer.model import DROPOUT, ModelConfig
-from trainer.optim import BATCH_SIZE, EPOCHS, LEARNING_RATE, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
+from trainer.paper import BATCH_SIZE, DROPOUT, EPOCHS, LEARNING_RATE, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
+
+if TYPE_CHECKING:
+    from trainer.model import ModelConfig
 
 
 @dataclass
@@ -35,6 +38,8 @@ class TrainConfig:
     towers: int = 2
     extra_conv: bool = False
     dropout: float = DROPOUT
+    dropout_mode: str = "paper"  # "paper": unscaled in training, x(1-p) at test; "inverted": torch's
+    init_from: str | None = None  # fine-tune: start from this run's / checkpoint's weights
     crop: int | None = None  # alexnet: 224 (conv1 padded by 2) or 227 (Caffe); None: from the arch
     # recipe (section 5)
     batch_size: int = BATCH_SIZE
@@ -52,6 +57,7 @@ class TrainConfig:
     val_split: str | None = None  # None: val, validation or test, whichever exists
     loader: str = "auto"  # auto (DALI if installed), dali, reference
     lighting: str = "cuda-convnet"
+    mirror: bool = True  # random reflections (section 4.1); Figure 1 turns them off
     normalization: str = "mean-image"
     num_threads: int = 4
     seed: int = 0
@@ -67,6 +73,8 @@ class TrainConfig:
     compile: bool = False
 
     def model_config(self) -> ModelConfig:
+        from trainer.model import ModelConfig  # torch: only when a model is built
+
         return ModelConfig(
             arch=self.arch,
             num_classes=self.num_classes or 1000,
@@ -76,6 +84,7 @@ class TrainConfig:
             towers=self.towers,
             extra_conv=self.extra_conv,
             dropout=self.dropout,
+            dropout_mode=self.dropout_mode,
             conv1_padding=2 if self.crop == 224 else 0,
             input_size=self.crop if self.crop is not None else CROP_SIZE,
         )
@@ -112,11 +121,13 @@ CHOICES = {
     "normalization": NORMALIZATIONS,
     "device": ("auto", "cuda", "cpu"),
     "schedule": ("plateau", "step"),
+    "dropout_mode": ("paper", "inverted"),
 }
 ARCH_IGNORES = {
     "cifar": {
         "towers": "--arch cifar has one tower",
         "dropout": "--arch cifar has no dropout",
+        "dropout_mode": "--arch cifar has no dropout",
         "extra_conv": "--arch cifar has no extra conv layer",
     }
 }

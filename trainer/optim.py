@@ -18,13 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
-BATCH_SIZE = 128  # section 5
-MOMENTUM = 0.9
-WEIGHT_DECAY = 0.0005
-LEARNING_RATE = 0.01
-LR_DROP = 10.0  # "divided by 10 when the validation error stopped improving"
-MAX_DROPS = 3  # "reduced three times prior to termination"
-EPOCHS = 90  # "roughly 90 cycles"
+from trainer.paper import (  # noqa: F401 (re-exported: the recipe's numbers, section 5)
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    LR_DROP,
+    MAX_DROPS,
+    MOMENTUM,
+    WEIGHT_DECAY,
+)
 
 
 class PaperSGD(torch.optim.Optimizer):

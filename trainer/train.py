@@ -36,19 +36,17 @@ from tqdm import tqdm
 
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
 from shards import layout
-from shards.reader import load_dataset
-from trainer import checkpoint
+from shards.reader import default_val_split, load_classes, load_dataset
+from trainer import checkpoint, finetune
 from trainer.config import TrainConfig
+from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
+from trainer.metrics import METRICS
 from trainer.model import build_model
 from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups, set_lr
 
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
 DIE_ENV = "ALEXTRAIN_TEST_DIE"  # tests only: "step:K" or "save:K" -> SIGKILL self (see _maybe_die)
-
-
-class TrainError(Exception):
-    """A user-facing problem with the run's setup (data, devices, checkpoint)."""
 
 
 @dataclass
@@ -100,7 +98,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     splits = meta["splits"]
     if cfg.train_split not in splits:
         raise TrainError(f"{data}: no {cfg.train_split} split (have: {', '.join(sorted(splits))})")
-    classes = len(json.loads((data / layout.CLASSES_JSON).read_text()))
+    classes = len(load_classes(data))
     if cfg.num_classes is None:
         cfg.num_classes = classes
     elif cfg.num_classes != classes:
@@ -108,7 +106,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
             f"--num-classes (num_classes) = {cfg.num_classes}: the dataset {data} has {classes} classes"
         )
     if cfg.val_split is None:
-        cfg.val_split = next((s for s in ("val", "validation", "test") if s in splits), None)
+        cfg.val_split = default_val_split(meta)
     elif cfg.val_split not in splits:
         raise TrainError(f"--val-split (val_split) = {cfg.val_split!r}: {data} has no such split")
     if cfg.val_split is None and cfg.schedule == "plateau":
@@ -148,6 +146,7 @@ def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) ->
         num_threads=cfg.num_threads,
         seed=cfg.seed,
         lighting=cfg.lighting,
+        mirror=cfg.mirror,
         normalization=cfg.normalization,
         crop=cfg.crop,
         rank=env.rank,
@@ -182,7 +181,7 @@ class Metrics:
     """
 
     def __init__(self, run: Path, enabled: bool, history: list[dict]):
-        self.path, self.enabled, self.tb = run / "metrics.jsonl", enabled, None
+        self.path, self.enabled, self.tb = run / METRICS, enabled, None
         if not enabled:
             return
         layout.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in history).encode())
@@ -468,6 +467,8 @@ def run(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     trainer = Trainer(cfg, env, fingerprint, build(cfg, env))
     _start(trainer, env, resume, auto_resume)
+    if cfg.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
+        tqdm.write(finetune.describe(finetune.init_from(trainer.model, cfg.init_from, cfg.model_config())))
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         layout.write_json(run_dir / "config.json", cfg.to_dict())
