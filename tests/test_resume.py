@@ -13,13 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import alexprep, alextrain
+from tests.conftest import CIFAR_TGZ, alexprep, alextrain
 from trainer import checkpoint
 from trainer.cli import main as cli_main
 from trainer.train import DIE_ENV
@@ -27,26 +28,36 @@ from trainer.train import DIE_ENV
 PER_CLASS = {"train": 24, "test": 8}
 
 
-def _tiny(root: Path, out: Path, splits: tuple[str, ...]) -> Path:
+def _tiny(out: Path, splits: tuple[str, ...]) -> Path:
+    """The first PER_CLASS images of each class, streamed from the archive (not all 60,000)."""
+    if not CIFAR_TGZ.is_file():
+        pytest.skip(f"{CIFAR_TGZ} not present")
     src = out.parent / "src"
-    for split in splits:
-        for cls in sorted((root / split).iterdir()):
-            (src / split / cls.name).mkdir(parents=True)
-            for f in sorted(cls.iterdir())[: PER_CLASS[split]]:
-                shutil.copy(f, src / split / cls.name / f.name)
+    with tarfile.open(CIFAR_TGZ) as tf:
+        for m in tf:
+            parts = Path(m.name).parts  # cifar10/<split>/<class>/0123.jpg
+            if (
+                m.isfile()
+                and len(parts) == 4
+                and parts[1] in splits
+                and int(parts[3][:4]) < PER_CLASS[parts[1]]
+            ):
+                dest = src.joinpath(*parts[1:])
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tf.extractfile(m).read())
     alexprep("shard", src, out, "--size", 32, "--shard-size", 60, "--quiet")
     alexprep("pca-stats", out, "--quiet")
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny(cifar_root, tmp_path_factory) -> Path:
-    return _tiny(cifar_root, tmp_path_factory.mktemp("tiny") / "shards", ("train", "test"))
+def tiny(tmp_path_factory) -> Path:
+    return _tiny(tmp_path_factory.mktemp("tiny") / "shards", ("train", "test"))
 
 
 @pytest.fixture(scope="session")
-def tiny_train_only(cifar_root, tmp_path_factory) -> Path:
-    return _tiny(cifar_root, tmp_path_factory.mktemp("tiny-train") / "shards", ("train",))
+def tiny_train_only(tmp_path_factory) -> Path:
+    return _tiny(tmp_path_factory.mktemp("tiny-train") / "shards", ("train",))
 
 
 def _args(
@@ -114,6 +125,7 @@ def test_kill_mid_epoch_and_resume_is_bit_exact(straight, tiny, tmp_path, loader
     assert json.loads((killed / "config.json").read_text())["crop"] == 32  # cifar: the stored size
 
 
+@pytest.mark.slow
 def test_keeps_best_and_the_newest_n(straight):
     run = straight()
     # checkpoints at steps 2, 4, 5 (epoch 0's end), 6, 8, 10 (epoch 1's end): the newest 3 kept
@@ -130,6 +142,7 @@ def test_keeps_best_and_the_newest_n(straight):
     assert not list(run.glob(".*tmp"))  # nothing half-written left behind
 
 
+@pytest.mark.slow
 def test_kill_during_the_first_checkpoint_write_lists_each_epoch_once(straight, tiny, tmp_path):
     straight_run = straight()
     args = _args(tiny, "--keep", 3, every=None)
@@ -137,8 +150,9 @@ def test_kill_during_the_first_checkpoint_write_lists_each_epoch_once(straight, 
     proc = _die_at("save:1", out, args)  # the first save: epoch 0's end
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "last.pt").exists() and len(_rows(out)) == 1  # epoch 0 logged, not saved
+    assert list(out.glob(".last.pt.*.tmp"))  # the half-written file the kill left
     alextrain("run", "--out", out, *args, "--auto-resume")  # nothing to resume: a fresh start
-    assert [r["epoch"] for r in _rows(out)] == [0, 1]
+    assert [r["epoch"] for r in _rows(out)] == [0, 1] and not list(out.glob(".*.tmp"))
     assert _rows(out) == _rows(straight_run)
 
 
@@ -162,6 +176,7 @@ def test_resume_refuses_other_settings_but_extends_epochs(straight, tiny, tmp_pa
     assert [r["epoch"] for r in _rows(run)] == [0, 1, 2] and _rows(run)[:2] == _rows(straight_run)
 
 
+@pytest.mark.slow
 def test_malformed_checkpoints_are_refused_clearly(straight, tiny, tmp_path):
     straight_run = straight()
     good = torch.load(straight_run / "last.pt", weights_only=True)
@@ -220,6 +235,7 @@ def test_settings_are_refused_up_front_with_the_key_named(tiny, tmp_path):
         (["--lr-steps", "30,60"], "--lr-steps (lr_steps): --schedule plateau"),
         (["--config", toml], 'epochs) = "abc"'),
         (["--config", listy], "not a list"),
+        (["--arch", "cifar", "--out", listy], "exists and is not a folder"),
     ]
     for args, message in cases:
         toml.write_text('epochs = "abc"\n')
@@ -229,6 +245,7 @@ def test_settings_are_refused_up_front_with_the_key_named(tiny, tmp_path):
         assert not out.exists(), args  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_without_a_val_split_only_a_fixed_step_schedule_runs(tiny_train_only, tmp_path):
     args = ["--data", tiny_train_only, "--arch", "cifar", "--steps-per-epoch", 2, "--batch-size", 16]
     args += ["--num-threads", 1, "--epochs", 2, "--quiet"]
@@ -331,7 +348,7 @@ def test_steps_never_wait_for_the_device_and_resume_in_process_is_exact(tmp_path
     train.train_epoch(half, half.model, _Batches(), 0, 3, bar=True)  # 3 of 6 steps, then "killed"
     assert reads.count("item") == 1  # the progress bar read the loss once, at step 2
     monkeypatch.undo()
-    state = half.state()
+    state = half.state(half.pos.sums.state(1, 0.0))
     resumed = _trainer(tmp_path / "c")
     resumed.restore(state, tmp_path / "b" / "last.pt")
     assert (resumed.pos.epoch, resumed.pos.epoch_step, resumed.pos.step) == (0, 3, 3)
@@ -344,3 +361,17 @@ def test_steps_never_wait_for_the_device_and_resume_in_process_is_exact(tmp_path
         "img_per_s": 0,
         "train_seconds": 0,
     }
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_a_damaged_shard_is_named_before_training(tiny, tmp_path, mode):
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    tar = data / "train" / "train-000001.tar"
+    blob = bytearray(tar.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # one flipped byte inside a stored JPEG, the size unchanged
+    tar.write_bytes(bytes(blob))
+    out = tmp_path / "run"
+    code, err = _cli("--data", data, "--out", out, "--arch", "cifar", "--epochs", 1, "--verify-data", mode)
+    assert code == 2 and "train-000001" in err and "damaged" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

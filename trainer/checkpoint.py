@@ -48,7 +48,7 @@ KEYS = frozenset(
     }
 )
 # Settings a resumed run may change: none of them touches the arithmetic or the data order.
-RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep"})
+RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data"})
 _STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
 
 

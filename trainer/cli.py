@@ -173,6 +173,7 @@ _HELP = {
     "steps_per_epoch": "Cap on steps per epoch (quick runs) [default: the whole split].",
     "checkpoint_every": "Also checkpoint every N steps (exact mid-epoch resume) [default: epoch ends only].",
     "keep": "Keep the newest N checkpoints as step-*.pt (last.pt is the newest; best.pt is kept too).",
+    "verify_data": "Check the shards before training: quick (structure; hashes if never verified) or full.",
     "model_parallel": "2: one tower per GPU, as in the paper.",
     "dropout_mode": "paper: kept units unscaled in training, x0.5 at test (section 4.2); "
     "inverted: torch's nn.Dropout (x2 in training).",

@@ -65,6 +65,7 @@ class TrainConfig:
     # checkpoints
     checkpoint_every: int | None = None  # steps; None: at epoch ends only
     keep: int = 1  # last.pt plus the keep-1 checkpoints before it (and best.pt)
+    verify_data: str = "quick"  # shards vs their manifest at start: quick (structure) or full (hashes)
     # hardware
     device: str = "auto"  # auto, cuda, cpu
     model_parallel: int = 1  # 2: one tower per GPU, as in the paper
@@ -121,6 +122,7 @@ CHOICES = {
     "normalization": NORMALIZATIONS,
     "device": ("auto", "cuda", "cpu"),
     "schedule": ("plateau", "step"),
+    "verify_data": ("quick", "full"),
     "dropout_mode": ("paper", "inverted"),
 }
 ARCH_IGNORES = {

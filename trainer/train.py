@@ -37,6 +37,7 @@ from tqdm import tqdm
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
 from shards import layout
 from shards.reader import default_val_split, load_classes, load_dataset
+from shards.verify import preflight
 from trainer import checkpoint, finetune
 from trainer.config import TrainConfig
 from trainer.errors import TrainError
@@ -288,9 +289,9 @@ class Trainer:
         self.run_dir = Path(cfg.out)
         self.saves = 0
 
-    def state(self, seconds: float = 0.0) -> dict:
+    def state(self, sums: dict) -> dict:
+        """The checkpoint of the current position; `sums`: Sums.state(), every rank's."""
         p = self.pos
-        sums = p.sums.state(self.env.world, seconds)  # a collective: before any rank-0-only work
         return {
             "format": checkpoint.FORMAT,
             "model": checkpoint.cpu_state_dict(self.model),
@@ -311,9 +312,10 @@ class Trainer:
 
     def save(self, seconds: float = 0.0, best: bool = False) -> None:
         """Rank 0 writes the checkpoint of the current position (every rank calls this)."""
-        state = self.state(seconds)
+        sums = self.pos.sums.state(self.env.world, seconds)  # a collective: every rank takes part
         if not self.env.main:
             return
+        state = self.state(sums)
         self.saves += 1
         if os.environ.get(DIE_ENV) == f"save:{self.saves}":  # tests: die with a half-written file
             layout.tmp_path(self.run_dir / checkpoint.LAST).write_bytes(b"PK\x03\x04 partial")
@@ -458,8 +460,12 @@ def run(
     cfg.check(given)
     env = setup(cfg)
     cfg, fingerprint = resolve_data(cfg)
+    splits = [cfg.train_split, *([cfg.val_split] if cfg.val_split else [])]
+    preflight(Path(cfg.data), splits, full=cfg.verify_data == "full")  # a damaged shard, named now
     _agree(cfg, fingerprint, env)
     data, run_dir = Path(cfg.data), Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainError(f"--out {run_dir}: exists and is not a folder")
     train = TrainLoader(data, loader_options(cfg, env), split=cfg.train_split)
     val = EvalLoader(data, loader_options(cfg, env), split=cfg.val_split) if cfg.val_split else None
     steps = min(cfg.steps_per_epoch or train.steps_per_epoch, train.steps_per_epoch)
@@ -470,7 +476,8 @@ def run(
     if cfg.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
         tqdm.write(finetune.describe(finetune.init_from(trainer.model, cfg.init_from, cfg.model_config())))
     if env.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        layout.ensure_dir(run_dir)
+        layout.remove_stale_tmp(run_dir)  # half-written checkpoints of a killed run
         layout.write_json(run_dir / "config.json", cfg.to_dict())
         _announce(cfg, env, steps, trainer.pos)
     metrics = Metrics(run_dir, env.main, trainer.pos.history)
