@@ -45,6 +45,7 @@ class TrainConfig:
     val_split: str | None = None  # None: val, validation or test, whichever exists
     loader: str = "auto"  # auto (DALI if installed), dali, reference
     lighting: str = "cuda-convnet"
+    lighting_scale_div: float = 1.0  # cuda-convnet: 1.1 (divide after colour noise; docs/model.md)
     normalization: str = "mean-image"
     num_threads: int = 4
     seed: int = 0
