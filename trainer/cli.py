@@ -204,8 +204,6 @@ def bench_loader_cmd(
     data: Path, device: str, loader: str, batches: int, batch_size: int, threads: int, as_json: bool
 ) -> None:
     """Run the training pipeline alone (full paper augmentation) and print images/s."""
-    import time
-
     from pipeline.loader import LoaderOptions, TrainLoader
 
     opt = LoaderOptions(batch_size=batch_size, device=device, backend=loader, num_threads=threads)
@@ -213,22 +211,10 @@ def bench_loader_cmd(
         train = TrainLoader(data, opt)
     except (*_USER_ERRORS, StatsError) as e:
         _fail(str(e))
-    n, elapsed, epoch = 0, 0.0, 0
-    while n < batches:
-        it = train.epoch(epoch)
-        next(it)  # pipeline start-up is not throughput
-        start = time.perf_counter()
-        for _ in it:
-            n += 1
-            if n == batches:
-                break
-        if device == "cuda":
-            import torch
+    from pipeline.bench import measure
 
-            torch.cuda.synchronize()
-        elapsed += time.perf_counter() - start
-        epoch += 1
-    rate = n * batch_size / elapsed
+    m = measure(train, batches, warmup=5)  # steady state; see pipeline/bench.py
+    n, rate = m["batches"], m["img_per_s"]
     result = {"loader": loader, "device": device, "batch_size": batch_size, "batches": n, "img_per_s": rate}
     click.echo(
         json.dumps(result)
