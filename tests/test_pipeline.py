@@ -334,3 +334,18 @@ def test_a_damaged_stored_jpeg_is_named_not_a_crash(unique_label_shards, tmp_pat
         list(TrainLoader(out, opt).epoch(0))
     with pytest.raises(DamagedSampleError, match=where):
         list(EvalLoader(out, opt, split="train"))
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_bench_measure_runs_across_one_step_epochs(unique_label_shards, backend):
+    from pipeline.bench import cpu_efficiency, measure
+
+    opt = LoaderOptions(batch_size=30, num_threads=1, crop=12, backend=backend)
+    loader = TrainLoader(unique_label_shards, opt)
+    assert loader.steps_per_epoch == 1  # the case that used to loop forever
+    m = measure(loader, batches=3, warmup=1)
+    assert m["images"] == 90 and m["img_per_s"] > 0 and m["steps_per_epoch"] == 1
+    c = cpu_efficiency(loader, epochs=2)
+    assert c["images"] == 60 and c["cpu_seconds"] > 0
+    with pytest.raises(ValueError, match="batches 0 must be >= 1"):
+        measure(loader, batches=0)
