@@ -44,6 +44,11 @@ def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
     )
 
 
+def _window(crop: int, x, y) -> dict:  # noqa: ANN001
+    """A crop x crop window at relative (x, y): numbers, or per-sample DALI nodes."""
+    return dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y)
+
+
 def _labels(cls):
     """Text class ids padded with NUL to LABEL_BYTES; `loader.parse_labels` turns them to int64."""
     return fn.pad(cls, fill_value=0, axes=[0], shape=[LABEL_BYTES])
@@ -129,7 +134,7 @@ def train_pipeline(
         alpha = fn.random.normal(shape=[1, 3], stddev=LIGHTING_STD)
     else:
         x, y, flip, alpha = fn.external_source(source=draws, num_outputs=4, batch=True)
-    window = dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y)
+    window = _window(crop, x, y)
     images = fn.decoders.image_crop(jpg, output_type=types.RGB, **window, **_decoder(gpu, hw_decoder_load))
     out = _normalize(
         images,
@@ -175,13 +180,11 @@ def eval_pipeline(
             mean_image,
             channel_std,
             gpu,
-            {"image": window, "mean": window},
+            {"image": _window(crop, x, y), "mean": _window(crop, x, y)},
             mirror=int(m),
             dtype=DALI_DTYPES[dtype],
             output_layout="CHW",
         )
-        for window, m in (
-            (dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y), m) for x, y, m in eval_windows(ten_crop)
-        )
+        for x, y, m in eval_windows(ten_crop)
     ]
     return (fn.stack(*crops) if ten_crop else crops[0]), _labels(cls)
