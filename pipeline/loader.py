@@ -223,14 +223,14 @@ class _Split:
         )
 
 
-def _dali_iter(pipe, policy_name: str):
+def _dali_iter(pipe, policy_name: str, names: tuple[str, ...] = ("data", "label")):
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
     from pipeline.dali import READER_NAME
 
     return DALIGenericIterator(
         pipe,
-        ["data", "label"],
+        list(names),
         reader_name=READER_NAME,
         last_batch_policy=getattr(LastBatchPolicy, policy_name),
         auto_reset=True,
@@ -244,6 +244,9 @@ class TrainLoader:
         self.s = _Split(data, split, opt, need_lighting=True)
         self.draws = draws
         self._sizes: list[int] | None = None  # samples per shard (reference backend)
+        # CPU graph: the mean image is subtracted in torch (pipeline/host.py); the GPU graph does it
+        self.mean_on_host = opt.device == "cpu" and self.s.mean_image is not None
+        self._means = None
         self.steps_per_epoch = self.s.written // (self.s.world * opt.batch_size)
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -267,6 +270,10 @@ class TrainLoader:
         s, opt = self.s, self.s.opt
         seed = epoch_seed(opt.seed, epoch, s.rank)
         order = shard_order(len(s.tars), opt.seed, epoch)  # the same on every rank
+        if self.mean_on_host and self._means is None:
+            from pipeline.host import MeanWindows
+
+            self._means = MeanWindows(s.mean_image, opt.crop, s.scale)
         if opt.backend == "reference":
             yield from self._reference(seed, order)
             return
@@ -284,12 +291,16 @@ class TrainLoader:
             initial_fill=opt.shuffle_buffer,
             draws=self.draws,
             mirror=opt.mirror,
+            mean_on_host=self.mean_on_host,
             **s.dali_kwargs(seed),
         )
         pipe.build()
-        it = _dali_iter(pipe, "FILL")
+        names = ("data", "label", "px", "py", "flip") if self.mean_on_host else ("data", "label")
+        it = _dali_iter(pipe, "FILL", names)
         for _ in range(self.steps_per_epoch):  # <= the rank's part: one pass, never wraps
             batch = next(it)[0]
+            if self.mean_on_host:
+                self._means.subtract(batch["data"], batch["px"], batch["py"], batch["flip"])
             yield batch["data"], batch["label"]
         del it, pipe
 

@@ -6,26 +6,34 @@ installed, and the baseline of `bench/loader_throughput.py`. Each sample goes th
 
 Splitting. Eval: shards are dealt to ranks (`urls[rank::world]`) and then to DataLoader
 workers, so an eval epoch sees every sample exactly once across all ranks and workers. Train: as
-DALI does, each rank reads a contiguous sample range of the epoch's permuted shard list
-(`pipeline.order`), shuffles it in a buffer, and takes the epoch's `steps * batch` samples; every
-worker reads that same stream and keeps its own batches (batch k to worker k % W, the order in
-which DataLoader collects them), so the batches do not depend on the number of workers. Each
-sample's random draws are seeded by (seed, position in the stream) for the same reason.
+DALI does, each rank takes a contiguous sample range of the epoch's permuted shard list
+(`pipeline.order`), shuffled in a buffer (webdataset's shuffle, on the index entries), and the
+epoch's first `steps * batch` of it; worker w reads batches w, w + W, ... by the index offsets
+(the order in which DataLoader collects them), so the batches do not depend on the number of
+workers. Each sample's random draws are seeded by (seed, position in the epoch) for the same
+reason.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import random
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.augment import LIGHTING_STD, eval_crops, reference_augment
 from pipeline.order import rank_shards
+from shards import layout
+from shards.index import Member, read_index
 
 
 def _split(urls, rank: int, world: int):
@@ -37,24 +45,6 @@ def _before_fork() -> None:
     resizes OpenCV's thread pool inherited across fork deadlocks (in pthread_cond_destroy)."""
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
-
-
-def _all(urls):
-    return list(urls)
-
-
-def _worker_batches(batch_size: int):
-    """Keep this worker's batches of the stream (k % W == worker), each sample with its position."""
-
-    def take(samples):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for pos, sample in enumerate(samples):
-            if (pos // batch_size) % workers == worker:
-                sample["__pos__"] = pos
-                yield sample
-
-    return take
 
 
 def _decode(sample: dict) -> tuple[np.ndarray, int]:
@@ -131,6 +121,32 @@ class Augment:
         return torch.from_numpy(crops if self.ten_crop else crops[0]), label
 
 
+class _EpochSamples(IterableDataset):
+    """The epoch's samples of one rank, in order; each worker reads only its own batches, by the
+    offsets in the shards' indexes (no tar scan, nothing read twice)."""
+
+    def __init__(self, picks: list[tuple[str, list[Member]]], batch_size: int, augment: Augment):
+        self.picks, self.batch_size, self.augment = picks, batch_size, augment
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        b = self.batch_size
+        with ExitStack() as files:
+            opened: dict[str, BinaryIO] = {}
+            for first in range(worker * b, len(self.picks), workers * b):
+                for pos in range(first, min(first + b, len(self.picks))):
+                    tar, members = self.picks[pos]
+                    if tar not in opened:
+                        opened[tar] = files.enter_context(open(tar, "rb"))
+                    f = opened[tar]
+                    sample = {"__url__": tar, "__key__": members[0].name.split(".", 1)[0], "__pos__": pos}
+                    for m in members:
+                        f.seek(m.offset)
+                        sample[m.ext] = f.read(m.size)
+                    yield self.augment(sample)
+
+
 def train_loader(
     urls: list[str],
     sizes: list[int],
@@ -150,22 +166,14 @@ def train_loader(
     shards, skip, length = rank_shards(sizes, order, rank, world)
     if steps * batch_size > length:
         raise ValueError(f"rank {rank}'s part has {length} samples, fewer than {steps} x {batch_size}")
-    ds = (
-        wds.WebDataset(
-            [urls[i] for i in shards],
-            shardshuffle=False,
-            nodesplitter=_all,
-            workersplitter=_all,
-            empty_check=False,
-        )
-        .slice(skip, skip + length)
-        .shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(seed))
-        .slice(steps * batch_size)
-        .compose(_worker_batches(batch_size))
-        .map(augment)
+    part = [(urls[i], members) for i in shards for members in read_index(layout.idx_path(Path(urls[i])))]
+    part = part[skip : skip + length]
+    shuffled = wds.filters.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(seed))(
+        iter(part)
     )
+    picks = list(itertools.islice(shuffled, steps * batch_size))
     return DataLoader(
-        ds,
+        _EpochSamples(picks, batch_size, augment),
         batch_size=batch_size,
         num_workers=min(workers, steps),
         persistent_workers=False,

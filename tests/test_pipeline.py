@@ -42,12 +42,24 @@ class Draws:
         return pos(self.px), pos(self.py), self.flip, self.alpha
 
 
-@pytest.mark.parametrize("normalization, div", [("mean-image", 1.0), ("channel", 1.0), ("mean-image", 1.1)])
-def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, div):
+@pytest.mark.parametrize(
+    "normalization, div, host",
+    [
+        ("mean-image", 1.0, True),
+        ("channel", 1.0, False),
+        ("mean-image", 1.1, True),
+        ("mean-image", 1.1, False),
+    ],
+)
+def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, div, host):
+    # host: the CPU graph (mean image subtracted in torch); not host: the GPU graph, run on the CPU
     out, batch = imagenet_with_stats, 16
     draws = Draws(batch, 256, 224)
     opt = LoaderOptions(batch_size=batch, num_threads=2, normalization=normalization, lighting_scale_div=div)
-    x, y = next(TrainLoader(out, opt, draws=draws).epoch(0))
+    loader = TrainLoader(out, opt, draws=draws)
+    assert loader.mean_on_host == (normalization == "mean-image")
+    loader.mean_on_host = host
+    x, y = next(loader.epoch(0))
     assert x.shape == (batch, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.int64
     stats = load_stats(out)
     m = lighting_matrix(stats, "cuda-convnet")
@@ -322,3 +334,18 @@ def test_a_damaged_stored_jpeg_is_named_not_a_crash(unique_label_shards, tmp_pat
         list(TrainLoader(out, opt).epoch(0))
     with pytest.raises(DamagedSampleError, match=where):
         list(EvalLoader(out, opt, split="train"))
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_bench_measure_runs_across_one_step_epochs(unique_label_shards, backend):
+    from pipeline.bench import cpu_efficiency, measure
+
+    opt = LoaderOptions(batch_size=30, num_threads=1, crop=12, backend=backend)
+    loader = TrainLoader(unique_label_shards, opt)
+    assert loader.steps_per_epoch == 1  # the case that used to loop forever
+    m = measure(loader, batches=3, warmup=1)
+    assert m["images"] == 90 and m["img_per_s"] > 0 and m["steps_per_epoch"] == 1
+    c = cpu_efficiency(loader, epochs=2)
+    assert c["images"] == 60 and c["cpu_seconds"] > 0
+    with pytest.raises(ValueError, match="batches 0 must be >= 1"):
+        measure(loader, batches=0)
