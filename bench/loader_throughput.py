@@ -7,8 +7,12 @@ Without --data it shards the 1,000 real ImageNet samples of ../shared/data four 
 
 Both loaders run the full paper augmentation (random 224 crop, mirror, PCA lighting, per-pixel
 mean image) from the same shards in the same run, with the same number of CPU workers
-(DALI threads / DataLoader processes). Each measurement skips the first batch of an epoch
-(pipeline start-up) and counts full training batches delivered as torch tensors.
+(DALI threads / DataLoader processes), measured by `pipeline.bench.measure` in steady state:
+one stream of batches across epochs, the same untimed warm-up for both, then `--batches` timed
+batches (epoch changes inside them included). Also images per CPU-second over a whole epoch
+(process + workers; `pipeline.bench.cpu_efficiency`), which a shared, loaded machine distorts
+far less than wall-clock rates. Repeats are interleaved; the median of each is printed beside
+the baseline of the same run.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from pipeline.bench import cpu_efficiency, measure
 from pipeline.loader import LoaderOptions, TrainLoader
 from preprocess.pca import pca_stats
 from preprocess.shard import Options, shard
@@ -39,29 +43,15 @@ def make_bench_data(dest: Path, copies: int = 4) -> Path:
     return out
 
 
-def images_per_second(data: Path, opt: LoaderOptions, batches: int) -> float:
-    loader = TrainLoader(data, opt)
-    seen, elapsed, epoch = 0, 0.0, 0
-    while seen < batches:
-        it = loader.epoch(epoch)
-        next(it)  # start-up: pipeline build, shuffle buffer fill, worker fork
-        start = time.perf_counter()
-        n = 0
-        for _x, _y in it:
-            n += 1
-            if seen + n == batches:
-                break
-        elapsed += time.perf_counter() - start
-        seen += n
-        epoch += 1
-        it.close()
-    return seen * opt.batch_size / elapsed
+def images_per_second(data: Path, opt: LoaderOptions, batches: int, warmup: int) -> float:
+    return measure(TrainLoader(data, opt), batches, warmup)["img_per_s"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path)
     ap.add_argument("--batches", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=3)
@@ -70,20 +60,26 @@ def main() -> None:
     if args.data is None:
         args.data = make_bench_data(Path(tempfile.mkdtemp(prefix="alexnet-bench-")))
     common = dict(batch_size=args.batch_size, num_threads=args.workers, device=args.device)
-    runs: dict[str, list[float]] = {"dali": [], "reference": []}
+    names = {"reference": "reference (DataLoader + OpenCV)", "dali": "DALI"}
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(args.repeats):  # interleaved
-        for backend in runs:
+        for backend in names:
             opt = LoaderOptions(backend=backend, **common)
-            runs[backend].append(images_per_second(args.data, opt, args.batches))
-    med = {k: statistics.median(v) for k, v in runs.items()}
+            wall[backend].append(images_per_second(args.data, opt, args.batches, args.warmup))
+            cpu[backend].append(cpu_efficiency(TrainLoader(args.data, opt))["img_per_cpu_s"])
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores; device {args.device}; "
-        f"batch {args.batch_size}; {args.workers} workers; {args.batches} batches; median of {args.repeats}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+        f"device {args.device}; batch {args.batch_size}; {args.workers} workers; "
+        f"{args.warmup} + {args.batches} batches; median of {args.repeats}"
     )
-    print(f"{'loader':<36}{'img/s':>10}")
-    print(f"{'reference (webdataset+DataLoader)':<36}{med['reference']:>10.1f}")
-    print(f"{'DALI':<36}{med['dali']:>10.1f}")
-    print(f"DALI / reference: {med['dali'] / med['reference']:.2f}x")
+    print(f"{'loader':<34}{'img/s':>10}{'img/CPU-s':>12}")
+    for k, name in names.items():
+        print(f"{name:<34}{statistics.median(wall[k]):>10.1f}{statistics.median(cpu[k]):>12.1f}")
+    ratio = lambda d: statistics.median(d["dali"]) / statistics.median(d["reference"])  # noqa: E731
+    print(f"{'DALI / reference':<34}{ratio(wall):>9.2f}x{ratio(cpu):>11.2f}x")
+    print("all runs, img/s:", {k: [round(v) for v in vs] for k, vs in wall.items()})
+    print("all runs, img/CPU-s:", {k: [round(v) for v in vs] for k, vs in cpu.items()})
 
 
 if __name__ == "__main__":

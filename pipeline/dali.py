@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.augment import LIGHTING_STD, TEN_CROP_POS
+from pipeline.augment import LIGHTING_STD, eval_windows
 
 LABEL_BYTES = 8  # `.cls` holds the class index as text; up to 8 digits
 READER_NAME = "Reader"
@@ -42,6 +42,11 @@ def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
         stick_to_shard=not train,
         name=READER_NAME,
     )
+
+
+def _window(crop: int, x, y) -> dict:  # noqa: ANN001
+    """A crop x crop window at relative (x, y): numbers, or per-sample DALI nodes."""
+    return dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y)
 
 
 def _labels(cls):
@@ -101,6 +106,7 @@ def train_pipeline(
     size: int,
     crop: int,
     lighting: np.ndarray | None,
+    scale: float,
     mean_image: np.ndarray | None,
     channel_mean: np.ndarray | None,
     channel_std: np.ndarray | None,
@@ -110,8 +116,15 @@ def train_pipeline(
     initial_fill: int,
     draws: Callable | None = None,
     mirror: bool = True,
+    mean_on_host: bool = False,
 ):
-    """Random crop + mirror + PCA lighting + mean subtraction (paper, section 4.1)."""
+    """Random crop + mirror + PCA lighting + mean subtraction (paper, section 4.1), times `scale`.
+
+    `mean_on_host` (the CPU graph): the per-pixel mean image is left out and the crop windows
+    (x, y, flip) are returned beside the batch, for `host.subtract_mean_windows` to subtract it
+    in torch: DALI's CPU arithmetic on a per-sample cropped constant costs ~30 % of this graph,
+    an in-place torch subtraction of a strided view a fraction of that. The GPU graph keeps it.
+    """
     jpg, cls = _read(tars, idxs, shard_id, num_shards, True, initial_fill)
     if draws is None:
         steps = size - crop
@@ -122,19 +135,22 @@ def train_pipeline(
         alpha = fn.random.normal(shape=[1, 3], stddev=LIGHTING_STD)
     else:
         x, y, flip, alpha = fn.external_source(source=draws, num_outputs=4, batch=True)
-    window = dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y)
+    window = _window(crop, x, y)
     images = fn.decoders.image_crop(jpg, output_type=types.RGB, **window, **_decoder(gpu, hw_decoder_load))
     out = _normalize(
         images,
         _shift_neg(alpha, lighting, channel_mean),
-        mean_image,
+        None if mean_on_host else mean_image,
         channel_std,
         gpu,
         {"mean": window},
         mirror=flip,
-        dtype=DALI_DTYPES[dtype],
+        scale=scale,
+        dtype=types.FLOAT if mean_on_host else DALI_DTYPES[dtype],
         output_layout="CHW",
     )
+    if mean_on_host:
+        return out, _labels(cls), x, y, flip
     return out, _labels(cls)
 
 
@@ -158,21 +174,18 @@ def eval_pipeline(
     jpg, cls = _read(tars, idxs, shard_id, num_shards, False, 1)
     images = fn.decoders.image(jpg, output_type=types.RGB, **_decoder(gpu, hw_decoder_load))
     mean = [0.0, 0.0, 0.0] if channel_mean is None else [float(v) for v in channel_mean]
-    crops = []
-    for x, y in TEN_CROP_POS if ten_crop else TEN_CROP_POS[-1:]:
-        window = dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y)
-        for m in (0, 1) if ten_crop else (0,):
-            crops.append(
-                _normalize(
-                    images,
-                    mean,
-                    mean_image,
-                    channel_std,
-                    gpu,
-                    {"image": window, "mean": window},
-                    mirror=m,
-                    dtype=DALI_DTYPES[dtype],
-                    output_layout="CHW",
-                )
-            )
+    crops = [
+        _normalize(
+            images,
+            mean,
+            mean_image,
+            channel_std,
+            gpu,
+            {"image": _window(crop, x, y), "mean": _window(crop, x, y)},
+            mirror=int(m),
+            dtype=DALI_DTYPES[dtype],
+            output_layout="CHW",
+        )
+        for x, y, m in eval_windows(ten_crop)
+    ]
     return (fn.stack(*crops) if ten_crop else crops[0]), _labels(cls)

@@ -179,6 +179,8 @@ _HELP = {
     "inverted: torch's nn.Dropout (x2 in training).",
     "init_from": "Fine-tune: start from this run folder's / checkpoint's weights (new classifier "
     "if the class count differs; new optimiser state).",
+    "lighting_scale_div": "Divide the image by this after adding colour noise (cuda-convnet: 1.1; "
+    "the paper: 1, not mentioned).",
     "mirror": "Random horizontal reflections in training (section 4.1).",
 }
 
@@ -380,12 +382,10 @@ def bench_loader_cmd(
 ) -> None:
     """Run the training pipeline alone (full paper augmentation) and print images/s.
 
-    Each epoch's first batch (pipeline start-up) is not timed; epochs repeat until --batches
-    batches are timed.
+    Steady state: one stream of batches across epochs, 5 warm-up batches untimed, then
+    --batches timed (pipeline/bench.py's `measure`, the same as bench/loader_throughput.py).
     """
     prepare_outputs(data=json_out)
-
-    import time
 
     from pipeline.augment import CROP_SIZE
     from pipeline.loader import TrainLoader
@@ -401,28 +401,10 @@ def bench_loader_cmd(
         train = TrainLoader(data, opt)
     except _USER_ERRORS as e:
         _fail(str(e))
-    n, elapsed, epoch = 0, 0.0, 0
-    while n < batches:
-        it = train.epoch(epoch)
-        if next(it, None) is None:  # pipeline start-up is not throughput
-            _fail(f"{data}: the train split gives no batch of {batch_size}; use a smaller --batch-size")
-        start, timed = time.perf_counter(), 0
-        for _ in it:
-            timed += 1
-            if n + timed == batches:
-                break
-        if dev.type == "cuda":
-            import torch
+    from pipeline.bench import measure
 
-            torch.cuda.synchronize()
-        elapsed += time.perf_counter() - start
-        if timed == 0:
-            _fail(
-                f"{data}: an epoch is one batch of {batch_size}, nothing to time; use a smaller --batch-size"
-            )
-        n += timed
-        epoch += 1
-    rate = n * batch_size / elapsed
+    m = measure(train, batches, warmup=5)
+    n, rate = m["batches"], m["img_per_s"]
     result = {
         "loader": opt.backend,
         "device": dev.type,
