@@ -42,7 +42,8 @@ NETS = {  # the Figure 1 pair
 }
 ABLATION = {"relu-lrn": dict(activation="relu", lrn="cuda-convnet")}  # section 3.3, vs "relu"
 VARIANTS = {**NETS, **ABLATION}
-SWEEP_LRS = (0.001, 0.003, 0.01, 0.03)
+SWEEP_LRS = (0.003, 0.01, 0.03)
+EXTEND = 2  # extra sweep points past an end of the grid where the best lr lies
 LR_OF = {"relu-lrn": "relu"}  # the ablation uses the lr chosen for the net it is compared with
 
 
@@ -69,31 +70,49 @@ def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
     return _rows(run_dir)[: cfg.epochs]
 
 
+def _sweep_point(
+    base: TrainConfig, data: Path, out: Path, name: str, lr: float, steps: int, progress: bool
+) -> dict:
+    cfg = replace(_config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1), steps_per_epoch=steps)
+    row = _train(cfg, progress)[0]
+    return {
+        "lr": lr,
+        "steps": row["steps"],
+        "train_loss": row["train_loss"],
+        "train_top1_err": row["train_top1_err"],
+        "diverged": not math.isfinite(row["train_loss"]),
+    }
+
+
+def best_lr(rows: list[dict]) -> float | None:
+    ok = [r for r in rows if not r["diverged"]]
+    return min(ok, key=lambda r: r["train_top1_err"])["lr"] if ok else None
+
+
 def sweep(
     data: Path, out: Path, base: TrainConfig, nets: list[str], lrs: list[float], steps: int, progress: bool
 ) -> dict:
-    """Train each net at each lr for `steps` steps; {net: {"rows": [...], "best_lr": lr}}."""
+    """Train each net at each lr for `steps` steps; {net: {"rows": [...], "best_lr": lr}}.
+
+    The best is the lowest training error over those steps (a diverged run never wins). When it
+    lies at an end of the grid, the grid is extended past that end by x3 (at most EXTEND times),
+    so the chosen lr is a real optimum of the sweep rather than its edge.
+    """
     result = {}
     for name in nets:
-        rows = []
-        for lr in lrs:
-            cfg = replace(
-                _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1), steps_per_epoch=steps
+        rows = sorted(
+            (_sweep_point(base, data, out, name, lr, steps, progress) for lr in sorted(set(lrs))),
+            key=lambda r: r["lr"],
+        )
+        for _ in range(EXTEND):
+            best = best_lr(rows)
+            if best is None or len(rows) < 2 or rows[0]["lr"] < best < rows[-1]["lr"]:
+                break
+            lr = float(f"{best / 3:.1g}") if best == rows[0]["lr"] else float(f"{best * 3:.1g}")
+            rows = sorted(
+                [*rows, _sweep_point(base, data, out, name, lr, steps, progress)], key=lambda r: r["lr"]
             )
-            row = _train(cfg, progress)[0]
-            diverged = not math.isfinite(row["train_loss"])
-            rows.append(
-                {
-                    "lr": lr,
-                    "steps": row["steps"],
-                    "train_loss": row["train_loss"],
-                    "train_top1_err": row["train_top1_err"],
-                    "diverged": diverged,
-                }
-            )
-        ok = [r for r in rows if not r["diverged"]]
-        best = min(ok, key=lambda r: r["train_top1_err"])["lr"] if ok else None
-        result[name] = {"rows": rows, "best_lr": best}
+        result[name] = {"rows": rows, "best_lr": best_lr(rows)}
     return result
 
 
