@@ -75,12 +75,13 @@ def _sweep_point(
 ) -> dict:
     cfg = replace(_config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1), steps_per_epoch=steps)
     row = _train(cfg, progress)[0]
+    finite = math.isfinite(row["train_loss"])
     return {
         "lr": lr,
         "steps": row["steps"],
-        "train_loss": row["train_loss"],
+        "train_loss": row["train_loss"] if finite else None,  # strict JSON: no NaN
         "train_top1_err": row["train_top1_err"],
-        "diverged": not math.isfinite(row["train_loss"]),
+        "diverged": not finite,
     }
 
 
@@ -161,7 +162,47 @@ def run_figure1(
         summary["final_test_error_with_lrn"] = results["relu-lrn"]["test_error"][-1]
     layout.write_json(out / "ablation.json", summary)
     plot_figure1(summary, out / "fig1.png")
+    layout.write_atomic(out / "fig1.md", markdown(summary).encode())
     return summary
+
+
+def markdown(summary: dict) -> str:
+    """The sweep table and the per-net results as Markdown (docs/figures.md quotes it)."""
+    lines = []
+    for net, s in summary["sweep"]["nets"].items():
+        lines += [
+            f"Sweep, {net} ({summary['sweep']['steps']} steps of 128 per lr, training error over them):",
+            "",
+            "| lr | train err | train loss | |",
+            "|---:|---:|---:|---|",
+        ]
+        for r in s["rows"]:
+            mark = "diverged" if r["diverged"] else ("**chosen**" if r["lr"] == s["best_lr"] else "")
+            loss = "nan" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
+            lines.append(f"| {r['lr']:g} | {r['train_top1_err']:.3f} | {loss} | {mark} |")
+        lines.append("")
+    lines += [
+        "| net | lr | epochs run | train err, epoch 1 | last epoch | test err, last | "
+        "epochs to 50 % train err | to 25 % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in summary["variants"].items():
+        if not r.get("train_error"):
+            continue
+        n = len(r["train_error"])
+        to = [r[f"epochs_to_{p}pct_train_error"] or f"> {n}" for p in ("50", "25")]
+        lines.append(
+            f"| {name} | {r['lr']:g} | {n} | {r['train_error'][0]:.3f} | {r['train_error'][-1]:.3f} | "
+            f"{r['test_error'][-1]:.3f} | {to[0]} | {to[1]} |"
+        )
+    lines.append("")
+    for pct in ("25", "50"):
+        ratio = summary.get(f"tanh_over_relu_at_{pct}pct")
+        if ratio:
+            bound = "" if ratio["bound"] == "=" else "> "
+            lines.append(f"- tanh / ReLU epochs to {pct} % training error: {bound}{ratio['ratio']:.2f}")
+    lines.append(f"- paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}")
+    return "\n".join(lines) + "\n"
 
 
 def ratios(results: dict) -> dict:
