@@ -1,35 +1,44 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, for a session lent a GPU (see ../shared/docs/GPU.md for carrying
-# DALI and webdataset over in parts). Prints a table last; logs go to $OUT (or ./gpu-out).
-# Usage, on the GPU machine, from the repository root, with .gpu/data holding shards made here:
-#   bash bench/gpu_check.sh .gpu/data/imagenet-x4
+# Every GPU check in one run, one table, for a session lent ONE GPU (H100/H200, CUDA 13, torch
+# preinstalled, no network). Nothing to set up: PYTHONPATH is set here; DALI is taken from the
+# environment, else installed from carried wheels (/root/whl or .gpu/whl, see
+# ../shared/docs/GPU.md); the data is .gpu/data/imagenet, made beforehand on a machine with
+# ../shared by `bash bench/gpu_data.sh`. Ends inside 5 minutes; the table and logs go to $OUT
+# (or ./gpu-out). Rows: see bench/gpu_check.py.
+#   bash bench/gpu_check.sh                  # on the GPU machine
+#   bash bench/gpu_check.sh --device cpu     # dry run of every code path, on any machine
 set -uo pipefail
-data=${1:?usage: bench/gpu_check.sh SHARDS}
-out=${OUT:-gpu-out}; mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python3 -m trainer.cli bench-loader --data "$data" --device cuda --batches 200 --batch-size 256 --threads 8 --json \
-  > "$out/loader_cuda.json" 2> "$out/loader_cuda.log"
-python3 -m trainer.cli bench-loader --data "$data" --device cuda --loader reference --batches 40 --threads 12 --json \
-  > "$out/loader_reference.json" 2> "$out/loader_reference.log"
-python3 bench/train_throughput.py --data "$data" --arch alexnet --device cuda --steps 100 --threads 8 \
-  --json "$out/train.json" > "$out/train.log" 2>&1
-echo; echo "check                                   result"
-python3 - "$out" <<'PY'
-import json, sys, pathlib
-out = pathlib.Path(sys.argv[1])
-def get(name, key=None):
-    try:
-        d = json.loads((out / name).read_text())
-        return d if key is None else d[key]
-    except Exception as e:  # noqa: BLE001
-        return f"failed ({e.__class__.__name__}; see {name.replace('.json', '.log')})"
-print(f"{'DALI mixed decode+augment, img/s (>= 25,000)':<48}{get('loader_cuda.json', 'img_per_s')}")
-print(f"{'reference loader, img/s':<48}{get('loader_reference.json', 'img_per_s')}")
-t = get("train.json")
-if isinstance(t, dict):
-    print(f"{'AlexNet train, synthetic input, img/s':<48}{t['synthetic']:.0f}")
-    print(f"{'AlexNet train, DALI input, img/s':<48}{t['dali']:.0f}")
-    print(f"{'real / synthetic (>= 95%)':<48}{t['dali'] / t['synthetic']:.1%}")
-else:
-    print(f"{'AlexNet training':<48}{t}")
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+if ! "$py" -c 'import nvidia.dali, webdataset' 2>/dev/null; then
+  for dir in /root/whl .gpu/whl; do
+    if ls "$dir"/nvidia_dali_cuda*.whl >/dev/null 2>&1; then
+      "$py" -m pip install -q --no-index --no-deps --target /tmp/alexnet2012-site "$dir"/*.whl || exit 1
+      export PYTHONPATH=$PYTHONPATH:/tmp/alexnet2012-site
+      break
+    fi
+  done
+fi
+# The DALI build must match the driver's CUDA major (13 on the lent machines: nvidia-dali-cuda130).
+"$py" - <<'PY' || exit 1
+import importlib.metadata as md, sys
+try:
+    import torch, nvidia.dali  # noqa: F401
+except ImportError as e:
+    sys.exit(f"gpu_check: {e}: carry DALI's wheels as ../shared/docs/GPU.md says")
+dali = [d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].startswith("nvidia-dali-cuda")]
+cuda = torch.version.cuda
+if cuda and dali and not any(n.endswith(cuda.split(".")[0] + "0") for n in dali):
+    print(f"gpu_check: warning: {dali} with torch built for CUDA {cuda}", file=sys.stderr)
 PY
+data=${GPU_DATA:-.gpu/data/imagenet}
+if [ ! -f "$data/dataset.json" ]; then
+  echo "gpu_check: no $data/dataset.json: run 'bash bench/gpu_data.sh' where ../shared is, and carry .gpu/data" >&2
+  exit 2
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt"
+timeout "${GPU_CHECK_TIMEOUT:-290}" "$py" bench/gpu_check.py --data "$data" --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
+exit "${PIPESTATUS[0]}"

@@ -3,9 +3,11 @@
 Epoch accounting, the part that silently goes wrong in data-parallel training:
 
 - Train: every rank runs exactly `steps_per_epoch = written // (world * batch)` steps, so DDP
-  ranks never wait on each other at an epoch's end. Each epoch builds a fresh pipeline seeded
-  by (seed, epoch, rank) and reading the dataset part `(rank + epoch) % world`, so ranks see
-  different parts in different epochs and a resumed run replays epoch e exactly.
+  ranks never wait on each other at an epoch's end. Each epoch permutes the shard list (seeded
+  by seed and epoch, the same on every rank: `pipeline.order`), gives rank r the r-th of `world`
+  contiguous sample ranges of it, and builds a fresh pipeline seeded by (seed, epoch, rank): the
+  ranks' parts are disjoint and cover the split, every epoch has a fresh order, and a resumed
+  run replays epoch e exactly (`epoch(e, start_step=k)`).
 - Eval: the readers split the samples into `world` disjoint parts (DALI: contiguous sample
   ranges; reference: whole shards); the DALI reader pads its last batch and the iterator trims
   the padding, so every sample is seen exactly once across all ranks, whatever the batch size.
@@ -15,6 +17,7 @@ Rank and world come from torch.distributed when it is initialised, else 0 and 1.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,8 +32,48 @@ from pipeline.augment import (
     lighting_matrix,
     load_stats,
 )
+from pipeline.order import shard_order, shard_sizes
 from shards import layout
 from shards.reader import load_dataset, shard_paths
+
+
+class DamagedSampleError(ValueError):
+    """A stored sample that cannot be read or decoded; the message names the shard and key.
+
+    (DALI can also die on such a sample with a signal: `shards.verify.preflight`, run before
+    training, is what keeps damaged shards away from it.)"""
+
+
+def _one_line(e: BaseException) -> str:
+    """The line that says what went wrong: a DamagedSampleError's own message, also when
+    DataLoader re-raised it from a worker with the worker's traceback around it; for DALI, the
+    line after "encountered:" (its first lines only say "Critical error in pipeline")."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "DamagedSampleError: " in ln:
+            return ln.split("DamagedSampleError: ", 1)[1]
+    if "encountered:" in lines[:-1]:
+        return lines[lines.index("encountered:") + 1]
+    return lines[0] if lines else type(e).__name__
+
+
+def _named_errors(it: Iterator, s: _Split) -> Iterator:
+    """Re-raise a reading failure as one DamagedSampleError naming the sample, or the split."""
+    message = None
+    try:
+        yield from it
+    except DamagedSampleError as e:
+        message = _one_line(e)
+    except RuntimeError as e:  # DALI: no sample named, only the operator that failed
+        message = (
+            f"{s.data}/{s.split}: reading the shards failed ({_one_line(e)}); a shard may be "
+            f"damaged: run `alexprep verify {s.data}` to find it, then re-shard it"
+        )
+    if message is not None:  # raised outside `except`, and the failed reader's reference cycles
+        it.close()  # collected now: its DataLoader workers are shut down here, not in a later fork
+        gc.collect()
+        raise DamagedSampleError(message)
+
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -46,6 +89,9 @@ class LoaderOptions:
     seed: int = 0
     lighting: str = "cuda-convnet"
     mirror: bool = True  # random horizontal reflection in training (section 4.1); off: Figure 1
+    # cuda-convnet divides the training image by 1 + 0.1 after adding colour noise, so that its
+    # scale matches the test images'; 1.0 (the paper, which does not mention it) or 1.1
+    lighting_scale_div: float = 1.0
     normalization: str = "mean-image"  # or "channel": per-channel mean/std
     dtype: str = "float32"
     crop: int = CROP_SIZE
@@ -67,6 +113,10 @@ class LoaderOptions:
             ),
             (self.dtype in DTYPES, f"dtype {self.dtype!r} not in {tuple(DTYPES)}"),
             (self.batch_size >= 1, "batch size must be >= 1"),
+            (
+                self.lighting_scale_div == 1.0 or (self.lighting_scale_div > 0 and self.lighting != "off"),
+                f"lighting_scale_div {self.lighting_scale_div} needs lighting noise and must be > 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -100,6 +150,7 @@ class _Split:
 
     def __init__(self, data: Path, split: str, opt: LoaderOptions, need_lighting: bool):
         opt.validate()
+        self.data, self.split = data, split
         self.meta = load_dataset(data)
         self.tars = [str(t) for t in shard_paths(data, split)]
         self.idxs = [str(layout.idx_path(Path(t))) for t in self.tars]
@@ -120,6 +171,7 @@ class _Split:
             if need_lighting and opt.lighting != "off"
             else None
         )
+        self.scale = 1.0 / opt.lighting_scale_div  # train only: eval never has lighting noise
 
     def device(self) -> torch.device:
         if self.opt.device == "cuda":
@@ -148,6 +200,7 @@ class _Split:
             mean_image=self.mean_image,
             channel_mean=self.channel_mean,
             channel_std=self.channel_std,
+            scale=self.scale,
             ten_crop=ten_crop,
             seed=seed,
             mirror=self.opt.mirror,
@@ -190,6 +243,7 @@ class TrainLoader:
     def __init__(self, data: Path, opt: LoaderOptions, split: str = "train", draws: Callable | None = None):
         self.s = _Split(data, split, opt, need_lighting=True)
         self.draws = draws
+        self._sizes: list[int] | None = None  # samples per shard (reference backend)
         self.steps_per_epoch = self.s.written // (self.s.world * opt.batch_size)
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -197,92 +251,97 @@ class TrainLoader:
                 f"{opt.batch_size} on each of {self.s.world} rank(s)"
             )
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch`'s batches from step `start_step` on (mid-epoch resume).
+
+        An epoch is a pure function of (seed, epoch, rank, world): resuming at step k yields
+        bit-identical tensors to the tail of an uninterrupted epoch.
+        """
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step {start_step} not in 0..{self.steps_per_epoch}")
+        for step, (x, y) in enumerate(_named_errors(self._epoch(epoch), self.s)):
+            if step >= start_step:  # skipped batches never reach the device
+                yield self.s.finish(x, y)
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s, opt = self.s, self.s.opt
         seed = epoch_seed(opt.seed, epoch, s.rank)
-        part = (s.rank + epoch) % s.world
+        order = shard_order(len(s.tars), opt.seed, epoch)  # the same on every rank
         if opt.backend == "reference":
-            yield from self._reference(seed, part)
+            yield from self._reference(seed, order)
             return
         from pipeline.dali import train_pipeline
 
-        kw = s.dali_kwargs(seed)
         pipe = train_pipeline(
-            s.tars,
-            s.idxs,
-            shard_id=part,
+            [s.tars[i] for i in order],
+            [s.idxs[i] for i in order],
+            shard_id=s.rank,
             num_shards=s.world,
             size=s.size,
             crop=opt.crop,
             lighting=s.lighting,
+            scale=s.scale,
             initial_fill=opt.shuffle_buffer,
             draws=self.draws,
             mirror=opt.mirror,
-            **kw,
+            **s.dali_kwargs(seed),
         )
         pipe.build()
         it = _dali_iter(pipe, "FILL")
-        for _ in range(self.steps_per_epoch):
-            try:
-                batch = next(it)[0]
-            except StopIteration:  # the part ended before the epoch's step count: wrap around
-                batch = next(it)[0]
-            yield s.finish(batch["data"], batch["label"])
+        for _ in range(self.steps_per_epoch):  # <= the rank's part: one pass, never wraps
+            batch = next(it)[0]
+            yield batch["data"], batch["label"]
         del it, pipe
 
-    def _reference(self, seed: int, part: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from pipeline.reference import reference_loader
+    def _reference(self, seed: int, order: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from pipeline.reference import train_loader
 
         s, opt = self.s, self.s.opt
-        aug = s.augment(train=True, ten_crop=False, seed=seed)
-        tars = s.tars[part % len(s.tars) :] + s.tars[: part % len(s.tars)]  # rotate parts per epoch
-        steps, n = self.steps_per_epoch, 0
-        while n < steps:
-            loader = reference_loader(
-                tars,
-                aug,
-                batch_size=opt.batch_size,
-                rank=s.rank,
-                world=s.world,
-                workers=opt.num_threads,
-                shuffle_buffer=opt.shuffle_buffer,
-                seed=seed + n,
-            )
-            for x, y in loader:
-                if len(y) < opt.batch_size:
-                    continue  # a worker's partial tail; train batches are full
-                yield s.finish(x, y)
-                n += 1
-                if n == steps:
-                    return
+        if self._sizes is None:
+            self._sizes = shard_sizes(s.idxs)
+        yield from train_loader(
+            s.tars,
+            self._sizes,
+            order,
+            s.augment(train=True, ten_crop=False, seed=seed),
+            batch_size=opt.batch_size,
+            steps=self.steps_per_epoch,
+            rank=s.rank,
+            world=s.world,
+            workers=opt.num_threads,
+            shuffle_buffer=opt.shuffle_buffer,
+            seed=seed,
+        )
 
 
 class EvalLoader:
     """Every sample of this rank's part exactly once; x is [B, C, H, W] or [B, 10, C, H, W]."""
 
     def __init__(self, data: Path, opt: LoaderOptions, split: str = "val", ten_crop: bool = False):
-        self.s = _Split(data, split, replace(opt, lighting="off"), need_lighting=False)
+        self.s = _Split(
+            data, split, replace(opt, lighting="off", lighting_scale_div=1.0), need_lighting=False
+        )
         self.ten_crop = ten_crop
         self.split = split
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in _named_errors(self._batches(), self.s):
+            yield self.s.finish(x, y)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s, opt = self.s, self.s.opt
         if opt.backend == "reference":
             from pipeline.reference import reference_loader
 
             aug = s.augment(train=False, ten_crop=self.ten_crop, seed=opt.seed)
-            loader = reference_loader(
+            yield from reference_loader(
                 s.tars,
                 aug,
                 batch_size=opt.batch_size,
                 rank=s.rank,
                 world=s.world,
                 workers=min(opt.num_threads, len(s.tars)),
-                shuffle_buffer=1,
-                seed=opt.seed,
             )
-            for x, y in loader:
-                yield s.finish(x, y)
             return
         from pipeline.dali import eval_pipeline
 
@@ -297,4 +356,4 @@ class EvalLoader:
         )
         pipe.build()
         for batch in _dali_iter(pipe, "PARTIAL"):  # one epoch: padding trimmed, then StopIteration
-            yield s.finish(batch[0]["data"], batch[0]["label"])
+            yield batch[0]["data"], batch[0]["label"]

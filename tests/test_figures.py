@@ -43,7 +43,7 @@ def test_predict_table_json_png(cifar_run, cifar_ready, cifar_root, tmp_path):
         cifar_ready,
         "--out",
         tmp_path / "p.png",
-        "--json",
+        "--json-out",
         tmp_path / "p.json",
         "--ten-crop",
     )
@@ -96,7 +96,7 @@ def test_neighbors_finds_the_query_itself(cifar_run, cifar_ready, cifar_root, tm
         3000,
         "--out",
         tmp_path / "n.png",
-        "--json",
+        "--json-out",
         tmp_path / "n.json",
     )
     result = json.loads((tmp_path / "n.json").read_text())[0]
@@ -105,7 +105,7 @@ def test_neighbors_finds_the_query_itself(cifar_run, cifar_ready, cifar_root, tm
     assert result["distances"][0] < 0.01 * result["distances"][1], proc.stdout
     assert result["distances"] == sorted(result["distances"])
     assert Image.open(tmp_path / "n.png").size == (round(1.3 * 5 * 100), 130)
-    assert list(cifar_run.glob("features-*-test.npy"))  # cached for the next query
+    assert len(list(cifar_run.glob("features-last-test-*.npy"))) == 1  # cached for the next query
 
 
 def test_query_set_larger_than_memory_is_refused():

@@ -24,7 +24,12 @@ from tests.conftest import IMAGENET, alexprep, imagenet_files
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every data file's bytes; not the run's state (lock files, verify's record), which differ by run."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".alexprep-node") and p.name != "verified.json"
+    }
 
 
 def manifest(out: Path, split: str = "train") -> list[dict]:
@@ -43,6 +48,46 @@ def test_resize_center_crop_geometry_by_hand():
     assert out[:, :49].max() == 0 and out[:, 51:].min() == 255  # the edge sits in the middle
 
 
+def test_tar_is_byte_identical_to_webdatasets_tarwriter(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    from shards.writer import ShardWriter, sample_json
+
+    rng = np.random.default_rng(0)
+    samples = [
+        (f"{i:08d}", i % 7, f"s{i}.JPEG", rng.bytes(300 + 97 * i), 10 + i, 20, "n01440764") for i in range(12)
+    ]
+    writer = ShardWriter(tmp_path, "train", 0)
+    ref = wds.TarWriter(str(tmp_path / "ref.tar"), encoder=False, mtime=0, user="alexnet", group="alexnet")
+    for key, label, source, data, w, h, wnid in samples:
+        writer.add(key, label, source, data, w, h, wnid)
+        ref.write(
+            {"__key__": key, "cls": str(label).encode(), "jpg": data, "json": sample_json(source, w, h, wnid)}
+        )
+    writer.commit()
+    ref.close()
+    assert (tmp_path / "train" / "train-000000.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()
+
+
+def _checkerboard_jpeg(w: int, h: int) -> bytes:
+    board = ((np.indices((h, w)).sum(0) % 2) * 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", cv2.merge([board] * 3), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("w, h", [(1100, 1030), (2200, 2060)])  # DCT-reduced by 4 and by 8
+def test_large_jpegs_decoded_at_reduced_scale_stay_antialiased(w, h):
+    # a 1-pixel checkerboard: any sampling without averaging shows it as black/white moire
+    data = _checkerboard_jpeg(w, h)
+    enc = process(data, 256, 95)
+    assert (enc.width, enc.height) == (w, h)  # the source's size, not the reduced one
+    out = cv2.imdecode(np.frombuffer(enc.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE).astype(float)
+    assert abs(out.mean() - 127.5) < 4 and out.std() < 4
+    # and the same picture as INTER_AREA from the full-size decode
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    reference = cv2.cvtColor(resize_center_crop(full, 256), cv2.COLOR_BGR2GRAY).astype(float)
+    assert np.abs(out - reference).mean() < 4
+
+
 # ---- real data: flat folder + labels, ILSVRC tree, CIFAR-10 ImageFolder -----------------------
 
 
@@ -50,7 +95,14 @@ def test_flat_imagenet_samples(imagenet_shards):
     out = imagenet_shards
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["complete"] and meta["layout"] == "flat"
+    files = meta["splits"]["train"].pop("files")
     assert meta["splits"]["train"] == {"found": 1000, "written": 1000, "rejected": 0, "shards": 4}
+    # what each shard must be, recorded when written: the sizes on disk and the index's count
+    assert sorted(files) == [f"train-00000{i}" for i in range(4)]
+    for name, rec in files.items():
+        assert rec["tar_bytes"] == (out / "train" / f"{name}.tar").stat().st_size
+        assert rec["samples"] == len(read_index(out / "train" / f"{name}.idx"))
+    assert sum(rec["samples"] for rec in files.values()) == 1000
     classes = json.loads((out / "classes.json").read_text())
     wnids = sorted({n.split("_", 1)[0] for n in imagenet_files()})
     assert [c["wnid"] for c in classes] == wnids  # sorted wnid order -> 0..999
@@ -278,8 +330,7 @@ def test_kill_and_resume_gives_the_same_bytes(imagenet_shards, imagenet_labels, 
         "shard", IMAGENET, out, "--labels", imagenet_labels, "--shard-size", 256, "--workers", 2, "--quiet"
     )
     assert f"already complete: {done}" in proc.stdout
-    final = {k: v for k, v in tree_bytes(out).items() if ".tmp" not in k}
-    assert final == tree_bytes(imagenet_shards)
+    assert tree_bytes(out) == tree_bytes(imagenet_shards)  # the killed run's temporary files are gone too
 
 
 def test_node_split_union_is_the_single_node_dataset(imagenet_shards, imagenet_labels, tmp_path):

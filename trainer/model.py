@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from trainer.paper import DROPOUT  # section 4.2
+
 # Section 3.3: k=2, n=5, alpha=1e-4, beta=0.75.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
-DROPOUT = 0.5  # section 4.2
 DROPOUT_MODES = ("paper", "inverted")
 LEGACY_DROPOUT_MODE = "inverted"  # what checkpoints without the key were trained with
 INIT_STD = 0.01  # section 5: weights ~ N(0, 0.01^2)

@@ -1,0 +1,17 @@
+#!/bin/sh
+# Fail at once, in one clear line, when a bind-mounted folder a stage writes to is not writable
+# by the user the container runs as (compose runs it as UID:GID from docker/.env; Docker creates
+# a missing host folder as root). ALEX_WRITABLE lists the folders, space-separated.
+set -eu
+for dir in ${ALEX_WRITABLE:-}; do
+  probe="$dir/.alexnet2012-write-test.$$"
+  if ! { : > "$probe"; } 2>/dev/null; then
+    owner=$(stat -c %u:%g "$dir" 2>/dev/null || echo "missing")
+    echo "alexnet2012: $dir is not writable by uid:gid $(id -u):$(id -g) (owner: $owner)." \
+      "On the host, set UID and GID in docker/.env to the folder's owner (echo UID=\$(id -u) GID=\$(id -g))," \
+      "or chown the folder; create host folders before the first run (Docker makes missing ones as root)." >&2
+    exit 2
+  fi
+  rm -f "$probe"
+done
+exec "$@"
