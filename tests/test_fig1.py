@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader
 from tests.conftest import alexprep, alextrain
-from trainer.ablations import epochs_to, ratios
+from trainer.ablations import EXTEND, best_lr, epochs_to, ratios
 
 
 def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
@@ -25,6 +25,16 @@ def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
     assert ratios({"relu": {**relu, "epochs_to_25pct_train_error": None}, "tanh": tanh}) == {
         "tanh_over_relu_at_50pct": {"ratio": 4.0, "bound": "="}
     }
+
+
+def test_best_lr_is_the_lowest_training_error_and_never_a_diverged_run():
+    rows = [
+        {"lr": 0.003, "train_top1_err": 0.7, "diverged": False},
+        {"lr": 0.01, "train_top1_err": 0.6, "diverged": False},
+        {"lr": 0.03, "train_top1_err": 0.5, "diverged": True},
+    ]
+    assert best_lr(rows) == 0.01
+    assert best_lr([{**r, "diverged": True} for r in rows]) is None
 
 
 def _digests(batches) -> list[str]:  # noqa: ANN001
@@ -53,12 +63,27 @@ def test_no_mirror_and_no_lighting_train_batches_are_the_plain_images(backend, c
     assert 10 < len(set(on) - plain) < 54  # mirrored ones: Binomial(64, 1/2)
 
 
+@pytest.fixture(scope="module")
+def small_cifar(cifar_root, tmp_path_factory) -> Path:
+    """3 real CIFAR-10 classes, 256 train + 64 test images each: fig1's machinery in seconds."""
+    src = tmp_path_factory.mktemp("small-src")
+    for split, n in (("train", 256), ("test", 64)):
+        for name in ("airplane", "cat", "frog"):
+            (src / split / name).mkdir(parents=True)
+            for f in sorted((cifar_root / split / name).iterdir())[:n]:
+                (src / split / name / f.name).symlink_to(f)
+    out = tmp_path_factory.mktemp("small") / "shards"
+    alexprep("shard", src, out, "--size", 32, "--quiet")
+    alexprep("pca-stats", out, "--quiet")
+    return out
+
+
 @pytest.mark.slow
-def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(cifar_ready, tmp_path):
+def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar, tmp_path):
     args = (
         "fig1",
         "--data",
-        cifar_ready,
+        small_cifar,
         "--out",
         tmp_path,
         "--epochs",
@@ -81,9 +106,13 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(cifar_ready
     summary = json.loads((tmp_path / "ablation.json").read_text())
     assert set(summary["sweep"]["nets"]) == {"relu", "tanh"}  # relu-lrn takes relu's lr
     for net, s in summary["sweep"]["nets"].items():
-        assert [r["lr"] for r in s["rows"]] == [0.001, 0.01] and all(r["steps"] == 3 for r in s["rows"])
+        lrs = [r["lr"] for r in s["rows"]]
+        assert {0.001, 0.01} <= set(lrs) and lrs == sorted(lrs) and all(r["steps"] == 3 for r in s["rows"])
         ok = [r for r in s["rows"] if not r["diverged"]]
         assert s["best_lr"] == min(ok, key=lambda r: r["train_top1_err"])["lr"]
+        # a best at an end of the grid extends it by x3 there, up to EXTEND times
+        assert len(lrs) <= 2 + EXTEND and (len(lrs) == 2 + EXTEND or lrs[0] < s["best_lr"] < lrs[-1])
+        assert set(lrs) <= {0.0001, 0.0003, 0.001, 0.01, 0.03, 0.09}
         assert f"sweep {net}" in proc.stdout
     variants = summary["variants"]
     assert [len(variants[n]["train_error"]) for n in ("relu", "tanh", "relu-lrn")] == [2, 3, 2]
@@ -94,8 +123,12 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(cifar_ready
         assert cfg["max_drops"] == 0 and cfg["lr"] == variants[name]["lr"] and cfg["arch"] == "cifar"
     assert Image.open(tmp_path / "fig1.png").size == (600, 400)
     assert "epochs to 25% train err" in proc.stdout
+    table = (tmp_path / "fig1.md").read_text()
+    assert table.count("**chosen**") == 2 and f"| tanh | {variants['tanh']['lr']:g} | 3 |" in table
     # every run is on disk: a second call trains nothing and reports the same numbers
-    assert alextrain(*args).stdout == proc.stdout
+    again = alextrain(*args).stdout
+    assert "global batch" not in again  # no run started
+    assert again[again.index("sweep relu") :] == proc.stdout[proc.stdout.index("sweep relu") :]
     assert json.loads((tmp_path / "ablation.json").read_text()) == summary
     assert not list(Path(tmp_path).glob("**/.*.tmp"))
 

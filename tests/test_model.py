@@ -112,39 +112,32 @@ def test_float32_lrn_is_torch_lrn_in_float32_and_stays_float32_under_autocast():
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
 
 
-def _step_outputs(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    net.zero_grad()
+def _step_outputs(net: nn.Module, params: nn.Module, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN202
+    params.zero_grad()
     torch.manual_seed(3)
     out = net(x)
     nn.functional.cross_entropy(out.float(), y).backward()
-    return out.detach(), {k: p.grad.clone() for k, p in net.named_parameters()}
+    return out.detach(), {k: p.grad.clone() for k, p in params.named_parameters()}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
 def test_torch_compile_of_the_two_towers_matches_eager():
     """`--compile`: the two-tower net (list-of-towers forward, paper dropout, float32 LRN)
-    through inductor gives eager's outputs and gradients, in training (same dropout masks:
-    fallback_random) and at test."""
+    through inductor gives eager's outputs and gradients in a training step, with the same
+    dropout masks (fallback_random: eager's RNG). One compile, ~1.5 min of CPU."""
     import torch._inductor.config as inductor
 
     torch.manual_seed(0)
-    model = AlexNet(ModelConfig(num_classes=10))
+    model = AlexNet(ModelConfig(num_classes=10)).train()
     x, y = torch.randn(2, 3, 224, 224) * 60, torch.tensor([1, 8])
-    eager_out, eager_grads = _step_outputs(model.train(), x, y)
-    with torch.no_grad():
-        eager_eval = model.eval()(x)
+    eager_out, eager_grads = _step_outputs(model, model, x, y)
     old = inductor.fallback_random
-    inductor.fallback_random = True  # eager's RNG, so both draw the same dropout masks
+    inductor.fallback_random = True
     try:
-        compiled = torch.compile(model)
-        out, grads = _step_outputs(compiled.train(), x, y)
-        with torch.no_grad():
-            test_out = compiled.eval()(x)
+        out, grads = _step_outputs(torch.compile(model), model, x, y)
     finally:
         inductor.fallback_random = old
     assert torch.allclose(out, eager_out, rtol=1e-3, atol=1e-4)
-    assert torch.allclose(test_out, eager_eval, rtol=1e-3, atol=1e-4)
     for k, g in eager_grads.items():
-        scale = g.abs().max().clamp(min=1e-12)
-        assert ((grads[k] - g).abs().max() / scale) < 1e-3, k
+        assert (grads[k] - g).abs().max() <= 1e-3 * g.abs().max().clamp(min=1e-12), k

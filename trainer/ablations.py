@@ -33,16 +33,15 @@ SECOND_TARGET = 0.50  # reached within a short CPU budget, for a ratio even when
 PAPER_RATIO = 6.0  # "six times faster"
 
 # Figure 1's caption: no regularisation of any kind, a fixed lr (no schedule).
-PAPER_CONDITIONS = dict(
-    arch="cifar", weight_decay=0.0, dropout=0.0, mirror=False, lighting="off", max_drops=0
-)
+PAPER_CONDITIONS = dict(arch="cifar", weight_decay=0.0, mirror=False, lighting="off", max_drops=0)
 NETS = {  # the Figure 1 pair
     "relu": dict(activation="relu", lrn="off"),
     "tanh": dict(activation="tanh", lrn="off"),
 }
 ABLATION = {"relu-lrn": dict(activation="relu", lrn="cuda-convnet")}  # section 3.3, vs "relu"
 VARIANTS = {**NETS, **ABLATION}
-SWEEP_LRS = (0.001, 0.003, 0.01, 0.03)
+SWEEP_LRS = (0.003, 0.01, 0.03)
+EXTEND = 2  # extra sweep points past an end of the grid where the best lr lies
 LR_OF = {"relu-lrn": "relu"}  # the ablation uses the lr chosen for the net it is compared with
 
 
@@ -68,31 +67,50 @@ def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
     return _rows(run_dir)[: cfg.epochs]
 
 
+def _sweep_point(
+    base: TrainConfig, data: Path, out: Path, name: str, lr: float, steps: int, progress: bool
+) -> dict:
+    cfg = replace(_config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1), steps_per_epoch=steps)
+    row = _train(cfg, progress)[0]
+    finite = math.isfinite(row["train_loss"])
+    return {
+        "lr": lr,
+        "steps": row["steps"],
+        "train_loss": row["train_loss"] if finite else None,  # strict JSON: no NaN
+        "train_top1_err": row["train_top1_err"],
+        "diverged": not finite,
+    }
+
+
+def best_lr(rows: list[dict]) -> float | None:
+    ok = [r for r in rows if not r["diverged"]]
+    return min(ok, key=lambda r: r["train_top1_err"])["lr"] if ok else None
+
+
 def sweep(
     data: Path, out: Path, base: TrainConfig, nets: list[str], lrs: list[float], steps: int, progress: bool
 ) -> dict:
-    """Train each net at each lr for `steps` steps; {net: {"rows": [...], "best_lr": lr}}."""
+    """Train each net at each lr for `steps` steps; {net: {"rows": [...], "best_lr": lr}}.
+
+    The best is the lowest training error over those steps (a diverged run never wins). When it
+    lies at an end of the grid, the grid is extended past that end by x3 (at most EXTEND times),
+    so the chosen lr is a real optimum of the sweep rather than its edge.
+    """
     result = {}
     for name in nets:
-        rows = []
-        for lr in lrs:
-            cfg = replace(
-                _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1), steps_per_epoch=steps
+        rows = sorted(
+            (_sweep_point(base, data, out, name, lr, steps, progress) for lr in sorted(set(lrs))),
+            key=lambda r: r["lr"],
+        )
+        for _ in range(EXTEND):
+            best = best_lr(rows)
+            if best is None or len(rows) < 2 or rows[0]["lr"] < best < rows[-1]["lr"]:
+                break
+            lr = float(f"{best / 3:.1g}") if best == rows[0]["lr"] else float(f"{best * 3:.1g}")
+            rows = sorted(
+                [*rows, _sweep_point(base, data, out, name, lr, steps, progress)], key=lambda r: r["lr"]
             )
-            row = _train(cfg, progress)[0]
-            diverged = not math.isfinite(row["train_loss"])
-            rows.append(
-                {
-                    "lr": lr,
-                    "steps": row["steps"],
-                    "train_loss": row["train_loss"],
-                    "train_top1_err": row["train_top1_err"],
-                    "diverged": diverged,
-                }
-            )
-        ok = [r for r in rows if not r["diverged"]]
-        best = min(ok, key=lambda r: r["train_top1_err"])["lr"] if ok else None
-        result[name] = {"rows": rows, "best_lr": best}
+        result[name] = {"rows": rows, "best_lr": best_lr(rows)}
     return result
 
 
@@ -141,7 +159,47 @@ def run_figure1(
         summary["final_test_error_with_lrn"] = results["relu-lrn"]["test_error"][-1]
     layout.write_json(out / "ablation.json", summary)
     plot_figure1(summary, out / "fig1.png")
+    layout.write_atomic(out / "fig1.md", markdown(summary).encode())
     return summary
+
+
+def markdown(summary: dict) -> str:
+    """The sweep table and the per-net results as Markdown (docs/figures.md quotes it)."""
+    lines = []
+    for net, s in summary["sweep"]["nets"].items():
+        lines += [
+            f"Sweep, {net} ({summary['sweep']['steps']} steps of 128 per lr, training error over them):",
+            "",
+            "| lr | train err | train loss | |",
+            "|---:|---:|---:|---|",
+        ]
+        for r in s["rows"]:
+            mark = "diverged" if r["diverged"] else ("**chosen**" if r["lr"] == s["best_lr"] else "")
+            loss = "nan" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
+            lines.append(f"| {r['lr']:g} | {r['train_top1_err']:.3f} | {loss} | {mark} |")
+        lines.append("")
+    lines += [
+        "| net | lr | epochs run | train err, epoch 1 | last epoch | test err, last | "
+        "epochs to 50 % train err | to 25 % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in summary["variants"].items():
+        if not r.get("train_error"):
+            continue
+        n = len(r["train_error"])
+        to = [r[f"epochs_to_{p}pct_train_error"] or f"> {n}" for p in ("50", "25")]
+        lines.append(
+            f"| {name} | {r['lr']:g} | {n} | {r['train_error'][0]:.3f} | {r['train_error'][-1]:.3f} | "
+            f"{r['test_error'][-1]:.3f} | {to[0]} | {to[1]} |"
+        )
+    lines.append("")
+    for pct in ("25", "50"):
+        ratio = summary.get(f"tanh_over_relu_at_{pct}pct")
+        if ratio:
+            bound = "" if ratio["bound"] == "=" else "> "
+            lines.append(f"- tanh / ReLU epochs to {pct} % training error: {bound}{ratio['ratio']:.2f}")
+    lines.append(f"- paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}")
+    return "\n".join(lines) + "\n"
 
 
 def ratios(results: dict) -> dict:
