@@ -396,3 +396,26 @@ def test_feature_loader_follows_the_models_device(tiny, tiny_run, tmp_path, monk
     cache = tmp_path / "features-x-val-0123456789abcdef.npy"
     bank = extract_features(model, tiny, "val", cfg["crop"], cfg["normalization"], cache, 8, False, 1)
     assert bank.shape[0] == 12 and np.isfinite(bank).all() and cache.is_file()
+
+
+def test_predict_and_neighbors_use_the_runs_normalization(tiny, tiny_run, tmp_path):
+    """A run trained with --normalization channel must see its own input transform, not the mean image."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("features-*"))
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run / name, weights_only=True)
+        assert state["config"]["normalization"] == "mean-image"
+        state["config"]["normalization"] = "channel"
+        torch.save(state, run / name)
+    image = tiny / "src" / "val" / "dog" / "0000.jpg"
+    probs = [
+        [t["prob"] for t in json.loads(cli("predict", r, image, "--json").stdout)[0]["top"]]
+        for r in (tiny_run, run)
+    ]
+    assert probs[0] != pytest.approx(probs[1], abs=1e-6)
+    # the query and the bank go through the same transform: the image still finds itself
+    args = ("--query", tiny / "src" / "train" / "cat" / "0001.jpg", "--k", 2, "--num-threads", 1, "--json")
+    (r,) = json.loads(cli("neighbors", run, *args).stdout)
+    assert r["distances"][0] < 1e-2 * r["distances"][1]
