@@ -221,7 +221,8 @@ def plot_predictions(results: list[dict], path: Path) -> None:
     for j, r in enumerate(results):
         axes[0, j].imshow(r["_rgb"])
         axes[0, j].set_axis_off()
-        axes[0, j].set_title((r["true_name"] or Path(r["image"]).name)[:22], fontsize=8)
+        label = (r["true_name"] or Path(r["image"]).name)[:22]  # under the image, as in the paper
+        axes[0, j].text(0.5, -0.03, label, transform=axes[0, j].transAxes, ha="center", va="top", fontsize=8)
         names = [t["name"][:18] for t in r["top"]][::-1]
         probs = [t["prob"] for t in r["top"]][::-1]
         colours = ["tab:red" if t["index"] == r["true_index"] else "tab:blue" for t in r["top"]][::-1]
