@@ -133,6 +133,7 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar
     assert not list(Path(tmp_path).glob("**/.*.tmp"))
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_fig1_user_errors(tmp_path):
     for flags, message in (
         (["--variants", "relu,sigmoid"], "--variants: unknown or none ['sigmoid']"),

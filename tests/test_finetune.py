@@ -42,6 +42,7 @@ def test_classifier_reinitialised_when_the_class_count_differs(tmp_path):
     assert torch.equal(same.fc.weight, src.fc.weight)
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_new_sixth_conv_layer_keeps_its_init_and_the_rest_is_copied(tmp_path):
     torch.manual_seed(0)
     src_cfg = ModelConfig(towers=1, num_classes=10)

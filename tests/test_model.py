@@ -52,6 +52,7 @@ def test_paper_dropout_keeps_units_unscaled_and_halves_at_test():
     assert torch.allclose(z[kept], 2 * x[kept])
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_paper_and_inverted_dropout_same_function_different_gradient_scale():
     paper, inverted = _pair()
     x = torch.randn(2, 3, 224, 224) * 60

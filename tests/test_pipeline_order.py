@@ -33,6 +33,7 @@ def _order(data: Path, backend: str, epoch: int, rank: int = 0, world: int = 1) 
     return np.concatenate([y.numpy() for _, y in TrainLoader(data, opt).epoch(epoch)])
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_consecutive_epochs_are_uncorrelated(small_shards, backend):
     orders = [_order(small_shards, backend, e) for e in range(5)]

@@ -288,6 +288,7 @@ def test_strict_fails_on_first_reject(bad_folder, tmp_path):
 # ---- determinism, resume, nodes -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_deterministic_across_worker_counts(imagenet_shards, imagenet_labels, tmp_path):
     out = tmp_path / "one-worker"
     alexprep(
@@ -296,6 +297,7 @@ def test_deterministic_across_worker_counts(imagenet_shards, imagenet_labels, tm
     assert tree_bytes(out) == tree_bytes(imagenet_shards)
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_kill_and_resume_gives_the_same_bytes(imagenet_shards, imagenet_labels, tmp_path):
     out = tmp_path / "killed"
     cmd = [
@@ -333,6 +335,7 @@ def test_kill_and_resume_gives_the_same_bytes(imagenet_shards, imagenet_labels, 
     assert tree_bytes(out) == tree_bytes(imagenet_shards)  # the killed run's temporary files are gone too
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_node_split_union_is_the_single_node_dataset(imagenet_shards, imagenet_labels, tmp_path):
     args = ["--labels", imagenet_labels, "--shard-size", 256, "--workers", 1, "--quiet"]
     for rank in (0, 1):

@@ -21,6 +21,7 @@ from trainer.optim import PaperSGD, PlateauSchedule
 PAPER_NEURONS = [290_400, 186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000]  # conv1: errata
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_parameter_and_neuron_counts():
     model = AlexNet()
     assert sum(p.numel() for p in model.parameters()) == 60_965_224
@@ -36,6 +37,7 @@ def test_parameter_and_neuron_counts():
     assert out["total"]["params"] == 60_965_224
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_variants_build_and_run():
     for cfg in [
         ModelConfig(towers=1),
@@ -292,6 +294,7 @@ def _ddp_worker(rank: int, world: int, port: int, path: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # over ~20 s on 2 cores
 def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     import socket
 

@@ -508,7 +508,9 @@ def predict_cmd(
 
     try:
         model, cfg, data, _ = _load_for_figures(checkpoint, data, device)
-        results, unnamed = predict_images(model, data, list(images), cfg["crop"], ten_crop)
+        results, unnamed = predict_images(
+            model, data, list(images), cfg["crop"], ten_crop, cfg["normalization"]
+        )
         if out:
             plot_predictions(results, out)
     except _USER_ERRORS as e:
@@ -597,7 +599,10 @@ def neighbors_cmd(
         model, cfg, data, checkpoint = _load_for_figures(checkpoint, data, device)
         stats = load_stats(data)
         size = layout.read_json(data / layout.DATASET_JSON)["size"]
-        loaded = [load_image(q, stats, cfg["crop"], False, size) for q in queries]  # bad images fail first
+        norm = cfg["normalization"]
+        loaded = [
+            load_image(q, stats, cfg["crop"], False, size, norm) for q in queries
+        ]  # bad ones fail first
         dev = next(model.parameters()).device
         cache = feature_cache(checkpoint, split)
         bank = extract_features(

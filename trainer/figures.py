@@ -170,7 +170,7 @@ def true_class(path: Path, classes: list[dict]) -> tuple[int | None, str | None]
 
 
 def predict_images(
-    model, data: Path, images: list[Path], crop: int, ten_crop: bool, k: int = 5
+    model, data: Path, images: list[Path], crop: int, ten_crop: bool, normalization: str, k: int = 5
 ) -> tuple[list[dict], list[int]]:  # noqa: ANN001
     """Top-k classes of each image with probabilities and names, and the true class when the
     path names one; also the indices of the shown classes that have no human-readable name."""
@@ -178,7 +178,7 @@ def predict_images(
     names, missing = class_names(data, classes)
     size = layout.read_json(data / layout.DATASET_JSON)["size"]
     device = next(model.parameters()).device
-    loaded = [load_image(path, stats, crop, ten_crop, size) for path in images]  # all decode first
+    loaded = [load_image(p, stats, crop, ten_crop, size, normalization) for p in images]  # all decode first
     for path in images:  # names that the file names give fill the gaps
         truth, named = true_class(path, classes)
         if truth is not None and named and truth in missing:
@@ -221,7 +221,8 @@ def plot_predictions(results: list[dict], path: Path) -> None:
     for j, r in enumerate(results):
         axes[0, j].imshow(r["_rgb"])
         axes[0, j].set_axis_off()
-        axes[0, j].set_title((r["true_name"] or Path(r["image"]).name)[:22], fontsize=8)
+        label = (r["true_name"] or Path(r["image"]).name)[:22]  # under the image, as in the paper
+        axes[0, j].text(0.5, -0.03, label, transform=axes[0, j].transAxes, ha="center", va="top", fontsize=8)
         names = [t["name"][:18] for t in r["top"]][::-1]
         probs = [t["prob"] for t in r["top"]][::-1]
         colours = ["tab:red" if t["index"] == r["true_index"] else "tab:blue" for t in r["top"]][::-1]
