@@ -223,7 +223,8 @@ def check_run(a: argparse.Namespace, device: torch.device) -> None:
         "--steps-per-epoch",
         str(steps),
     ]
-    common += ["--batch-size", str(a.batch), "--num-threads", str(a.threads), "--quiet"]
+    batch = min(a.batch, 64)  # 1,000 training images: at least 10 steps per epoch
+    common += ["--batch-size", str(batch), "--num-threads", str(a.threads), "--quiet"]
     start = time.perf_counter()
     alextrain(a.out, "run", *common, "--epochs", "1")
     alextrain(a.out, "run", *common, "--epochs", "2", "--resume")
@@ -240,10 +241,8 @@ def check_run(a: argparse.Namespace, device: torch.device) -> None:
         f"{'ok' if ok else 'WRONG'}: epochs {[r['epoch'] for r in rows]}, step {state['step']}, "
         f"val top-1 err {last.get('val_top1_err', float('nan')):.3f}, {seconds:.0f} s",
     )
-    row(
-        "alextrain eval of last.pt",
-        ev.stdout.strip().splitlines()[-1][:70] if ev.stdout.strip() else "no output",
-    )
+    last_line = ev.stdout.strip().splitlines()[-1].split() if ev.stdout.strip() else ["no output"]
+    row("alextrain eval of last.pt", f"top-1, top-5 error: {' '.join(last_line[-2:])}")
 
 
 @check("two towers, model parallel on one device")
@@ -315,7 +314,8 @@ def main() -> None:
     card = torch.cuda.get_device_name(0) if gpu else "cpu (dry run)"
     start = time.perf_counter()
     row("device", f"{card}; torch {torch.__version__} (CUDA {torch.version.cuda}); {dali_build()}")
-    row("data", f"{a.data}: {meta['splits']} at {meta['size']}px; batch {a.batch}, {a.steps} timed steps")
+    splits = ", ".join(f"{k} {v['written']}" for k, v in meta["splits"].items())
+    row("data", f"{a.data}: {splits} at {meta['size']}px; batch {a.batch}, {a.steps} timed steps")
     for fn in (check_decode, check_augment, check_train, check_run, check_towers, check_lrn):
         fn(a, device)
     row("total", f"{time.perf_counter() - start:.0f} s")
