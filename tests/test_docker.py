@@ -84,7 +84,8 @@ def test_compose_file_is_valid():
     # no interface is imposed on NCCL/Gloo (bare metal has no eth0): passed through only when set
     for var in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
         assert train["environment"][var] is None
-    assert train["ulimits"]["memlock"] == -1  # NCCL over InfiniBand pins its buffers
+    ib = yaml.safe_load((ROOT / "docker" / "compose.ib.yaml").read_text())["services"]["train"]
+    assert ib["ulimits"]["memlock"] == -1 and "/dev/infiniband:/dev/infiniband" in ib["devices"]
     # every stage runs as the host user from docker/.env, and writes only where it checks it can
     for name, service in services.items():
         assert service["user"] == "${UID:-1000}:${GID:-1000}", name
