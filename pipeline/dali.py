@@ -109,6 +109,7 @@ def train_pipeline(
     hw_decoder_load: float,
     initial_fill: int,
     draws: Callable | None = None,
+    mirror: bool = True,
 ):
     """Random crop + mirror + PCA lighting + mean subtraction (paper, section 4.1)."""
     jpg, cls = _read(tars, idxs, shard_id, num_shards, True, initial_fill)
@@ -117,7 +118,7 @@ def train_pipeline(
         positions = [i / steps for i in range(steps + 1)] if steps else [0.0]  # whole pixels
         x = fn.random.uniform(values=positions)
         y = fn.random.uniform(values=positions)
-        flip = fn.random.coin_flip(probability=0.5)
+        flip = fn.random.coin_flip(probability=0.5 if mirror else 0.0)
         alpha = fn.random.normal(shape=[1, 3], stddev=LIGHTING_STD)
     else:
         x, y, flip, alpha = fn.external_source(source=draws, num_outputs=4, batch=True)

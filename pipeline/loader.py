@@ -3,9 +3,11 @@
 Epoch accounting, the part that silently goes wrong in data-parallel training:
 
 - Train: every rank runs exactly `steps_per_epoch = written // (world * batch)` steps, so DDP
-  ranks never wait on each other at an epoch's end. Each epoch builds a fresh pipeline seeded
-  by (seed, epoch, rank) and reading the dataset part `(rank + epoch) % world`, so ranks see
-  different parts in different epochs and a resumed run replays epoch e exactly.
+  ranks never wait on each other at an epoch's end. Each epoch permutes the shard list (seeded
+  by seed and epoch, the same on every rank: `pipeline.order`), gives rank r the r-th of `world`
+  contiguous sample ranges of it, and builds a fresh pipeline seeded by (seed, epoch, rank): the
+  ranks' parts are disjoint and cover the split, every epoch has a fresh order, and a resumed
+  run replays epoch e exactly (`epoch(e, start_step=k)`).
 - Eval: the readers split the samples into `world` disjoint parts (DALI: contiguous sample
   ranges; reference: whole shards); the DALI reader pads its last batch and the iterator trims
   the padding, so every sample is seen exactly once across all ranks, whatever the batch size.
@@ -29,6 +31,7 @@ from pipeline.augment import (
     lighting_matrix,
     load_stats,
 )
+from pipeline.order import shard_order, shard_sizes
 from shards import layout
 from shards.reader import load_dataset, shard_paths
 
@@ -45,6 +48,7 @@ class LoaderOptions:
     hw_decoder_load: float = 0.65  # share of JPEGs for the hardware decoder (A100/H100)
     seed: int = 0
     lighting: str = "cuda-convnet"
+    mirror: bool = True  # random horizontal reflection in training (section 4.1); off: Figure 1
     normalization: str = "mean-image"  # or "channel": per-channel mean/std
     dtype: str = "float32"
     crop: int = CROP_SIZE
@@ -149,6 +153,7 @@ class _Split:
             channel_std=self.channel_std,
             ten_crop=ten_crop,
             seed=seed,
+            mirror=self.opt.mirror,
         )
 
     def dali_kwargs(self, seed: int) -> dict:
@@ -188,6 +193,7 @@ class TrainLoader:
     def __init__(self, data: Path, opt: LoaderOptions, split: str = "train", draws: Callable | None = None):
         self.s = _Split(data, split, opt, need_lighting=True)
         self.draws = draws
+        self._sizes: list[int] | None = None  # samples per shard (reference backend)
         self.steps_per_epoch = self.s.written // (self.s.world * opt.batch_size)
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -195,63 +201,66 @@ class TrainLoader:
                 f"{opt.batch_size} on each of {self.s.world} rank(s)"
             )
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch`'s batches from step `start_step` on (mid-epoch resume).
+
+        An epoch is a pure function of (seed, epoch, rank, world): resuming at step k yields
+        bit-identical tensors to the tail of an uninterrupted epoch.
+        """
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step {start_step} not in 0..{self.steps_per_epoch}")
+        for step, (x, y) in enumerate(self._epoch(epoch)):
+            if step >= start_step:  # skipped batches never reach the device
+                yield self.s.finish(x, y)
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s, opt = self.s, self.s.opt
         seed = epoch_seed(opt.seed, epoch, s.rank)
-        part = (s.rank + epoch) % s.world
+        order = shard_order(len(s.tars), opt.seed, epoch)  # the same on every rank
         if opt.backend == "reference":
-            yield from self._reference(seed, part)
+            yield from self._reference(seed, order)
             return
         from pipeline.dali import train_pipeline
 
-        kw = s.dali_kwargs(seed)
         pipe = train_pipeline(
-            s.tars,
-            s.idxs,
-            shard_id=part,
+            [s.tars[i] for i in order],
+            [s.idxs[i] for i in order],
+            shard_id=s.rank,
             num_shards=s.world,
             size=s.size,
             crop=opt.crop,
             lighting=s.lighting,
             initial_fill=opt.shuffle_buffer,
             draws=self.draws,
-            **kw,
+            mirror=opt.mirror,
+            **s.dali_kwargs(seed),
         )
         pipe.build()
         it = _dali_iter(pipe, "FILL")
-        for _ in range(self.steps_per_epoch):
-            try:
-                batch = next(it)[0]
-            except StopIteration:  # the part ended before the epoch's step count: wrap around
-                batch = next(it)[0]
-            yield s.finish(batch["data"], batch["label"])
+        for _ in range(self.steps_per_epoch):  # <= the rank's part: one pass, never wraps
+            batch = next(it)[0]
+            yield batch["data"], batch["label"]
         del it, pipe
 
-    def _reference(self, seed: int, part: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from pipeline.reference import reference_loader
+    def _reference(self, seed: int, order: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from pipeline.reference import train_loader
 
         s, opt = self.s, self.s.opt
-        aug = s.augment(train=True, ten_crop=False, seed=seed)
-        tars = s.tars[part % len(s.tars) :] + s.tars[: part % len(s.tars)]  # rotate parts per epoch
-        steps, n = self.steps_per_epoch, 0
-        while n < steps:
-            loader = reference_loader(
-                tars,
-                aug,
-                batch_size=opt.batch_size,
-                rank=s.rank,
-                world=s.world,
-                workers=opt.num_threads,
-                shuffle_buffer=opt.shuffle_buffer,
-                seed=seed + n,
-            )
-            for x, y in loader:
-                if len(y) < opt.batch_size:
-                    continue  # a worker's partial tail; train batches are full
-                yield s.finish(x, y)
-                n += 1
-                if n == steps:
-                    return
+        if self._sizes is None:
+            self._sizes = shard_sizes(s.idxs)
+        yield from train_loader(
+            s.tars,
+            self._sizes,
+            order,
+            s.augment(train=True, ten_crop=False, seed=seed),
+            batch_size=opt.batch_size,
+            steps=self.steps_per_epoch,
+            rank=s.rank,
+            world=s.world,
+            workers=opt.num_threads,
+            shuffle_buffer=opt.shuffle_buffer,
+            seed=seed,
+        )
 
 
 class EvalLoader:
@@ -275,8 +284,6 @@ class EvalLoader:
                 rank=s.rank,
                 world=s.world,
                 workers=min(opt.num_threads, len(s.tars)),
-                shuffle_buffer=1,
-                seed=opt.seed,
             )
             for x, y in loader:
                 yield s.finish(x, y)

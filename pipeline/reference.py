@@ -4,8 +4,13 @@ Three jobs: the oracle the DALI tests compare against, the fallback where DALI i
 installed, and the baseline of `bench/loader_throughput.py`. Each sample goes through
 `augment.reference_augment`, the numpy statement of the paper's augmentation.
 
-Splitting: shards are dealt to ranks (`urls[rank::world]`) and then to DataLoader workers, so an
-eval epoch sees every sample exactly once across all ranks and workers.
+Splitting. Eval: shards are dealt to ranks (`urls[rank::world]`) and then to DataLoader
+workers, so an eval epoch sees every sample exactly once across all ranks and workers. Train: as
+DALI does, each rank reads a contiguous sample range of the epoch's permuted shard list
+(`pipeline.order`), shuffles it in a buffer, and takes the epoch's `steps * batch` samples; every
+worker reads that same stream and keeps its own batches (batch k to worker k % W, the order in
+which DataLoader collects them), so the batches do not depend on the number of workers. Each
+sample's random draws are seeded by (seed, position in the stream) for the same reason.
 """
 
 from __future__ import annotations
@@ -20,14 +25,33 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from pipeline.augment import LIGHTING_STD, TEN_CROP_POS, crop_origin, reference_augment
+from pipeline.order import rank_shards
 
 
 def _split(urls, rank: int, world: int):
     return list(urls)[rank::world]
 
 
+def _all(urls):
+    return list(urls)
+
+
+def _worker_batches(batch_size: int):
+    """Keep this worker's batches of the stream (k % W == worker), each sample with its position."""
+
+    def take(samples):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for pos, sample in enumerate(samples):
+            if (pos // batch_size) % workers == worker:
+                sample["__pos__"] = pos
+                yield sample
+
+    return take
+
+
 class Augment:
-    """Picklable per-sample transform; its RNG is seeded per (seed, epoch, rank, worker)."""
+    """Picklable per-sample transform; train draws are seeded per (seed, position in the stream)."""
 
     def __init__(
         self,
@@ -41,17 +65,12 @@ class Augment:
         channel_std: np.ndarray | None,
         ten_crop: bool,
         seed: int,
+        mirror: bool = True,
     ):
+        self.mirror = mirror
         self.train, self.size, self.crop, self.ten_crop, self.seed = train, size, crop, ten_crop, seed
         self.lighting, self.mean_image = lighting, mean_image
         self.channel_mean, self.channel_std = channel_mean, channel_std
-        self._rng: np.random.Generator | None = None
-
-    def _generator(self) -> np.random.Generator:
-        if self._rng is None:
-            info = get_worker_info()
-            self._rng = np.random.default_rng([self.seed, info.id if info else 0])
-        return self._rng
 
     def _one(self, rgb: np.ndarray, x: int, y: int, flip: bool, shift: np.ndarray) -> np.ndarray:
         return reference_augment(
@@ -65,9 +84,9 @@ class Augment:
         label = int(sample["cls"])
         zero = np.zeros(3)
         if self.train:
-            rng = self._generator()
+            rng = np.random.default_rng([self.seed, sample["__pos__"]])
             x, y = rng.integers(0, self.size - self.crop + 1, size=2)
-            flip = bool(rng.integers(0, 2))
+            flip = bool(rng.integers(0, 2)) and self.mirror
             alpha = rng.normal(0.0, LIGHTING_STD, size=3)
             shift = self.lighting @ alpha if self.lighting is not None else zero
             return torch.from_numpy(self._one(rgb, int(x), int(y), flip, shift)), label
@@ -81,6 +100,47 @@ class Augment:
         return torch.from_numpy(np.stack(crops)), label
 
 
+def train_loader(
+    urls: list[str],
+    sizes: list[int],
+    order: list[int],
+    augment: Augment,
+    *,
+    batch_size: int,
+    steps: int,
+    rank: int,
+    world: int,
+    workers: int,
+    shuffle_buffer: int,
+    seed: int,
+) -> DataLoader:
+    """One training epoch of this rank: `steps` full batches from its part (see the module doc)."""
+    shards, skip, length = rank_shards(sizes, order, rank, world)
+    if steps * batch_size > length:
+        raise ValueError(f"rank {rank}'s part has {length} samples, fewer than {steps} x {batch_size}")
+    ds = (
+        wds.WebDataset(
+            [urls[i] for i in shards],
+            shardshuffle=False,
+            nodesplitter=_all,
+            workersplitter=_all,
+            empty_check=False,
+        )
+        .slice(skip, skip + length)
+        .shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(seed))
+        .slice(steps * batch_size)
+        .compose(_worker_batches(batch_size))
+        .map(augment)
+    )
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=min(workers, steps),
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
 def reference_loader(
     urls: list[str],
     augment: Augment,
@@ -89,10 +149,8 @@ def reference_loader(
     rank: int,
     world: int,
     workers: int,
-    shuffle_buffer: int,
-    seed: int,
 ) -> DataLoader:
-    """One pass over this rank's shards (train: shuffled within a buffer, as DALI does)."""
+    """One eval pass over this rank's shards, in stored order."""
     ds = wds.WebDataset(
         urls,
         shardshuffle=False,
@@ -100,8 +158,6 @@ def reference_loader(
         workersplitter=wds.split_by_worker,
         empty_check=False,
     )
-    if augment.train:
-        ds = ds.shuffle(shuffle_buffer, rng=random.Random(seed))
     ds = ds.map(augment)
     return DataLoader(
         ds,

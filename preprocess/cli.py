@@ -1,4 +1,8 @@
-"""`alexprep`: the offline half of the pipeline (shard, verify, pca-stats)."""
+"""`alexprep`: the offline half of the pipeline (shard, verify, pca-stats).
+
+Only click is imported up front: `--help` must be instant, and `shard` never imports torch
+(nor anything that does, such as webdataset). Each command imports what it uses.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,20 @@ from pathlib import Path
 
 import click
 
-from preprocess.image import IMAGE_SIZE, JPEG_QUALITY
-from preprocess.shard import DEFAULT_SEED, DEFAULT_SHARD_SIZE, Options, ShardError, shard
-from preprocess.sources import SourceError, discover
-from shards.reader import DatasetError
+# Defaults repeated here (not imported) so `--help` imports no OpenCV/numpy; a test checks they
+# equal preprocess.image's and preprocess.shard's.
+IMAGE_SIZE, JPEG_QUALITY = 256, 90
+DEFAULT_SHARD_SIZE, DEFAULT_SEED = 2500, 0
+MAX_PIXELS, MAX_BYTES = 100_000_000, 64 * 2**20
 
-_USER_ERRORS = (ShardError, SourceError, DatasetError)
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from preprocess.shard import ShardError
+    from preprocess.sources import SourceError
+    from shards.layout import LayoutError
+    from shards.reader import DamagedDataError, DatasetError
+
+    return (ShardError, SourceError, DatasetError, DamagedDataError, LayoutError)
 
 
 def _fail(message: str) -> None:
@@ -101,6 +113,29 @@ def main() -> None:
     show_default=True,
     help="This machine's part: shards R, R+N, R+2N, ...",
 )
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=MAX_PIXELS,
+    show_default=True,
+    help="Reject an input whose header states more pixels than this (checked before decoding), "
+    "or whose aspect ratio would resize it to more.",
+)
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(1),
+    default=MAX_BYTES,
+    show_default=True,
+    help="Reject an input file larger than this many bytes.",
+)
+@click.option(
+    "--redo-shard",
+    "redo_shards",
+    multiple=True,
+    metavar="NAME",
+    help="Rewrite this shard (e.g. train-000003) even if complete: repairs a damaged shard, "
+    "byte-identical. Repeatable.",
+)
 @click.option("--strict", is_flag=True, help="Fail on the first rejected input.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def shard_cmd(
@@ -112,6 +147,7 @@ def shard_cmd(
     synsets: Path | None,
     devkit: Path | None,
     quiet: bool,
+    redo_shards: tuple[str, ...],
     **kw: int,
 ) -> None:
     """Shard the images under SRC into WebDataset tars under OUT.
@@ -119,12 +155,17 @@ def shard_cmd(
     SRC layouts: ILSVRC-2012 (train/<wnid>/, val/ in folders or flat with LOC_val_solution.csv
     or the devkit), an ImageFolder tree (SRC/<split>/<class>/ or SRC/<class>/), or a flat
     folder with --labels or --label-from-name. Re-running resumes: complete shards are kept, the rest redone.
+    One run per OUT and node rank at a time (a lock file in OUT); only regular files of at most
+    --max-bytes and --max-pixels are read; every other input is rejected with its reason.
     """
-    opt = Options(progress=not quiet, **kw)
+    from preprocess.shard import Options, shard
+    from preprocess.sources import discover
+
+    opt = Options(progress=not quiet, redo_shards=redo_shards, **kw)
     try:
-        source = discover(src, labels, synsets, devkit, split, label_from_name)
+        source = discover(src, labels, synsets, devkit, split, label_from_name, exclude=out)
         summary = shard(source, out, opt)
-    except _USER_ERRORS as e:
+    except _user_errors() as e:
         _fail(str(e))
     click.echo(f"layout: {summary.layout} ({'; '.join(summary.notes) or 'as found'})")
     for name in sorted(summary.found):
@@ -140,6 +181,8 @@ def shard_cmd(
         click.echo(f"rejected: {line}")
     if any(summary.rejected.values()):
         click.echo(f"all rejects with reasons: {out}/<split>/rejects.parquet")
+    if summary.shards_done_now == 0 and summary.complete:
+        click.echo("nothing to do: every shard is complete and matches its manifest part")
     if summary.complete:
         click.echo(f"complete: {out}")
     else:
@@ -154,12 +197,16 @@ def shard_cmd(
 @click.option("--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
-    """Re-read every shard under OUT: index offsets, JPEG decode, checksums, counts."""
+    """Re-read every shard under OUT: index offsets, JPEG decode, checksums of every member, counts.
+
+    On success the result is recorded in OUT/verified.json (when OUT is writable), so a training
+    run's pre-flight check can skip the full checksum pass while the files are unchanged.
+    """
     from shards.verify import verify
 
     try:
         problems = verify(out, workers or os.cpu_count() or 1, progress=not quiet)
-    except _USER_ERRORS as e:
+    except _user_errors() as e:
         _fail(str(e))
     for p in problems:
         click.echo(p)
@@ -185,7 +232,7 @@ def pca_stats_cmd(out: Path, workers: int, max_images: int | None, quiet: bool) 
 
     try:
         stats = pca_stats(out, workers, max_images, progress=not quiet)
-    except _USER_ERRORS as e:
+    except _user_errors() as e:
         _fail(str(e))
     fmt = lambda xs: " ".join(f"{x:8.3f}" for x in xs)  # noqa: E731
     click.echo(

@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from shards import layout
-from shards.reader import iter_shard, load_dataset, shard_paths
+from shards.reader import DamagedDataError, iter_shard, load_dataset, repair_hint, shard_paths
+from shards.verify import check_structure, read_manifest
 
 PIXEL_SCALE = 255
 
@@ -51,8 +52,14 @@ class Moments:
         return Moments(0, 0, z(3, np.int64), z((3, 3), np.int64), z((size, size, 3), np.int64))
 
 
-def decode_rgb(jpeg: bytes) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+def decode_rgb(jpeg: bytes, size: int | None = None) -> np.ndarray | None:
+    """The stored JPEG as RGB; None if it does not decode (to size x size x 3, when given)."""
+    try:
+        bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    if bgr is None or (size is not None and bgr.shape != (size, size, 3)):
+        return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -69,7 +76,13 @@ def shard_moments(job: tuple[str, int, int]) -> Moments:
     for n, sample in enumerate(iter_shard(Path(tar))):
         if n == limit:
             break
-        total = total + image_moments(decode_rgb(sample.jpeg))
+        rgb = decode_rgb(sample.jpeg, size)
+        if rgb is None:
+            raise DamagedDataError(
+                f"{Path(tar).name}: sample {sample.key}: stored JPEG does not decode to "
+                f"{size}x{size}x3; {repair_hint(Path(tar))}"
+            )
+        total = total + image_moments(rgb)
     return total
 
 
@@ -121,18 +134,16 @@ def plan_jobs(out: Path, size: int, max_images: int | None) -> list[tuple[str, i
 
 
 def _per_shard_counts(out: Path) -> dict[str, int]:
-    import pyarrow.parquet as pq
-
-    shards = pq.read_table(out / "train" / layout.MANIFEST, columns=["shard"])["shard"].to_pylist()
     counts: dict[str, int] = {}
-    for s in shards:
-        counts[s] = counts.get(s, 0) + 1
+    for row in read_manifest(out, "train", columns=["shard"]):
+        counts[row["shard"]] = counts.get(row["shard"], 0) + 1
     return counts
 
 
 def pca_stats(out: Path, workers: int = 0, max_images: int | None = None, progress: bool = True) -> dict:
     """Compute and write OUT/stats.json and OUT/mean_image.npy; returns the stats."""
     meta = load_dataset(out)
+    check_structure(out, ["train"])  # a truncated shard is named up front, with how to repair it
     jobs = plan_jobs(out, meta["size"], max_images)
     total = Moments.zero(meta["size"])
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))

@@ -6,10 +6,16 @@ disk must already be random), other splits keep source order, and each split is 
 shards of `shard_size` inputs. Keys are the position in that order, so shard contents never
 depend on timing, worker count or which node wrote them.
 
-A shard is complete when its manifest part exists (written last, atomically). A re-run skips
-complete shards and redoes the rest from scratch; `--num-nodes N --node-rank R` takes shards
-R, R+N, R+2N, ... When every shard of every split is complete, the parts are merged into each
-split's manifest and rejects, and dataset.json is marked complete.
+A shard is complete when its manifest part exists (written last, atomically) and its tar and
+index have the sizes the part records. A re-run skips complete shards and redoes the rest from
+scratch (`--redo-shard NAME` forces one); `--num-nodes N --node-rank R` takes shards R, R+N,
+R+2N, ... When every shard of every split is complete, the parts are merged into each split's
+manifest and rejects, and dataset.json is marked complete.
+
+One writer per OUT and node rank (`layout.NodeLock`); every file is published by rename from a
+per-process temporary name, and the output is a pure function of the inputs, so writers on
+several nodes (or a second run that slipped past the lock with another rank) can only ever
+write the same bytes. A run with nothing to do writes nothing (a complete OUT may be read-only).
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, RejectedImage, process_file
-from preprocess.sources import Source
+from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, MAX_BYTES, MAX_PIXELS, RejectedImage, process_file
+from preprocess.sources import Source, clean_name
 from shards import layout
-from shards.writer import MANIFEST_SCHEMA, ShardWriter
+from shards.verify import shard_problem
+from shards.writer import MANIFEST_SCHEMA, ShardWriter, shard_record
 
 # ILSVRC-2012 train: 1,281,167 images / 2,500 = 513 shards of ~70 MB at 256px q90: big enough
 # for sequential reads, enough shards to spread over 64 ranks x 8 reader threads.
@@ -54,19 +61,23 @@ class Options:
     node_rank: int = 0
     strict: bool = False
     progress: bool = True
+    max_pixels: int = MAX_PIXELS
+    max_bytes: int = MAX_BYTES
+    redo_shards: tuple[str, ...] = ()  # shard names (`train-000003`) to rewrite even if complete
 
 
 @dataclass
 class SplitPlan:
     name: str
-    items: list[tuple[str, int]]  # (source path relative to root, label), in shard order
+    # (source path relative to root, label, reason if rejected before reading), in shard order
+    items: list[tuple[str, int, str | None]]
     shard_size: int
 
     @property
     def num_shards(self) -> int:
         return -(-len(self.items) // self.shard_size)
 
-    def shard_items(self, index: int) -> list[tuple[str, int]]:
+    def shard_items(self, index: int) -> list[tuple[str, int, str | None]]:
         return self.items[index * self.shard_size : (index + 1) * self.shard_size]
 
 
@@ -88,7 +99,8 @@ class Summary:
 def plan_splits(source: Source, shard_size: int, seed: int) -> list[SplitPlan]:
     plans = []
     for name in sorted(source.splits):
-        items = list(source.splits[name])
+        reasons = source.reasons.get(name, {})
+        items = [(path, label, reasons.get(n)) for n, (path, label) in enumerate(source.splits[name])]
         if name == "train":
             order = np.random.default_rng(seed).permutation(len(items))
             items = [items[i] for i in order]
@@ -100,8 +112,9 @@ def _identity(source: Source, plans: list[SplitPlan], opt: Options) -> dict:
     """What makes two runs the same dataset (and nothing that does not: workers, nodes)."""
     digest = hashlib.sha256()
     for p in plans:
-        for path, label in p.items:
-            digest.update(f"{p.name}\t{path}\t{label}\n".encode())
+        for path, label, reason in p.items:
+            extra = "" if reason is None else f"\t{reason}"
+            digest.update(f"{p.name}\t{clean_name(path)}\t{label}{extra}\n".encode())
     return {
         "format_version": layout.FORMAT_VERSION,
         "layout": source.layout,
@@ -114,18 +127,40 @@ def _identity(source: Source, plans: list[SplitPlan], opt: Options) -> dict:
     }
 
 
-def _check_out(out: Path, identity: dict) -> None:
+def _check_out(src: Path, out: Path, identity: dict) -> dict | None:
+    """OUT's existing dataset.json if it is the same dataset; refuse anything else (reads only)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ShardError(f"{out}: exists and is not a folder")
+    if out.resolve() == src.resolve():
+        raise ShardError(f"{out}: OUT must not be SRC itself (a subfolder of SRC is fine)")
     path = out / layout.DATASET_JSON
-    if path.exists():
-        old = layout.read_json(path)
+    if path.exists() or path.is_symlink():
+        try:
+            old = layout.read_json(path)
+        except layout.LayoutError as e:
+            raise ShardError(f"{e}; OUT is not a dataset this tool wrote: use an empty OUT") from None
         diff = [k for k in identity if old.get(k) != identity[k]]
         if diff:
             raise ShardError(
                 f"{out}: holds a different dataset ({', '.join(diff)} differ); "
                 "use an empty OUT or the original arguments"
             )
-    elif out.exists() and any(out.iterdir()):
-        raise ShardError(f"{out}: not empty and has no {layout.DATASET_JSON}; refusing to mix")
+        return old
+    if out.is_dir():
+        try:
+            # another node's lock and temporary files may appear before its dataset.json
+            entries = [
+                e
+                for e in os.listdir(out)
+                if not (
+                    e.startswith(".alexprep-node") or (e.startswith(".") and e.endswith(layout.TMP_SUFFIX))
+                )
+            ]
+        except OSError as e:
+            raise ShardError(f"{out}: cannot list ({e.strerror})") from None
+        if entries:
+            raise ShardError(f"{out}: not empty and has no {layout.DATASET_JSON}; refusing to mix")
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,11 +171,13 @@ class ShardTask:
     out: Path
     split: str
     index: int
-    items: list[tuple[str, str, int]]  # (key, source path relative to root, label)
+    items: list[tuple[str, str, int, str | None]]  # (key, source path relative to root, label, reason)
     wnids: dict[int, str | None]
     size: int
     quality: int
     strict: bool
+    max_pixels: int
+    max_bytes: int
 
 
 @dataclass
@@ -167,16 +204,21 @@ def write_shard(task: ShardTask) -> ShardResult:
     result = ShardResult()
     writer = ShardWriter(task.out, task.split, task.index)
     try:
-        for key, path, label in task.items:
+        for key, path, label, reason in task.items:
+            name = clean_name(path)
             try:
-                enc = process_file(str(task.root / path), task.size, task.quality)
+                if reason is not None:
+                    raise RejectedImage(reason)
+                enc = process_file(
+                    os.path.join(task.root, path), task.size, task.quality, task.max_pixels, task.max_bytes
+                )
             except RejectedImage as e:
                 if task.strict:
-                    raise ShardError(f"{task.root / path}: {e} (--strict)") from None
-                writer.reject(label, path, str(e))
-                result.rejects.append(f"{path}: {e}")
+                    raise ShardError(f"{clean_name(str(task.root / path))}: {e} (--strict)") from None
+                writer.reject(label if label >= 0 else None, name, str(e))
+                result.rejects.append(f"{name}: {e}")
             else:
-                writer.add(key, label, path, enc.jpeg, enc.width, enc.height, task.wnids[label])
+                writer.add(key, label, name, enc.jpeg, enc.width, enc.height, task.wnids[label])
             with _progress.get_lock():
                 _progress.value += 1
     except BaseException:
@@ -206,28 +248,73 @@ def _run(tasks: list[ShardTask], workers: int) -> Iterator[ShardResult | None]:
                     yield None  # a tick, so the caller can refresh its progress bar
 
 
-def _merge(out: Path, plans: list[SplitPlan]) -> dict:
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _merge(out: Path, plans: list[SplitPlan], records: dict[str, dict]) -> dict:
     counts = {}
     for p in plans:
-        tables = [pq.read_table(layout.part_path(out, p.name, i)) for i in range(p.num_shards)]
+        tables = [
+            pq.read_table(layout.part_path(out, p.name, i)).replace_schema_metadata(None)
+            for i in range(p.num_shards)
+        ]
         table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
         ok = table.filter(table["reason"].is_null()).drop_columns(["reason"])
         bad = table.filter(table["reason"].is_valid()).select(["source", "label", "shard", "reason"])
         for name, t in ((layout.MANIFEST, ok), (layout.REJECTS, bad)):
-            tmp = layout.tmp_path(out / p.name / name)
-            pq.write_table(t, tmp)
-            layout.commit(tmp, out / p.name / name)
+            layout.write_atomic(out / p.name / name, _parquet_bytes(t))
+        names = [layout.shard_name(p.name, i) for i in range(p.num_shards)]
         counts[p.name] = {
             "found": len(p.items),
             "written": ok.num_rows,
             "rejected": bad.num_rows,
             "shards": p.num_shards,
+            "files": {n: records[n] for n in names if records.get(n) is not None},
         }
     return counts
 
 
+def _shard_state(out: Path, split: str, index: int) -> tuple[dict | None, str | None]:
+    """(the part's record, why the shard is not complete); (None, "no part") if not committed.
+
+    A part whose tar or index does not have the recorded size (truncated, replaced by a link,
+    half-written by a foreign process) makes the shard incomplete, to be redone.
+    """
+    part = layout.part_path(out, split, index)
+    if layout.regular_file_problem(part):
+        return None, "no part"
+    try:
+        record = shard_record(part)
+    except Exception as e:  # noqa: BLE001 - a garbage part is an incomplete shard
+        return None, f"unreadable part ({type(e).__name__})"
+    return record, shard_problem(layout.tar_path(out, split, index), record)
+
+
 def _dataset_json(identity: dict, counts: dict | None) -> dict:
     return {**identity, "complete": counts is not None, "splits": counts or {}}
+
+
+def _check_redo(plans: list[SplitPlan], opt: Options) -> set[tuple[str, int]]:
+    names = {layout.shard_name(p.name, i): (p.name, i) for p in plans for i in range(p.num_shards)}
+    redo = set()
+    for n in opt.redo_shards:
+        if n.endswith((".tar", ".idx", ".parquet")):
+            n = n.rsplit(".", 1)[0]
+        if n not in names:
+            raise ShardError(
+                f"--redo-shard {n}: no such shard in this dataset (e.g. {next(iter(names), '-')})"
+            )
+        if names[n][1] % opt.num_nodes != opt.node_rank:
+            raise ShardError(f"--redo-shard {n}: belongs to node rank {names[n][1] % opt.num_nodes}")
+        redo.add(names[n])
+    return redo
+
+
+def _classes_json(source: Source) -> list[dict]:
+    return [{"index": c.index, "name": c.name, "wnid": c.wnid, "label": c.label} for c in source.classes]
 
 
 def shard(source: Source, out: Path, opt: Options) -> Summary:
@@ -236,26 +323,73 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
         raise ShardError(f"--node-rank {opt.node_rank} is not in [0, {opt.num_nodes})")
     plans = plan_splits(source, opt.shard_size, opt.seed)
     identity = _identity(source, plans, opt)
-    _check_out(out, identity)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / layout.DATASET_JSON).exists():
-        layout.write_json(out / layout.DATASET_JSON, _dataset_json(identity, None))
-    layout.write_json(
-        out / layout.CLASSES_JSON,
-        [{"index": c.index, "name": c.name, "wnid": c.wnid, "label": c.label} for c in source.classes],
-    )
-    wnids = {c.index: c.wnid for c in source.classes}
-
+    old = _check_out(source.root, out, identity)
+    redo = _check_redo(plans, opt)
     summary = Summary(source.layout, list(source.notes))
-    todo: list[tuple[SplitPlan, int]] = []
-    for p in plans:
-        for i in range(p.num_shards):
-            if i % opt.num_nodes != opt.node_rank:
-                continue
-            if layout.part_path(out, p.name, i).exists():
-                summary.shards_skipped += 1
-            else:
-                todo.append((p, i))
+
+    states = {} if old is None else _states(out, plans)
+    merged = all(
+        layout.regular_file_problem(out / p.name / f) is None
+        for p in plans
+        for f in (layout.MANIFEST, layout.REJECTS)
+    )
+    if old and old.get("complete") and merged and not redo and all(why is None for _, why in states.values()):
+        try:
+            same_classes = layout.read_json_list(out / layout.CLASSES_JSON) == _classes_json(source)
+        except layout.LayoutError:
+            same_classes = False
+        if same_classes:  # nothing to do, nothing written (OUT may be read-only)
+            summary.complete = True
+            summary.shards_skipped = sum(
+                i % opt.num_nodes == opt.node_rank for p in plans for i in range(p.num_shards)
+            )
+            _fill_counts(summary, old["splits"])
+            return summary
+
+    try:
+        layout.ensure_dir(out)
+        with layout.NodeLock(out, opt.node_rank):
+            return _shard_locked(source, out, opt, plans, identity, redo, summary)
+    except layout.LayoutError as e:
+        raise ShardError(str(e)) from None
+
+
+def _states(out: Path, plans: list[SplitPlan]) -> dict[tuple[str, int], tuple[dict | None, str | None]]:
+    return {(p.name, i): _shard_state(out, p.name, i) for p in plans for i in range(p.num_shards)}
+
+
+def _fill_counts(summary: Summary, counts: dict) -> None:
+    for name, c in counts.items():
+        summary.found[name] = c["found"]
+        summary.written[name], summary.rejected[name] = c["written"], c["rejected"]
+
+
+def _shard_locked(
+    source: Source,
+    out: Path,
+    opt: Options,
+    plans: list[SplitPlan],
+    identity: dict,
+    redo: set[tuple[str, int]],
+    summary: Summary,
+) -> Summary:
+    """The writing half of `shard`, under this node's lock."""
+    states = _states(out, plans)
+    mine = [(p, i) for p in plans for i in range(p.num_shards) if i % opt.num_nodes == opt.node_rank]
+    todo = [(p, i) for p, i in mine if (p.name, i) in redo or states[(p.name, i)][1] is not None]
+    if todo or not (out / layout.DATASET_JSON).exists():
+        # incomplete until every shard is back: a reader never trusts a dataset being repaired
+        layout.write_json_if_changed(out / layout.DATASET_JSON, _dataset_json(identity, None))
+    layout.write_json_if_changed(out / layout.CLASSES_JSON, _classes_json(source))
+    layout.remove_stale_tmp(out)
+    for p in plans:  # real folders (a link here is refused, not followed), then clean them
+        for folder in (out / p.name, out / p.name / layout.PARTS):
+            layout.ensure_dir(folder)
+            layout.remove_stale_tmp(folder)
+    for p, i in todo:  # the part is the commit marker: remove it first, then redo the shard
+        layout.part_path(out, p.name, i).unlink(missing_ok=True)
+    wnids = {c.index: c.wnid for c in source.classes}
+    summary.shards_skipped = len(mine) - len(todo)
 
     tasks = [
         ShardTask(
@@ -264,13 +398,15 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
             p.name,
             i,
             [
-                (f"{i * p.shard_size + n:08d}", path, label)
-                for n, (path, label) in enumerate(p.shard_items(i))
+                (f"{i * p.shard_size + n:08d}", path, label, reason)
+                for n, (path, label, reason) in enumerate(p.shard_items(i))
             ],
             wnids,
             opt.size,
             opt.quality,
             opt.strict,
+            opt.max_pixels,
+            opt.max_bytes,
         )
         for p, i in todo
     ]
@@ -295,17 +431,24 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
     summary.seconds = time.perf_counter() - start
     summary.images_processed = total
 
-    summary.complete = all(
-        layout.part_path(out, p.name, i).exists() for p in plans for i in range(p.num_shards)
-    )
+    states = _states(out, plans)
+    bad = [
+        f"{layout.shard_name(n, i)}: {why}"
+        for (n, i), (_, why) in states.items()
+        if why not in (None, "no part")
+    ]
+    if bad:  # written by us moments ago and already wrong: something else is writing OUT
+        raise ShardError(
+            f"{out}: shard(s) changed while writing ({'; '.join(bad[:3])}); is another writer active?"
+        )
+    summary.complete = all(why is None for _, why in states.values())
     if summary.complete:
-        counts = _merge(out, plans)
-        layout.write_json(out / layout.DATASET_JSON, _dataset_json(identity, counts))
+        records = {layout.shard_name(n, i): rec for (n, i), (rec, _) in states.items()}
+        counts = _merge(out, plans, records)
+        layout.write_json_if_changed(out / layout.DATASET_JSON, _dataset_json(identity, counts))
     else:  # this node's share only: the others are still running (or not started)
         counts = _count_parts(out, plans, opt)
-    for name, c in counts.items():
-        summary.found[name] = c["found"]
-        summary.written[name], summary.rejected[name] = c["written"], c["rejected"]
+    _fill_counts(summary, counts)
     return summary
 
 

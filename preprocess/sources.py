@@ -12,6 +12,12 @@ Layouts, tried in this order:
 
 Classes are sorted by name and numbered 0..N-1, the torchvision convention, so a model trained
 here agrees with every torchvision ImageNet checkpoint on what class 0 is.
+
+Names are kept as the file system gives them (bytes that are not UTF-8 are carried with Python's
+`surrogateescape`, so the file can be opened); wherever a name is written out (manifest,
+rejects, sample JSON, classes.json) such bytes appear as `\\xHH` (`clean_name`). Labels CSVs are
+read the same way, so a Latin-1 CSV still names its Latin-1 files. OUT is never walked, even
+when it lies inside SRC.
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ import csv
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "validation", "valid", "test")
 WNID = re.compile(r"^n\d{8}$")
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_TEXT_BYTES = 256 * 2**20  # a labels CSV / synsets file larger than this is not one
+
+_excluded: set[str] = set()  # real paths never walked (OUT, when it lies inside SRC)
 
 
 class SourceError(Exception):
@@ -47,43 +57,99 @@ class Source:
     # split -> [(path relative to root, class index)], in source (sorted) order
     splits: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # split -> {position in splits[split]: reason}: inputs rejected before reading (a CSV row
+    # outside SRC, a duplicate row); they count as found and rejected like any other
+    reasons: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+def clean_name(name: str) -> str:
+    """`name` as valid UTF-8 text: undecodable bytes (surrogateescape'd) become `\\xHH`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_split_name(split: str) -> str:
+    """A split is a plain folder name inside OUT (no `/`, no `..`, not absolute)."""
+    if not SPLIT_NAME.match(split) or split in (".", ".."):
+        raise SourceError(
+            f"--split {split!r}: a split is a plain name (letters, digits, `_`, `-`, `.`; e.g. train, val)"
+        )
+    return split
+
+
+def _scandir(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as e:
+        raise SourceError(f"{folder}: cannot list folder ({e.strerror})") from None
+    if not _excluded:
+        return entries
+    return [e for e in entries if not _is_dir(e) or os.path.realpath(e.path) not in _excluded]
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()
+    except OSError:
+        return False
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small UTF-8 text file (BOM allowed; undecodable bytes kept, see clean_name)."""
+    try:
+        if not path.is_file():
+            raise SourceError(f"{path}: {what} is not a regular file")
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise SourceError(f"{path}: {what} is over {MAX_TEXT_BYTES:,} bytes")
+        data = path.read_bytes()
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if b"\x00" in data:
+        raise SourceError(f"{path}: {what} is binary (contains NUL bytes), not text")
+    return data.decode("utf-8-sig", "surrogateescape")
 
 
 def _images_in(folder: Path) -> list[str]:
+    """Every non-folder entry with an image suffix: links, FIFOs and devices included, so that
+    each is counted as found and then rejected with its reason, never silently skipped."""
     return sorted(
         e.name
-        for e in os.scandir(folder)
-        if e.is_file() and not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+        for e in _scandir(folder)
+        if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and not _is_dir(e)
     )
 
 
 def _subdirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in _scandir(folder) if _is_dir(e) and not e.name.startswith("."))
 
 
 def read_synset_names(path: Path) -> dict[str, str]:
     """`LOC_synset_mapping.txt` lines: `n01440764 tench, Tinca tinca` -> {wnid: name}."""
     names = {}
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(_read_text(path, "synsets file").splitlines(), start=1):
         wnid, _, name = line.strip().partition(" ")
+        if wnid and not name.strip():
+            raise SourceError(f"{path}:{n}: expected `<wnid> <name>`, got {clean_name(line)[:60]!r}")
         if wnid:
-            names[wnid] = name.strip()
+            names[clean_name(wnid)] = clean_name(name.strip())
     return names
 
 
 def _make_classes(names: list[str], human: dict[str, str]) -> list[ClassInfo]:
-    return [
-        ClassInfo(i, n, n if WNID.match(n) else None, human.get(n)) for i, n in enumerate(sorted(set(names)))
-    ]
+    """Classes from raw names, sorted; `ClassInfo.name` is the clean name (look up with it)."""
+    clean = sorted({clean_name(n) for n in names})
+    return [ClassInfo(i, n, n if WNID.match(n) else None, human.get(n)) for i, n in enumerate(clean)]
 
 
 def _folder_split(root: Path, split_dir: Path, index: dict[str, int]) -> list[tuple[str, int]]:
     items = []
     for cls in _subdirs(split_dir):
-        if cls not in index:
-            raise SourceError(f"{split_dir / cls}: class folder not present in the class list")
+        if clean_name(cls) not in index:
+            raise SourceError(
+                f"{clean_name(str(split_dir / cls))}: class folder not present in the class list"
+            )
         for name in _images_in(split_dir / cls):
-            items.append((str((split_dir / cls / name).relative_to(root)), index[cls]))
+            items.append((str((split_dir / cls / name).relative_to(root)), index[clean_name(cls)]))
     return items
 
 
@@ -99,16 +165,27 @@ def _ilsvrc_root(src: Path) -> Path | None:
 
 def _devkit_val_labels(devkit: Path) -> list[str]:
     """Devkit ground truth (one ILSVRC2012_ID per val image, in file-name order) -> wnids."""
-    import scipy.io
+    try:
+        import scipy.io
+    except ImportError:
+        raise SourceError("the devkit's meta.mat needs scipy: pip install 'alexnet2012[devkit]'") from None
 
     meta = devkit / "data" / "meta.mat"
     truth = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"
     for p in (meta, truth):
         if not p.is_file():
             raise SourceError(f"{p}: devkit file missing")
-    synsets = scipy.io.loadmat(str(meta), squeeze_me=True)["synsets"]
-    id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
-    ids = [int(x) for x in truth.read_text().split()]
+    try:
+        synsets = scipy.io.loadmat(str(meta), squeeze_me=True)["synsets"]
+        id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
+    except Exception as e:  # noqa: BLE001 - scipy raises many kinds on a garbage file
+        raise SourceError(
+            f"{meta}: not a devkit meta.mat with synsets ({type(e).__name__}: {e})"[:300]
+        ) from None
+    try:
+        ids = [int(x) for x in _read_text(truth, "devkit ground truth").split()]
+    except ValueError as e:
+        raise SourceError(f"{truth}: expected one integer id per line ({e})") from None
     try:
         return [id_to_wnid[i] for i in ids]
     except KeyError as e:
@@ -137,8 +214,7 @@ def _ilsvrc(src: Path, root: Path, devkit: Path | None) -> Source:
         if devkit is None and (src / "ILSVRC2012_devkit_t12").is_dir():
             devkit = src / "ILSVRC2012_devkit_t12"
         if solution is not None:
-            with open(solution, newline="") as f:
-                rows = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(f)}
+            rows = _read_loc_solution(solution)
             labels = [rows.get(Path(n).stem) for n in files]
             source.notes.append(f"val: flat, labels from {solution.name}")
         elif devkit is not None:
@@ -181,17 +257,45 @@ def _imagefolder(src: Path, human: dict[str, str]) -> Source | None:
     return None
 
 
+def _csv_rows(path: Path, what: str) -> list[list[str]]:
+    try:
+        return list(csv.reader(_read_text(path, what).splitlines()))
+    except csv.Error as e:
+        raise SourceError(f"{path}: not a CSV file ({e})") from None
+
+
+def _read_loc_solution(path: Path) -> dict[str, str]:
+    """Kaggle's `LOC_val_solution.csv`: ImageId -> first wnid of PredictionString."""
+    rows = _csv_rows(path, "LOC_val_solution.csv")
+    head = [c.strip() for c in rows[0]] if rows else []
+    if "ImageId" not in head or "PredictionString" not in head:
+        raise SourceError(f"{path}: expected columns ImageId,PredictionString, found {head[:4]}")
+    i, p = head.index("ImageId"), head.index("PredictionString")
+    labels = {}
+    for n, r in enumerate(rows[1:], start=2):
+        if len(r) <= max(i, p) or not r[p].split():
+            raise SourceError(f"{path}:{n}: row without a PredictionString: {clean_name(','.join(r))[:80]!r}")
+        labels[r[i].strip()] = r[p].split()[0]
+    return labels
+
+
 def _read_labels_csv(labels_csv: Path) -> list[tuple[str, str]]:
-    if not labels_csv.is_file():
-        raise SourceError(f"{labels_csv}: labels file not found")
-    with open(labels_csv, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    rows = [r for r in _csv_rows(labels_csv, "labels file") if r and not r[0].startswith("#")]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["filename", "label"]:
         rows = rows[1:]
     bad = next((r for r in rows if len(r) < 2), None)
     if bad is not None:
-        raise SourceError(f"{labels_csv}: expected `filename,label` rows, got {bad}")
+        raise SourceError(f"{labels_csv}: expected `filename,label` rows, got {clean_name(repr(bad))[:80]}")
     return [(r[0].strip(), r[1].strip()) for r in rows]
+
+
+def _row_problem(name: str) -> str | None:
+    """Why a CSV row cannot name a file inside SRC (None: it can)."""
+    if not name:
+        return "empty file name in the labels CSV"
+    if "\x00" in name or os.path.isabs(name) or ".." in PurePosixPath(name).parts:
+        return "outside SRC: a labels CSV row must be a relative path inside SRC (no `..`, not absolute)"
+    return None
 
 
 def _labels_from_names(src: Path, human: dict[str, str]) -> list[tuple[str, str]]:
@@ -206,7 +310,7 @@ def _labels_from_names(src: Path, human: dict[str, str]) -> list[tuple[str, str]
         if not rest:
             raise SourceError(f"{src / name}: no `_` in the name to take a label from")
         if not rest.isdigit():
-            human.setdefault(label, rest.replace("_", " "))
+            human.setdefault(clean_name(label), clean_name(rest.replace("_", " ")))
         rows.append((name, label))
     if not rows:
         raise SourceError(f"{src}: no image files")
@@ -214,16 +318,59 @@ def _labels_from_names(src: Path, human: dict[str, str]) -> list[tuple[str, str]
 
 
 def _flat(src: Path, rows: list[tuple[str, str]], human: dict[str, str], split: str, how: str) -> Source:
-    classes = _make_classes([label for _, label in rows], human)
+    """Rows -> one split. Each row is an input: one that is outside SRC, has no label or repeats
+    an earlier row's file is rejected with that reason (and counted), never read."""
+    reasons: dict[int, str] = {}
+    first_row: dict[str, int] = {}
+    for n, (name, label) in enumerate(rows):
+        problem = _row_problem(name) or (None if label else "empty label in the labels CSV")
+        if problem is None:
+            norm = os.path.normpath(name)
+            if norm in first_row:
+                problem = f"duplicate: row {first_row[norm] + 1} names the same file"
+            else:
+                first_row[norm] = n
+        if problem:
+            reasons[n] = problem
+    classes = _make_classes([label for n, (_, label) in enumerate(rows) if n not in reasons], human)
     index = {c.name: c.index for c in classes}
-    items = sorted((name, index[label]) for name, label in rows)
-    missing = [name for name, _ in items if not (src / name).exists()]
+    order = sorted(range(len(rows)), key=lambda n: (rows[n][0], n))
+    items = [(rows[n][0], index.get(clean_name(rows[n][1]), -1)) for n in order]
     source = Source(src, "flat", classes, {split: items})
+    source.reasons[split] = {pos: reasons[n] for pos, n in enumerate(order) if n in reasons}
     source.notes.append(f"labels from {how}")
-    if missing:
-        # Listed but absent: still "found" (the CSV says they exist); rejected with a reason.
-        source.notes.append(f"{len(missing)} file(s) listed in the labels but missing")
+    dups = sum(r.startswith("duplicate") for r in reasons.values())
+    if dups:
+        source.notes.append(f"{dups} duplicate row(s) rejected")
+    outside = sum(r.startswith("outside") for r in reasons.values())
+    if outside:
+        source.notes.append(f"{outside} row(s) outside SRC rejected")
+    unlisted = _unlisted(src, set(first_row))
+    if unlisted:
+        source.notes.append(
+            f"{len(unlisted)} image file(s) in SRC not in the labels (not sharded), "
+            f"e.g. {clean_name(unlisted[0])}"
+        )
     return source
+
+
+def _unlisted(src: Path, listed: set[str]) -> list[str]:
+    """Image files under SRC (OUT and hidden folders excluded) that no CSV row names."""
+    found = []
+    for folder, dirs, files in os.walk(src):
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in _excluded
+        )
+        rel = os.path.relpath(folder, src)
+        for f in sorted(files):
+            if f.startswith(".") or Path(f).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            name = f if rel == "." else os.path.join(rel, f)
+            if name not in listed:
+                found.append(name)
+    return found
 
 
 def discover(
@@ -233,10 +380,29 @@ def discover(
     devkit: Path | None = None,
     split: str = "train",
     label_from_name: bool = False,
+    exclude: Path | None = None,
 ) -> Source:
-    """Detect the layout of SRC and list its labelled images."""
+    """Detect the layout of SRC and list its labelled images (never walking into `exclude`)."""
     if not src.is_dir():
         raise SourceError(f"{src}: not a folder")
+    check_split_name(split)
+    _excluded.clear()
+    if exclude is not None:
+        _excluded.add(os.path.realpath(exclude))
+    try:
+        return _discover(src, labels_csv, synsets, devkit, split, label_from_name)
+    finally:
+        _excluded.clear()
+
+
+def _discover(
+    src: Path,
+    labels_csv: Path | None,
+    synsets: Path | None,
+    devkit: Path | None,
+    split: str,
+    label_from_name: bool,
+) -> Source:
     human = read_synset_names(synsets) if synsets else {}
     if labels_csv is not None:
         return _flat(src, _read_labels_csv(labels_csv), human, split, labels_csv.name)

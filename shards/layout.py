@@ -1,29 +1,47 @@
 """Names and atomic writes: where every file of a sharded dataset lives, and how it appears.
 
-OUT/dataset.json              format version, arguments, counts (complete: true when done)
+OUT/dataset.json              format version, arguments, counts (complete: true when done),
+                              and per shard its tar's size, member count and SHA-256
 OUT/classes.json              index -> name, wnid, human-readable label
+OUT/verified.json             what `alexprep verify` last found intact (shard sizes, mtimes)
 OUT/<split>/<split>-000000.tar   WebDataset shard: <key>.cls, <key>.jpg, <key>.json
 OUT/<split>/<split>-000000.idx   DALI index (wds2idx format), so DALI never scans tars
 OUT/<split>/parts/<split>-000000.parquet   this shard's manifest rows; its presence is
                               the shard's commit marker (written last, atomically)
 OUT/<split>/manifest.parquet  all written samples of the split (merged from parts)
 OUT/<split>/rejects.parquet   every input that was not written, with the reason
+OUT/.alexprep-node<R>.lock    held (flock) by the one `alexprep shard` writing node R's shards
+
+Every file appears by rename from a temporary name that is unique to the writing process and
+created with O_EXCL | O_NOFOLLOW, so a planted link is never written through, two writers never
+share a temporary file, and a reader sees a file either absent or complete.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import secrets
+import socket
+import stat
 from pathlib import Path
 
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
 CLASSES_JSON = "classes.json"
+VERIFIED_JSON = "verified.json"
 STATS_JSON = "stats.json"
 MEAN_IMAGE = "mean_image.npy"
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"
 PARTS = "parts"
+TMP_SUFFIX = ".tmp"
+
+
+class LayoutError(Exception):
+    """OUT (or a file in it) is not what it must be: the message names the path and why."""
 
 
 def shard_name(split: str, index: int) -> str:
@@ -42,28 +60,191 @@ def part_path(out: Path, split: str, index: int) -> Path:
     return out / split / PARTS / f"{shard_name(split, index)}.parquet"
 
 
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"
+
+
+def _tag() -> str:
+    return f"{_host()}.{os.getpid()}"
+
+
 def tmp_path(path: Path) -> Path:
-    """A sibling name no reader globs for (`.x.tar.tmp`), so half-written files are never seen."""
-    return path.with_name(f".{path.name}.tmp")
+    """A hidden sibling no reader globs for, unique to this process and call.
+
+    `.<name>.<host>.<pid>.<random>.tmp`: unique per process so concurrent writers (two runs,
+    several nodes on a shared filesystem) never write one file, random so no name can be
+    planted in advance; `open_exclusive` still refuses an existing name or a link.
+    """
+    return path.with_name(f".{path.name}.{_tag()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+def open_exclusive(path: Path) -> int:
+    """Create `path` for writing; fails if anything (a file, a link, even dangling) is there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags, 0o644)
 
 
 def commit(tmp: Path, final: Path) -> None:
     """fsync then rename: after a crash `final` is either absent or complete, never partial."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, final)
 
 
+def ensure_dir(path: Path) -> None:
+    """Create `path` (and parents); a link or a non-folder there is an error, not followed."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise LayoutError(f"{path}: exists and is not a folder") from None
+    except NotADirectoryError:
+        raise LayoutError(f"{path}: a parent of it is a file, not a folder") from None
+    except OSError as e:
+        raise LayoutError(f"{path}: cannot create ({e.strerror})") from None
+    if path.is_symlink():
+        raise LayoutError(f"{path}: is a symbolic link; OUT's folders must be real folders")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     tmp = tmp_path(path)
-    tmp.write_bytes(data)
-    commit(tmp, path)
+    fd = open_exclusive(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def json_bytes(obj: object) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
 def write_json(path: Path, obj: object) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, json_bytes(obj))
+
+
+def write_json_if_changed(path: Path, obj: object) -> bool:
+    """Write only if the bytes differ: a complete read-only OUT is re-runnable; True if written."""
+    data = json_bytes(obj)
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_atomic(path, data)
+    return True
+
+
+def _load_json(path: Path, kind: type) -> object:
+    try:
+        obj = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise LayoutError(f"{path}: missing") from None
+    except OSError as e:
+        raise LayoutError(f"{path}: unreadable ({e.strerror})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise LayoutError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, kind):
+        raise LayoutError(f"{path}: expected a JSON {kind.__name__}, found a {type(obj).__name__}")
+    return obj
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    """A JSON object from `path`; LayoutError (naming the file) if absent, garbage or not an object."""
+    return _load_json(path, dict)
+
+
+def read_json_list(path: Path) -> list:
+    """A JSON list from `path` (classes.json); LayoutError as for `read_json`."""
+    return _load_json(path, list)
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """Why `path` is not a plain regular file (a link, missing, a FIFO ...), or None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link (a shard file must be a regular file in OUT)"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    return None
+
+
+def remove_stale_tmp(folder: Path) -> None:
+    """Delete this host's temporary files whose writer process is gone (killed runs)."""
+    host = _host()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for e in entries:
+        if not (e.name.startswith(".") and e.name.endswith(TMP_SUFFIX)):
+            continue
+        fields = e.name[: -len(TMP_SUFFIX)].rsplit(".", 3)
+        if len(fields) != 4 or fields[1] != host or not fields[2].isdigit():
+            continue
+        if not _alive(int(fields[2])):
+            Path(e.path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NodeLock:
+    """One writer per OUT and node: `flock` on OUT/.alexprep-node<R>.lock, released on exit or death.
+
+    The holder writes `pid@host` into the file so the second writer's message says who holds it.
+    flock is released by the kernel when the process dies (even kill -9), so a lock is never stale.
+    """
+
+    def __init__(self, out: Path, node_rank: int):
+        self.path = out / f".alexprep-node{node_rank}.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> NodeLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise LayoutError(
+                f"{self.path}: cannot create the lock file ({e.strerror}); is OUT writable?"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LayoutError(
+                    f"{self.path.parent}: another `alexprep shard` ({holder}) is writing this OUT "
+                    "(same node rank); wait for it to finish or stop it, then re-run"
+                ) from None
+            raise LayoutError(f"{self.path}: cannot lock ({e.strerror})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # no holder; the file stays (unlinking a lock file races)
+            os.close(self.fd)  # releases the flock
+            self.fd = None

@@ -14,6 +14,10 @@ class DatasetError(Exception):
     """The folder is not a complete sharded dataset (or lacks the split asked for)."""
 
 
+class DamagedDataError(ValueError):
+    """Shards that do not match what was written; the message names each shard (and sample)."""
+
+
 @dataclass(frozen=True)
 class Sample:
     key: str
@@ -25,9 +29,19 @@ def load_dataset(out: Path) -> dict:
     path = out / layout.DATASET_JSON
     if not path.is_file():
         raise DatasetError(f"{out}: no {layout.DATASET_JSON}; run `alexprep shard SRC {out}`")
-    meta = layout.read_json(path)
+    try:
+        meta = layout.read_json(path)
+    except layout.LayoutError as e:
+        raise DatasetError(f"{e}; re-run `alexprep shard` into an empty OUT") from None
     if not meta.get("complete"):
         raise DatasetError(f"{out}: sharding is not complete; re-run `alexprep shard` to finish")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict) or not all(
+        isinstance(c, dict) and isinstance(c.get("shards"), int) for c in splits.values()
+    ):
+        raise DatasetError(f"{path}: `splits` is missing or malformed")
+    if not isinstance(meta.get("size"), int):
+        raise DatasetError(f"{path}: `size` is missing or malformed")
     return meta
 
 
@@ -47,12 +61,62 @@ def shard_paths(out: Path, split: str) -> list[Path]:
 
 
 def iter_shard(tar: Path) -> Iterator[Sample]:
-    """Samples of one shard in stored order, read by the index's offsets (no tar scan)."""
+    """Samples of one shard in stored order, read by the index's offsets (no tar scan).
+
+    A member that the index places beyond the end of the tar, or a label that is not a number,
+    raises DamagedDataError naming the shard and the sample.
+    """
+    try:
+        index = read_index(layout.idx_path(tar))
+    except (ValueError, OSError) as e:
+        raise DamagedDataError(f"{tar.name}: index unreadable ({e}); {repair_hint(tar)}") from None
     with open(tar, "rb") as f:
-        for members in read_index(layout.idx_path(tar)):
+        for members in index:
             parts = {}
+            key = members[0].name.split(".", 1)[0]
             for m in members:
                 f.seek(m.offset)
                 parts[m.ext] = f.read(m.size)
-            key = members[0].name.split(".", 1)[0]
-            yield Sample(key, int(parts["cls"]), parts["jpg"])
+                if len(parts[m.ext]) != m.size:
+                    raise DamagedDataError(f"{tar.name}: sample {key}: truncated tar; {repair_hint(tar)}")
+            try:
+                label = int(parts["cls"])
+                jpeg = parts["jpg"]
+            except (KeyError, ValueError):
+                raise DamagedDataError(
+                    f"{tar.name}: sample {key}: missing or garbled .cls/.jpg member; {repair_hint(tar)}"
+                ) from None
+            yield Sample(key, label, jpeg)
+
+
+def repair_hint(tar: Path) -> str:
+    """How to rebuild one shard, byte-identical, from the source."""
+    return (
+        f"repair: re-run `alexprep shard SRC OUT ... --redo-shard {tar.stem}` with the original "
+        "arguments (or delete its parts/*.parquet and re-run)"
+    )
+
+
+VAL_SPLITS = ("val", "validation", "test")  # the split evaluated when none is named, first found
+
+
+def load_classes(out: Path) -> list[dict]:
+    """OUT/classes.json: one {index, name, wnid, label} per class, in index order."""
+    path = out / layout.CLASSES_JSON
+    if not path.is_file():
+        raise DatasetError(f"{out}: no {layout.CLASSES_JSON}; pass the shards the model was trained on")
+    try:
+        classes = layout.read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not JSON ({e})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, dict) and "index" in c for c in classes):
+        raise DatasetError(f"{path}: not a list of classes with an index each")
+    if [c["index"] for c in classes] != list(range(len(classes))):
+        raise DatasetError(f"{path}: class indices are not 0..{len(classes) - 1} in order")
+    return classes
+
+
+def default_val_split(meta: dict) -> str | None:
+    """The split to validate on when none is named: val, validation or test, whichever exists."""
+    return next((s for s in VAL_SPLITS if s in meta["splits"]), None)
+

@@ -1,14 +1,25 @@
-"""`alexprep verify`: re-read every shard and check it against its index, manifest and metadata.
+"""`alexprep verify` and the trainer's `preflight`: are the shards what was written?
 
-Independent of the writer on purpose: offsets are re-derived by parsing the tar with `tarfile`,
-JPEGs are decoded, checksums recomputed. One flipped byte anywhere shows up by name.
+`verify` is independent of the writer on purpose: offsets are re-derived by parsing the tar with
+`tarfile`, JPEGs are decoded, every member (`.jpg`, `.cls`, `.json`) is compared with what the
+manifest says it must be, and the whole tar and index with the SHA-256 recorded at write time.
+One flipped byte anywhere shows up by shard and sample. On success it records the shards'
+sizes and mtimes in OUT/verified.json.
+
+`preflight` is what a training run calls before it starts: a structural check that reads no
+tar (every tar and index present, a regular file, of the recorded size, the index's sample count
+as recorded: well under a second for ImageNet's 533 shards), then the full hash pass only when
+asked or when verified.json does not vouch for the current files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import os
 import tarfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -17,20 +28,169 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from shards import layout
-from shards.index import read_index
-from shards.reader import load_dataset
+from shards.index import INDEX_VERSION, read_index
+from shards.reader import DamagedDataError, DatasetError, load_classes, load_dataset
+from shards.writer import sample_json
+
+__all__ = ["DamagedDataError", "check_shard", "check_structure", "preflight", "shard_problem", "verify"]
+
+_HASH_CHUNK = 8 * 2**20
 
 
-def check_shard(job: tuple[str, int, dict[str, tuple[str, int]]]) -> tuple[int, list[str]]:
-    """One shard -> (samples seen, problems). `expected`: key -> (sha256, label)."""
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _idx_count(idx: Path) -> int | None:
+    """The sample count in an index's header line (reads one line)."""
+    try:
+        with open(idx, "rb") as f:
+            head = f.readline(64).split()
+        return int(head[1]) if len(head) == 2 and head[0] == INDEX_VERSION.encode() else None
+    except (OSError, ValueError):
+        return None
+
+
+def shard_problem(tar: Path, record: dict | None) -> str | None:
+    """The structural problem of one shard (no tar read), or None.
+
+    `record` is what the writer recorded (`shards.writer.shard_record`); without one (a dataset
+    from an older alexprep) only presence and file types are checked.
+    """
+    idx = layout.idx_path(tar)
+    for path in (tar, idx):
+        why = layout.regular_file_problem(path)
+        if why:
+            return f"{path.name}: {why}"
+    if record is None:
+        return None
+    for path, key in ((tar, "tar_bytes"), (idx, "idx_bytes")):
+        size = path.stat().st_size
+        if size != record[key]:
+            return f"{path.name}: {size:,} bytes, {record[key]:,} were written (truncated or damaged)"
+    count = _idx_count(idx)
+    if count != record["samples"]:
+        return f"{idx.name}: index lists {count} samples, {record['samples']} were written"
+    return None
+
+
+def shard_hash_problem(tar: Path, record: dict) -> str | None:
+    """Full check: the tar's and index's SHA-256 against the record (reads both files)."""
+    for path, key in ((tar, "tar_sha256"), (layout.idx_path(tar), "idx_sha256")):
+        if file_sha256(path) != record[key]:
+            return f"{path.name}: SHA-256 differs from the one recorded when it was written"
+    return None
+
+
+def _records(meta: dict, split: str) -> dict[str, dict]:
+    return meta["splits"][split].get("files") or {}
+
+
+def _stamp(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _stamps(out: Path, meta: dict, splits: Sequence[str]) -> dict[str, list[int]]:
+    stamps = {}
+    for split in splits:
+        for i in range(meta["splits"][split]["shards"]):
+            tar = layout.tar_path(out, split, i)
+            for p in (tar, layout.idx_path(tar)):
+                stamps[str(p.relative_to(out))] = _stamp(p)
+    return stamps
+
+
+def _verified(out: Path, meta: dict, splits: Sequence[str]) -> bool:
+    """Does verified.json vouch for the current bytes (same plan; sizes and mtimes unchanged)?"""
+    try:
+        record = layout.read_json(out / layout.VERIFIED_JSON)
+        if record.get("plan_sha256") != meta.get("plan_sha256"):
+            return False
+        stamps = record.get("files", {})
+        return all(stamps.get(k) == v for k, v in _stamps(out, meta, splits).items())
+    except (layout.LayoutError, OSError, AttributeError):
+        return False
+
+
+def _damaged(data: Path, problems: list[str], bad: list[Path]) -> DamagedDataError:
+    redo = " ".join(f"--redo-shard {t.stem}" for t in bad)
+    return DamagedDataError(
+        f"{data}: {len(bad)} damaged shard(s): " + "; ".join(problems) + ". "
+        f"Repair: re-run `alexprep shard SRC {data} ... {redo}` with the original arguments "
+        "(byte-identical), then `alexprep verify`"
+    )
+
+
+def _checked(data: Path, splits: Sequence[str]) -> dict:
+    meta = load_dataset(data)
+    for split in splits:
+        if split not in meta["splits"]:
+            raise DatasetError(f"{data}: no {split} split (have: {', '.join(sorted(meta['splits']))})")
+    return meta
+
+
+def check_structure(data: Path, splits: Sequence[str]) -> None:
+    """The fast half of `preflight`: stat and index headers only, no tar is read."""
+    meta = _checked(data, splits)
+    problems, bad = [], []
+    for split in splits:
+        records = _records(meta, split)
+        for i in range(meta["splits"][split]["shards"]):
+            tar = layout.tar_path(data, split, i)
+            why = shard_problem(tar, records.get(tar.stem))
+            if why:
+                problems.append(why)
+                bad.append(tar)
+    if problems:
+        raise _damaged(data, problems, bad)
+
+
+def preflight(data: Path, splits: Sequence[str], full: bool = False) -> None:
+    """Check the shards of `splits` under `data` before training on them.
+
+    Always: the structural check (fast, stat + index header). Then, with `full=True` or when
+    `alexprep verify` has not vouched for the current files, every tar and index is hashed
+    against the SHA-256 recorded when it was written. Raises DatasetError if `data` is not a
+    complete dataset or lacks a split, DamagedDataError naming every bad shard (and sample,
+    where a member could be pinned down) with how to repair it.
+    """
+    check_structure(data, splits)
+    meta = _checked(data, splits)
+    if not full and _verified(data, meta, splits):
+        return
+    problems, bad = [], []
+    for split in splits:
+        records = _records(meta, split)
+        for i in range(meta["splits"][split]["shards"]):
+            tar = layout.tar_path(data, split, i)
+            record = records.get(tar.stem)
+            why = shard_hash_problem(tar, record) if record else None
+            if why:
+                problems.extend(_check_one(data, meta, split, tar) or [why])
+                bad.append(tar)
+    if problems:
+        raise _damaged(data, problems, bad)
+
+
+def check_shard(job: tuple[str, int, dict[str, tuple[str, int, bytes]]]) -> tuple[int, list[str]]:
+    """One shard -> (samples seen, problems). `expected`: key -> (jpeg sha256, label, json bytes)."""
     tar_str, size, expected = job
     tar, problems = Path(tar_str), []
     name = tar.name
+    for path in (tar, layout.idx_path(tar)):
+        why = layout.regular_file_problem(path)
+        if why:
+            return 0, [f"{path.name}: {why}"]
     try:
         with tarfile.open(tar) as tf:
             members = {m.name: m for m in tf.getmembers() if m.isfile()}
             data = {n: tf.extractfile(m).read() for n, m in members.items()}
-    except (tarfile.TarError, OSError) as e:
+    except (tarfile.TarError, OSError, EOFError) as e:
         return 0, [f"{name}: unreadable tar ({e})"]
     try:
         index = read_index(layout.idx_path(tar))
@@ -54,11 +214,16 @@ def check_shard(job: tuple[str, int, dict[str, tuple[str, int]]]) -> tuple[int, 
         if jpeg is None:
             problems.append(f"{name}: {key}: in the manifest but missing from the tar")
             continue
-        sha, label = expected[key]
+        sha, label, meta_json = expected[key]
+        extra = sorted(n for n in members if n.startswith(f"{key}.") and n.split(".", 1)[1] not in _EXTS)
+        if extra:
+            problems.append(f"{name}: {key}: unexpected member(s) {', '.join(extra)}")
         if hashlib.sha256(jpeg).hexdigest() != sha:
             problems.append(f"{name}: {key}: checksum mismatch")
-        if data.get(f"{key}.cls", b"").strip() != str(label).encode():
-            problems.append(f"{name}: {key}: label differs from the manifest")
+        if data.get(f"{key}.cls") != str(label).encode():
+            problems.append(f"{name}: {key}: .cls member differs from the manifest's label")
+        if data.get(f"{key}.json") != meta_json:
+            problems.append(f"{name}: {key}: .json member differs from the manifest")
         img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         if img is None or img.shape != (size, size, 3):
             shape = None if img is None else img.shape
@@ -66,28 +231,99 @@ def check_shard(job: tuple[str, int, dict[str, tuple[str, int]]]) -> tuple[int, 
     return len(keys), problems
 
 
+_EXTS = {"cls", "jpg", "json"}
+
+
+def _expected(rows: list[dict], classes: list[dict]) -> dict[str, dict[str, tuple[str, int, bytes]]]:
+    """shard -> key -> what its members must be, rebuilt from the manifest and classes.json."""
+    by_shard: dict[str, dict] = {}
+    for r in rows:
+        label = r["label"]
+        wnid = classes[label].get("wnid") if 0 <= label < len(classes) else None
+        meta_json = sample_json(r["source"], r["width"], r["height"], wnid)
+        by_shard.setdefault(r["shard"], {})[r["key"]] = (r["sha256"], label, meta_json)
+    return by_shard
+
+
+def read_manifest(
+    out: Path, split: str, shard: str | None = None, columns: list[str] | None = None
+) -> list[dict]:
+    """A split's manifest rows (of one shard); DatasetError naming the file if missing or garbage."""
+    path = out / split / layout.MANIFEST
+    cols = columns or ["key", "label", "source", "width", "height", "shard", "sha256"]
+    try:
+        table = pq.read_table(path, columns=cols, filters=[("shard", "=", shard)] if shard else None)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing; re-run `alexprep shard` to rebuild it") from None
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds on a garbage file
+        raise DatasetError(
+            f"{path}: not a readable manifest ({type(e).__name__}); re-run `alexprep shard`"
+        ) from None
+    return table.to_pylist()
+
+
+def _check_one(out: Path, meta: dict, split: str, tar: Path) -> list[str]:
+    rows = read_manifest(out, split, tar.name)
+    expected = _expected(rows, load_classes(out)).get(tar.name, {})
+    return check_shard((str(tar), meta["size"], expected))[1]
+
+
 def verify(out: Path, workers: int = 1, progress: bool = True) -> list[str]:
-    """All problems found in the dataset at `out` (empty: it is intact)."""
+    """All problems found in the dataset at `out` (empty: it is intact, and recorded as such)."""
     meta = load_dataset(out)
-    problems, jobs = [], []
-    for split, counts in sorted(meta["splits"].items()):
-        manifest = pq.read_table(out / split / layout.MANIFEST).to_pylist()
-        if len(manifest) != counts["written"]:
+    classes = load_classes(out)
+    splits = sorted(meta["splits"])
+    before = _stamps_or_none(out, meta, splits)
+    problems, jobs, hashed = [], [], []
+    for split in splits:
+        counts = meta["splits"][split]
+        manifest = read_manifest(out, split)
+        if len(manifest) != counts.get("written"):
             problems.append(
-                f"{split}: manifest has {len(manifest)} rows, dataset.json says {counts['written']} written"
+                f"{split}: manifest has {len(manifest)} rows, "
+                f"dataset.json says {counts.get('written')} written"
             )
-        by_shard: dict[str, dict] = {}
-        for r in manifest:
-            by_shard.setdefault(r["shard"], {})[r["key"]] = (r["sha256"], r["label"])
+        by_shard = _expected(manifest, classes)
+        records = _records(meta, split)
         for i in range(counts["shards"]):
             tar = layout.tar_path(out, split, i)
-            if not tar.is_file():
-                problems.append(f"{tar.name}: shard missing")
+            why = layout.regular_file_problem(tar)
+            if why:
+                problems.append(f"{tar.name}: {why}")
                 continue
             jobs.append((str(tar), meta["size"], by_shard.get(tar.name, {})))
+            if tar.stem in records:
+                hashed.append((tar, records[tar.stem]))
     ctx = mp.get_context("fork")
     with ctx.Pool(max(1, workers)) as pool:
         results = pool.imap(check_shard, jobs)
         for _, found in tqdm(results, total=len(jobs), unit="shard", disable=not progress, desc="verify"):
             problems.extend(found)
+        named = {p.split(":", 1)[0] for p in problems}
+        for why in pool.imap(_hash_job, hashed):
+            if why and why.split(":", 1)[0] not in named:  # e.g. a tar header: no member shows it
+                problems.append(why)
+    if not problems and before is not None and before == _stamps_or_none(out, meta, splits):
+        _record_verified(out, meta, before)
     return problems
+
+
+def _hash_job(job: tuple[Path, dict]) -> str | None:
+    tar, record = job
+    return shard_problem(tar, record) or shard_hash_problem(tar, record)
+
+
+def _stamps_or_none(out: Path, meta: dict, splits: Sequence[str]) -> dict | None:
+    try:
+        return _stamps(out, meta, splits)
+    except OSError:
+        return None
+
+
+def _record_verified(out: Path, meta: dict, stamps: dict) -> None:
+    """Note the verified files for `preflight`; a read-only OUT simply keeps no record."""
+    record = {"plan_sha256": meta.get("plan_sha256"), "verified_at": int(time.time()), "files": stamps}
+    try:
+        layout.write_json(out / layout.VERIFIED_JSON, record)
+    except (OSError, layout.LayoutError):
+        pass

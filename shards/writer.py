@@ -1,20 +1,29 @@
 """Write one shard: a WebDataset tar, its DALI index and its manifest part, all or nothing.
 
-The tar is written by webdataset's TarWriter with a fixed mtime, owner and mode, so the same
-samples give byte-identical tars on any machine. Member offsets are computed as the tar is
-written (USTAR: a 512-byte header, then the data padded to 512), which is exactly what
-`wds2idx` would read back; `alexprep verify` re-derives them from the tar to check.
+The tar is written with the standard library's `tarfile` exactly as webdataset's `TarWriter`
+writes it (USTAR, members in sorted extension order, fixed mtime 0, owner `alexnet`, mode
+0444), so the same samples give byte-identical tars on any machine, without importing
+webdataset (which imports torch: seconds of start-up for a command that never needs it).
+Member offsets are computed as the tar is written (USTAR: a 512-byte header, then the data
+padded to 512), which is exactly what `wds2idx` would read back; `alexprep verify` re-derives
+them from the tar to check.
+
+The tar and index are hashed as they are written; their sizes and SHA-256 go into the manifest
+part's Parquet metadata, and from there into dataset.json, so a later check (`preflight`,
+`verify`) can tell a damaged shard from an intact one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from shards import layout
 from shards.index import TAR_BLOCK, Member, format_index
@@ -33,12 +42,38 @@ MANIFEST_SCHEMA = pa.schema(
         ("reason", pa.string()),  # null for a written sample; why, for a rejected input
     ]
 )
+# Keys of a part's Parquet metadata: what the shard's files must be (see `shard_record`).
+RECORD_KEYS = ("samples", "tar_bytes", "tar_sha256", "idx_bytes", "idx_sha256")
 
 _MTIME = 0  # fixed, so tars are reproducible
+_OWNER = "alexnet"
+_MODE = 0o444
 
 
 def _padded(size: int) -> int:
     return -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def sample_json(source: str, width: int, height: int, wnid: str | None) -> bytes:
+    """The `.json` member of a sample; `verify` rebuilds it from the manifest to check it."""
+    return json.dumps(
+        {"source": source, "width": width, "height": height, "wnid": wnid}, sort_keys=True
+    ).encode()
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, f: io.BufferedWriter):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # noqa: ANN001 (bytes-like)
+        self.sha.update(b)
+        self.size += len(b)
+        return self.f.write(b)
 
 
 class ShardWriter:
@@ -49,11 +84,12 @@ class ShardWriter:
         self.idx = layout.idx_path(self.tar)
         self.part = layout.part_path(out, split, index)
         self.name = self.tar.name
-        self.tar.parent.mkdir(parents=True, exist_ok=True)
+        layout.ensure_dir(self.tar.parent)
+        layout.ensure_dir(self.part.parent)
         self._tmp = layout.tmp_path(self.tar)
-        self._writer = wds.TarWriter(
-            str(self._tmp), encoder=False, mtime=_MTIME, user="alexnet", group="alexnet"
-        )
+        self._file = os.fdopen(layout.open_exclusive(self._tmp), "wb")
+        self._hashing = _HashingFile(self._file)
+        self._tarstream = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.USTAR_FORMAT)
         self._pos = 0
         self._index: list[list[Member]] = []
         self._rows: list[dict] = []
@@ -61,18 +97,18 @@ class ShardWriter:
     def add(
         self, key: str, label: int, source: str, jpeg: bytes, width: int, height: int, wnid: str | None
     ) -> None:
-        meta = json.dumps(
-            {"source": source, "width": width, "height": height, "wnid": wnid}, sort_keys=True
-        ).encode()
-        parts = {"cls": str(label).encode(), "jpg": jpeg, "json": meta}
-        self._writer.write({"__key__": key, **parts})
+        parts = {"cls": str(label).encode(), "jpg": jpeg, "json": sample_json(source, width, height, wnid)}
         members = []
-        for ext in sorted(parts):  # TarWriter writes members in sorted order
-            size = len(parts[ext])
-            members.append(Member(ext, self._pos + TAR_BLOCK, size, f"{key}.{ext}"))
+        for ext in sorted(parts):  # webdataset's order
+            data = parts[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), _MTIME, _MODE
+            info.uname = info.gname = _OWNER
+            self._tarstream.addfile(info, io.BytesIO(data))
+            members.append(Member(ext, self._pos + TAR_BLOCK, len(data), info.name))
             if ext == "jpg":
                 jpg_offset = self._pos + TAR_BLOCK
-            self._pos += TAR_BLOCK + _padded(size)
+            self._pos += TAR_BLOCK + _padded(len(data))
         self._index.append(members)
         self._rows.append(
             dict(
@@ -107,15 +143,39 @@ class ShardWriter:
 
     def commit(self) -> None:
         """Tar, then index, then the manifest part last: the part is the commit marker."""
-        self._writer.close()
-        layout.commit(self._tmp, self.tar)
-        layout.write_atomic(self.idx, format_index(self._index))
+        self._tarstream.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.tar)
+        index = format_index(self._index)
+        layout.write_atomic(self.idx, index)
+        record = {
+            "samples": len(self._index),
+            "tar_bytes": self._hashing.size,
+            "tar_sha256": self._hashing.sha.hexdigest(),
+            "idx_bytes": len(index),
+            "idx_sha256": hashlib.sha256(index).hexdigest(),
+        }
         table = pa.Table.from_pylist(self._rows, schema=MANIFEST_SCHEMA)
-        tmp = layout.tmp_path(self.part)
-        self.part.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp)
-        layout.commit(tmp, self.part)
+        table = table.replace_schema_metadata({k: str(v) for k, v in record.items()})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        layout.write_atomic(self.part, sink.getvalue().to_pybytes())
 
     def abort(self) -> None:
-        self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            self._tarstream.close()
+            self._file.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+def shard_record(part: Path) -> dict | None:
+    """The tar/index sizes and hashes a committed shard must have (None: an older part without them)."""
+    meta = pq.read_schema(part).metadata or {}
+    if not all(k.encode() in meta for k in RECORD_KEYS):
+        return None
+    return {
+        k: (meta[k.encode()].decode() if k.endswith("sha256") else int(meta[k.encode()])) for k in RECORD_KEYS
+    }

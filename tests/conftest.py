@@ -120,3 +120,15 @@ def cifar_run(cifar_ready, tmp_path_factory) -> Path:
         "--quiet",
     )
     return run
+
+
+# Fixtures that cost minutes on 2 cores: all of CIFAR-10 extracted and sharded (60,000 images),
+# and a training epoch on it. A test that needs one is in the slow tier whatever its own cost.
+SLOW_FIXTURES = {"cifar_root", "cifar_shards", "cifar_ready", "cifar_run"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
+    """Mark tests using SLOW_FIXTURES `slow`, so `pytest -m "not slow"` stays about a minute."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -43,7 +43,7 @@ def test_predict_table_json_png(cifar_run, cifar_ready, cifar_root, tmp_path):
         cifar_ready,
         "--out",
         tmp_path / "p.png",
-        "--json",
+        "--json-out",
         tmp_path / "p.json",
         "--ten-crop",
     )
@@ -96,7 +96,7 @@ def test_neighbors_finds_the_query_itself(cifar_run, cifar_ready, cifar_root, tm
         3000,
         "--out",
         tmp_path / "n.png",
-        "--json",
+        "--json-out",
         tmp_path / "n.json",
     )
     result = json.loads((tmp_path / "n.json").read_text())[0]
@@ -105,7 +105,7 @@ def test_neighbors_finds_the_query_itself(cifar_run, cifar_ready, cifar_root, tm
     assert result["distances"][0] < 0.01 * result["distances"][1], proc.stdout
     assert result["distances"] == sorted(result["distances"])
     assert Image.open(tmp_path / "n.png").size == (round(1.3 * 5 * 100), 130)
-    assert list(cifar_run.glob("features-*-test.npy"))  # cached for the next query
+    assert len(list(cifar_run.glob("features-last-test-*.npy"))) == 1  # cached for the next query
 
 
 def test_query_set_larger_than_memory_is_refused():
@@ -121,30 +121,3 @@ def test_report(cifar_run, tmp_path):
     assert Image.open(tmp_path / "report.png").size == (1200, 350)
     proc = alextrain("report", tmp_path, check=False)
     assert proc.returncode == 2 and "no metrics.jsonl" in proc.stderr
-
-
-def test_fig1_command_writes_curves_and_numbers(cifar_ready, tmp_path):
-    from trainer.ablations import epochs_to
-
-    assert epochs_to([{"epoch": 0, "train_top1_err": 0.6}, {"epoch": 1, "train_top1_err": 0.2}], 0.25) == 2
-    proc = alextrain(
-        "fig1",
-        "--data",
-        cifar_ready,
-        "--out",
-        tmp_path,
-        "--epochs",
-        2,
-        "--variants",
-        "relu,tanh",
-        "--steps-per-epoch",
-        5,
-        "--num-threads",
-        2,
-        "--quiet",
-    )
-    summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert set(summary["variants"]) == {"relu", "tanh"} and summary["epochs"] == 2
-    assert all(len(v["train_error"]) == 2 for v in summary["variants"].values())
-    assert Image.open(tmp_path / "fig1.png").size == (600, 400)
-    assert "epochs to 25% train err" in proc.stdout

@@ -193,15 +193,23 @@ def test_eval_epoch_sees_every_sample_exactly_once(unique_label_shards, backend)
             assert sorted(seen) == list(range(37)), (backend, world, batch)
 
 
-def test_train_epoch_length_is_defined_per_rank(unique_label_shards):
-    for world in (1, 2, 3, 4):
-        for batch in (1, 3, 5):
-            for rank in range(world):
-                opt = LoaderOptions(batch_size=batch, num_threads=1, crop=12, rank=rank, world=world)
-                loader = TrainLoader(unique_label_shards, opt)
-                batches = list(loader.epoch(1))
-                assert len(batches) == loader.steps_per_epoch == 37 // (world * batch)
-                assert all(len(y) == batch for _, y in batches)
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_ranks_read_disjoint_parts_that_cover_the_split(unique_label_shards, backend):
+    for world in (1, 2, 3):
+        for batch in (1, 4):
+            for epoch in (0, 1):
+                seen = []
+                for rank in range(world):
+                    opt = LoaderOptions(
+                        batch_size=batch, num_threads=2, crop=12, backend=backend, rank=rank, world=world
+                    )
+                    loader = TrainLoader(unique_label_shards, opt)
+                    batches = list(loader.epoch(epoch))
+                    assert len(batches) == loader.steps_per_epoch == 37 // (world * batch)
+                    assert all(len(y) == batch for _, y in batches)
+                    seen += [v for _, y in batches for v in y.tolist()]
+                # disjoint, and at most one batch per rank left out of the 37
+                assert len(seen) == len(set(seen)) > 37 - world * batch, (backend, world, batch, epoch)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -227,3 +235,20 @@ def test_clear_errors_for_missing_stats_and_index(unique_label_shards, tmp_path)
         EvalLoader(
             out, LoaderOptions(batch_size=2, crop=12, normalization="channel", lighting="off"), split="train"
         )
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_resume_mid_epoch_yields_the_tail_of_the_full_epoch(unique_label_shards, backend):
+    for rank, world in ((0, 1), (1, 2)):
+        opt = LoaderOptions(batch_size=3, num_threads=2, crop=12, backend=backend, rank=rank, world=world)
+        loader = TrainLoader(unique_label_shards, opt)
+        full = [(x.clone(), y.clone()) for x, y in loader.epoch(2)]
+        assert len(full) == loader.steps_per_epoch
+        assert not torch.equal(full[0][0], full[1][0])  # distinct batches, not one reused buffer
+        for k in (1, loader.steps_per_epoch - 1, loader.steps_per_epoch):
+            tail = list(TrainLoader(unique_label_shards, opt).epoch(2, start_step=k))
+            assert len(tail) == len(full) - k
+            for (x, y), (fx, fy) in zip(tail, full[k:], strict=True):
+                assert torch.equal(x, fx) and torch.equal(y, fy), (backend, rank, k)
+    with pytest.raises(ValueError, match="start_step"):
+        next(loader.epoch(0, start_step=loader.steps_per_epoch + 1))

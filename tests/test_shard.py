@@ -24,7 +24,12 @@ from tests.conftest import IMAGENET, alexprep, imagenet_files
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every data file's bytes; not the run's state (lock files, verify's record), which differ by run."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".alexprep-node") and p.name != "verified.json"
+    }
 
 
 def manifest(out: Path, split: str = "train") -> list[dict]:
@@ -43,6 +48,26 @@ def test_resize_center_crop_geometry_by_hand():
     assert out[:, :49].max() == 0 and out[:, 51:].min() == 255  # the edge sits in the middle
 
 
+def _checkerboard_jpeg(w: int, h: int) -> bytes:
+    board = ((np.indices((h, w)).sum(0) % 2) * 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", cv2.merge([board] * 3), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("w, h", [(1100, 1030), (2200, 2060)])  # DCT-reduced by 4 and by 8
+def test_large_jpegs_decoded_at_reduced_scale_stay_antialiased(w, h):
+    # a 1-pixel checkerboard: any sampling without averaging shows it as black/white moire
+    data = _checkerboard_jpeg(w, h)
+    enc = process(data, 256, 95)
+    assert (enc.width, enc.height) == (w, h)  # the source's size, not the reduced one
+    out = cv2.imdecode(np.frombuffer(enc.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE).astype(float)
+    assert abs(out.mean() - 127.5) < 4 and out.std() < 4
+    # and the same picture as INTER_AREA from the full-size decode
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    reference = cv2.cvtColor(resize_center_crop(full, 256), cv2.COLOR_BGR2GRAY).astype(float)
+    assert np.abs(out - reference).mean() < 4
+
+
 # ---- real data: flat folder + labels, ILSVRC tree, CIFAR-10 ImageFolder -----------------------
 
 
@@ -50,7 +75,14 @@ def test_flat_imagenet_samples(imagenet_shards):
     out = imagenet_shards
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["complete"] and meta["layout"] == "flat"
+    files = meta["splits"]["train"].pop("files")
     assert meta["splits"]["train"] == {"found": 1000, "written": 1000, "rejected": 0, "shards": 4}
+    # what each shard must be, recorded when written: the sizes on disk and the index's count
+    assert sorted(files) == [f"train-00000{i}" for i in range(4)]
+    for name, rec in files.items():
+        assert rec["tar_bytes"] == (out / "train" / f"{name}.tar").stat().st_size
+        assert rec["samples"] == len(read_index(out / "train" / f"{name}.idx"))
+    assert sum(rec["samples"] for rec in files.values()) == 1000
     classes = json.loads((out / "classes.json").read_text())
     wnids = sorted({n.split("_", 1)[0] for n in imagenet_files()})
     assert [c["wnid"] for c in classes] == wnids  # sorted wnid order -> 0..999

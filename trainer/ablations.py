@@ -1,38 +1,54 @@
-"""Figure 1 and the LRN ablation, as one command: small CIFAR-10 nets trained for real.
+"""Figure 1 under the paper's conditions, and the LRN ablation beside it: small CIFAR-10 nets
+trained for real.
 
 Paper, Figure 1: "A four-layer convolutional neural network with ReLUs (solid line) reaches a 25%
 training error rate on CIFAR-10 six times faster than an equivalent network with tanh neurons
-(dashed line)." Section 3.3: on CIFAR-10, "a four-layer CNN achieved a 13% test error rate
-without normalization and 11% with normalization".
+(dashed line). The learning rates for each network were chosen independently to make training
+as fast as possible. No regularization of any kind was employed."
 
-Each variant is a normal `alextrain run` (its own run directory, metrics.jsonl, checkpoints),
-so an interrupted ablation resumes where it stopped. The paper tuned each net's learning rate
-separately ("the learning rates for each network were chosen independently to make training
-as fast as possible"); `--lr` applies one rate to all, and is recorded.
+So the ReLU/tanh pair here has no weight decay, no dropout, no mirror, no PCA lighting, no LRN,
+and a fixed learning rate per net, chosen by a sweep this module runs and records: each
+candidate lr trains each net for the same few steps, and the lr with the lowest training error
+over those steps wins (a diverged run loses). Section 3.3's LRN comparison ("13% test error
+without normalization and 11% with") is a separate pair: `relu-lrn` is the ReLU net with LRN,
+otherwise the same as `relu` (its lr too), so the two differ in LRN only.
+
+Each run is a normal `alextrain run` (its own run directory, metrics.jsonl, checkpoints), so an
+interrupted figure resumes where it stopped; directories are named by net and lr.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
+from shards import layout
 from trainer.config import TrainConfig
 from trainer.train import run
 
 TARGET_TRAIN_ERROR = 0.25  # the paper's threshold
 SECOND_TARGET = 0.50  # reached within a short CPU budget, for a ratio even when 25% is not
+PAPER_RATIO = 6.0  # "six times faster"
 
-VARIANTS = {
-    "relu": dict(activation="relu"),
-    "tanh": dict(activation="tanh"),
-    "relu-no-lrn": dict(activation="relu", lrn="off"),
+# Figure 1's caption: no regularisation of any kind, a fixed lr (no schedule).
+PAPER_CONDITIONS = dict(
+    arch="cifar", weight_decay=0.0, dropout=0.0, mirror=False, lighting="off", max_drops=0
+)
+NETS = {  # the Figure 1 pair
+    "relu": dict(activation="relu", lrn="off"),
+    "tanh": dict(activation="tanh", lrn="off"),
 }
+ABLATION = {"relu-lrn": dict(activation="relu", lrn="cuda-convnet")}  # section 3.3, vs "relu"
+VARIANTS = {**NETS, **ABLATION}
+SWEEP_LRS = (0.001, 0.003, 0.01, 0.03)
+LR_OF = {"relu-lrn": "relu"}  # the ablation uses the lr chosen for the net it is compared with
 
 
 def _rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
 def epochs_to(rows: list[dict], target: float) -> int | None:
@@ -40,36 +56,111 @@ def epochs_to(rows: list[dict], target: float) -> int | None:
     return next((r["epoch"] + 1 for r in rows if r["train_top1_err"] <= target), None)
 
 
-def run_ablation(
-    data: Path, out: Path, epochs: int, base: TrainConfig, variants: list[str], progress: bool = True
+def _config(base: TrainConfig, data: Path, run_dir: Path, name: str, lr: float, epochs: int) -> TrainConfig:
+    return replace(
+        base, data=str(data), out=str(run_dir), lr=lr, epochs=epochs, **PAPER_CONDITIONS, **VARIANTS[name]
+    )
+
+
+def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
+    run_dir = Path(cfg.out)
+    if len(_rows(run_dir)) < cfg.epochs:
+        run(cfg, resume=(run_dir / "last.pt").exists(), progress=progress)
+    return _rows(run_dir)[: cfg.epochs]
+
+
+def sweep(
+    data: Path, out: Path, base: TrainConfig, nets: list[str], lrs: list[float], steps: int, progress: bool
 ) -> dict:
+    """Train each net at each lr for `steps` steps; {net: {"rows": [...], "best_lr": lr}}."""
+    result = {}
+    for name in nets:
+        rows = []
+        for lr in lrs:
+            cfg = replace(
+                _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1), steps_per_epoch=steps
+            )
+            row = _train(cfg, progress)[0]
+            diverged = not math.isfinite(row["train_loss"])
+            rows.append(
+                {
+                    "lr": lr,
+                    "steps": row["steps"],
+                    "train_loss": row["train_loss"],
+                    "train_top1_err": row["train_top1_err"],
+                    "diverged": diverged,
+                }
+            )
+        ok = [r for r in rows if not r["diverged"]]
+        best = min(ok, key=lambda r: r["train_top1_err"])["lr"] if ok else None
+        result[name] = {"rows": rows, "best_lr": best}
+    return result
+
+
+def run_figure1(
+    data: Path,
+    out: Path,
+    epochs: dict[str, int],
+    base: TrainConfig,
+    variants: list[str],
+    lrs: list[float],
+    sweep_steps: int,
+    progress: bool = True,
+) -> dict:
+    """The sweep, then each variant at its chosen lr for epochs[variant] epochs; ablation.json + PNG.
+
+    `lrs` with one value skips the sweep (that lr for every net).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    nets = sorted({LR_OF.get(v, v) for v in variants}, key=list(VARIANTS).index)
+    swept = sweep(data, out, base, nets, lrs, sweep_steps, progress) if len(lrs) > 1 else {}
+    chosen = {n: (swept[n]["best_lr"] if n in swept else lrs[0]) for n in nets}
     results = {}
     for name in variants:
-        cfg = replace(
-            base, data=str(data), out=str(out / name), arch="cifar", epochs=epochs, **VARIANTS[name]
-        )
-        done = _rows(out / name)
-        if len(done) < epochs:
-            run(cfg, resume=(out / name / "last.pt").exists(), progress=progress)
-        rows = _rows(out / name)[:epochs]
+        lr = chosen[LR_OF.get(name, name)]
+        if lr is None:
+            results[name] = {"lr": None, "note": "every lr of the sweep diverged"}
+            continue
+        rows = _train(_config(base, data, out / f"{name}-lr{lr:g}", name, lr, epochs[name]), progress)
         results[name] = {
+            "lr": lr,
             "train_error": [r["train_top1_err"] for r in rows],
             "test_error": [r.get("val_top1_err") for r in rows],
             "epochs_to_25pct_train_error": epochs_to(rows, TARGET_TRAIN_ERROR),
             "epochs_to_50pct_train_error": epochs_to(rows, SECOND_TARGET),
         }
-    summary = {"epochs": epochs, "lr": base.lr, "variants": results}
-    relu, tanh = results.get("relu", {}), results.get("tanh", {})
-    for pct in ("25", "50"):
-        key = f"epochs_to_{pct}pct_train_error"
-        if relu.get(key) and tanh.get(key):
-            summary[f"tanh_over_relu_at_{pct}pct"] = tanh[key] / relu[key]
-    if "relu" in results and "relu-no-lrn" in results:
-        summary["final_test_error_with_lrn"] = results["relu"]["test_error"][-1]
-        summary["final_test_error_without_lrn"] = results["relu-no-lrn"]["test_error"][-1]
-    (out / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {
+        "conditions": {k: v for k, v in PAPER_CONDITIONS.items()},
+        "sweep": {"steps": sweep_steps, "lrs": lrs, "nets": swept},
+        "epochs": epochs,
+        "variants": results,
+        "paper_ratio_at_25pct": PAPER_RATIO,
+    }
+    summary.update(ratios(results))
+    if "relu" in results and "relu-lrn" in results and results["relu"].get("test_error"):
+        summary["final_test_error_without_lrn"] = results["relu"]["test_error"][-1]
+        summary["final_test_error_with_lrn"] = results["relu-lrn"]["test_error"][-1]
+    layout.write_json(out / "ablation.json", summary)
     plot_figure1(summary, out / "fig1.png")
     return summary
+
+
+def ratios(results: dict) -> dict:
+    """tanh/relu epochs to 25% (and 50%) training error; a lower bound when tanh never got there.
+
+    When ReLU reached the target and tanh did not within its epochs, tanh needs more than its
+    epoch count, so epochs_tanh / epochs_relu > that count / epochs_relu: reported with `>`.
+    """
+    relu, tanh = results.get("relu", {}), results.get("tanh", {})
+    out = {}
+    for pct in ("25", "50"):
+        key = f"epochs_to_{pct}pct_train_error"
+        r, t = relu.get(key), tanh.get(key)
+        if r and t:
+            out[f"tanh_over_relu_at_{pct}pct"] = {"ratio": t / r, "bound": "="}
+        elif r and "train_error" in tanh:
+            out[f"tanh_over_relu_at_{pct}pct"] = {"ratio": len(tanh["train_error"]) / r, "bound": ">"}
+    return out
 
 
 def plot_figure1(summary: dict, path: Path) -> None:
@@ -79,16 +170,20 @@ def plot_figure1(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    styles = {"relu": "-", "tanh": "--", "relu-no-lrn": ":"}
+    styles = {"relu": "-", "tanh": "--", "relu-lrn": ":"}
     for name, r in summary["variants"].items():
+        if not r.get("train_error"):
+            continue
         xs = range(1, len(r["train_error"]) + 1)
-        ax.plot(xs, r["train_error"], styles.get(name, "-"), label=name)
+        ax.plot(xs, r["train_error"], styles.get(name, "-"), label=f"{name} (lr {r['lr']:g})")
     ax.axhline(TARGET_TRAIN_ERROR, color="grey", lw=0.8)
     ax.set_xlabel("epochs")
     ax.set_ylabel("training error rate")
     ax.set_ylim(0, 1)
-    ax.set_title("Figure 1: CIFAR-10, four-layer CNN")
+    ax.set_title("Figure 1: CIFAR-10, four-layer CNN, no regularisation")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    tmp = layout.tmp_path(path)
+    fig.savefig(tmp, format="png")
     plt.close(fig)
+    layout.commit(tmp, path)

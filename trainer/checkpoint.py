@@ -1,32 +1,115 @@
 """Checkpoints: atomic, complete enough to resume exactly, loadable with weights_only=True.
 
-Contents: model weights (CPU tensors, the same layout whatever the device placement), optimiser
-and schedule state, epoch and step, the torch RNG state, the loader's position (epochs are the
-unit: each epoch's data order and augmentation are a function of (seed, epoch, rank)), and the
-resolved config. Nothing but tensors, numbers, strings, lists and dicts, so
-`torch.load(path, weights_only=True)` reads it.
+Contents (KEYS): model weights (CPU tensors, the same layout whatever the device placement),
+optimiser and schedule state, the position (`epoch` in progress and `epoch_step` steps into it;
+`step` counts all steps), the partial epoch's metric sums, every finished epoch's metrics row
+(`history`: metrics.jsonl is rewritten from it on resume), the best validation top-1 error, the
+resolved config and dataset fingerprint, and the process count. No RNG state: each epoch's data
+order and augmentation are a function of (seed, epoch, rank), and dropout is reseeded per step
+from (seed, epoch, step, rank), so the position alone fixes all randomness to come. Nothing but
+tensors, numbers, strings, lists and dicts, so `torch.load(path, weights_only=True)` reads it.
+
+Files in a run folder: last.pt (newest), best.pt (best val top-1 so far), and with `--keep N`
+the newest N as step-00001234.pt (last.pt is a hard link to the newest of them).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from pathlib import Path
 
 import torch
 
+from shards import layout
+from trainer.errors import CheckpointError  # noqa: F401 (re-exported)
+
 LAST = "last.pt"
-
-
-class CheckpointError(Exception):
-    """Missing, unreadable, or made for another model."""
+BEST = "best.pt"
+FORMAT = 2
+KEYS = frozenset(
+    {
+        "format",
+        "model",
+        "optimizer",
+        "schedule",
+        "epoch",
+        "epoch_step",
+        "step",
+        "sums",
+        "history",
+        "best_top1_err",
+        "metrics",
+        "config",
+        "model_config",
+        "dataset",
+        "world",
+    }
+)
+# Settings a resumed run may change: none of them touches the arithmetic or the data order.
+RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep"})
+_STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
 
 
 def save(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically: after a crash `path` is the previous checkpoint or this one, never a mix."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    layout.write_atomic(path, buf.getvalue())
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """`dst` becomes the same bytes as `src`, atomically: a hard link, or a copy where links fail."""
+    tmp = layout.tmp_path(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        layout.write_atomic(dst, src.read_bytes())
+
+
+def save_run(run: Path, state: dict, keep: int = 1, best: bool = False) -> Path:
+    """Write a run's checkpoint: last.pt, best.pt when `best`, and the newest `keep` step files.
+
+    Every file appears atomically; a kill at any point leaves the previous last.pt or the new one.
+    """
+    last = run / LAST
+    if keep == 1:
+        save(last, state)
+        written = last
+    else:
+        written = run / f"step-{state['step']:08d}.pt"
+        save(written, state)
+        _publish(written, last)
+        for old in kept(run)[:-keep]:
+            old.unlink(missing_ok=True)
+    if best:
+        _publish(written, run / BEST)
+    return written
+
+
+def kept(run: Path) -> list[Path]:
+    """The step-*.pt checkpoints of a run folder, oldest first."""
+    found = [p for p in run.glob("step-*.pt") if _STEP_FILE.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(_STEP_FILE.fullmatch(p.name).group(1)))
+
+
+def resolve(path: Path) -> Path:
+    """The checkpoint a user means: a run folder -> its best.pt, else its last.pt; a file -> itself.
+
+    So `eval`, `predict`, `report` ... accept `RUN` as well as `RUN/last.pt`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: a folder with no {BEST} or {LAST} (not a run folder?)")
+    if path.is_file():
+        return path
+    raise CheckpointError(f"{path}: no such checkpoint or run folder")
 
 
 def load(path: Path) -> dict:
@@ -49,6 +132,46 @@ def check_model(state: dict, model_config: dict, path: Path) -> None:
     ]
     if diff:
         raise CheckpointError(f"{path}: made for another model ({'; '.join(diff)})")
+
+
+def check_state(state: dict, model: torch.nn.Module, path: Path) -> None:
+    """Refuse a checkpoint that loads but is not a complete one for this model."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not an alextrain checkpoint (a {type(state).__name__})")
+    missing, extra = sorted(KEYS - set(state)), sorted(set(state) - KEYS)
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: malformed checkpoint ("
+            + "; ".join(
+                [f"missing {', '.join(missing)}"] * bool(missing)
+                + [f"unexpected {', '.join(extra)}"] * bool(extra)
+            )
+            + ")"
+        )
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    weights = state["model"]
+    have = (
+        {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+        if isinstance(weights, dict)
+        else {}
+    )
+    bad = sorted(set(want) ^ set(have)) + sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    if bad:
+        shown = ", ".join(f"{k} {have.get(k, 'absent')} vs {want.get(k, 'absent')}" for k in bad[:3])
+        raise CheckpointError(f"{path}: weights do not fit the model ({len(bad)} tensors differ: {shown})")
+    velocity = [s.get("velocity") for s in state["optimizer"].get("state", {}).values()]
+    if any(not isinstance(v, torch.Tensor) for v in velocity) or sorted(
+        tuple(v.shape) for v in velocity
+    ) not in ([], sorted(want[k] for k, p in model.named_parameters())):
+        raise CheckpointError(f"{path}: optimizer state does not fit the model")
+
+
+def config_changes(saved: dict, now: dict) -> list[str]:
+    """Settings that differ between a checkpoint's config and this run's, except RESUMABLE ones."""
+    keys = sorted((set(saved) | set(now)) - RESUMABLE)
+    return [
+        f"{k} (checkpoint {saved.get(k)!r}, now {now.get(k)!r})" for k in keys if saved.get(k) != now.get(k)
+    ]
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict:

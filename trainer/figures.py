@@ -8,8 +8,11 @@ centre 224 crop (or the 10 crops) minus the mean image (`pipeline.augment.refere
 
 from __future__ import annotations
 
-import json
+import hashlib
+import io
 import os
+import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -21,7 +24,10 @@ from PIL import Image
 from pipeline.augment import TEN_CROP_POS, crop_origin, load_stats, reference_augment
 from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, RejectedImage, process_file
 from shards import layout
+from shards.reader import load_classes
+from trainer.errors import FigureError
 from trainer.evaluate import predict_each
+from trainer.metrics import METRICS, read_metrics
 
 # Table 2 of the paper (ILSVRC-2012): top-1 / top-5 error, val where given, else test.
 PAPER_TABLE2 = [
@@ -32,17 +38,36 @@ PAPER_TABLE2 = [
 ]
 
 
-class FigureError(Exception):
-    """A user-facing problem: an image that does not decode, a checkpoint without conv1, ..."""
-
-
 def _mpl():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise FigureError(
+            "matplotlib is not installed; pip install 'alexnet2012[figures]' (or matplotlib)"
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path) -> None:  # noqa: ANN001
+    """A matplotlib figure to `path` atomically (format from the suffix), then closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png")
+    _mpl().close(fig)
+    layout.write_atomic(path, buf.getvalue())
+
+
+def save_image(img: Image.Image, path: Path) -> None:
+    """A PIL image to `path` atomically (format from the suffix)."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise FigureError(f"{path}: unknown image type {path.suffix!r} (use .png)")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    layout.write_atomic(path, buf.getvalue())
 
 
 # ---- Figure 3 -----------------------------------------------------------------------------------
@@ -114,12 +139,53 @@ def load_image(
     return rgb, (x[None] if ten_crop else x)
 
 
-def _classes(data: Path) -> list[dict]:
-    return json.loads((data / layout.CLASSES_JSON).read_text())
+CLASS_NAMES_JSON = "class_names.json"  # optional: {wnid or class name: human-readable name}
+_WNID = re.compile(r"^n\d{8}$")
 
 
-def _name(c: dict) -> str:
-    return c.get("label") or c.get("name") or str(c["index"])
+def class_names(data: Path, classes: list[dict]) -> tuple[list[str], list[int]]:
+    """A human-readable name per class, and the indices of classes that have none.
+
+    Sources, first found: classes.json's `label` (from a synsets file, the devkit, or file names
+    like `n01440764_tench.JPEG`), DATA/class_names.json, then the class's own name unless it is
+    a bare wnid (a folder called `cat` is its own name; `n02422106` is not).
+    """
+    extra = {}
+    if (data / CLASS_NAMES_JSON).is_file():
+        try:
+            extra = layout.read_json(data / CLASS_NAMES_JSON)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FigureError(f"{data / CLASS_NAMES_JSON}: not JSON ({e})") from None
+        if not isinstance(extra, dict):
+            raise FigureError(f"{data / CLASS_NAMES_JSON}: not a JSON object of name -> text")
+    names, missing = [], []
+    for c in classes:
+        key = c.get("wnid") or c.get("name")
+        human = c.get("label") or extra.get(key) or extra.get(str(c.get("name")))
+        if not human and c.get("name") and not _WNID.match(str(c["name"])):
+            human = str(c["name"])
+        if not human:
+            missing.append(c["index"])
+        names.append(str(human or c.get("name") or c["index"]))
+    return names, missing
+
+
+def true_class(path: Path, classes: list[dict]) -> tuple[int | None, str | None]:
+    """The class an image's path names, and a human name the file name gives, if any.
+
+    `n01440764_tench.JPEG` (ImageNet's naming) -> the class with that wnid, named "tench";
+    `.../cat/0000.jpg` (one folder per class) -> the class `cat`.
+    """
+    by_key = {}
+    for c in classes:
+        for key in (c.get("name"), c.get("wnid")):
+            if key:
+                by_key[str(key)] = c["index"]
+    head, _, rest = path.stem.partition("_")
+    if head in by_key:
+        named = rest.replace("_", " ") if rest and not rest.isdigit() else None
+        return by_key[head], named
+    return by_key.get(path.parent.name), None
 
 
 # ---- Figure 4 (left) ----------------------------------------------------------------------------
@@ -127,33 +193,48 @@ def _name(c: dict) -> str:
 
 def predict_images(
     model, data: Path, images: list[Path], crop: int, ten_crop: bool, k: int = 5
-) -> list[dict]:  # noqa: ANN001
-    stats, classes = load_stats(data), _classes(data)
-    size = json.loads((data / layout.DATASET_JSON).read_text())["size"]
-    by_wnid = {c.get("wnid"): c["index"] for c in classes if c.get("wnid")}
-    results = []
-    for path in images:
-        rgb, x = load_image(path, stats, crop, ten_crop, size)
-        probs = predict_each([model], x, amp=False)[0][0]
+) -> tuple[list[dict], list[int]]:  # noqa: ANN001
+    """Top-k classes of each image with probabilities and names, and the true class when the
+    path names one; also the indices of the shown classes that have no human-readable name."""
+    stats, classes = load_stats(data), load_classes(data)
+    names, missing = class_names(data, classes)
+    size = layout.read_json(data / layout.DATASET_JSON)["size"]
+    device = next(model.parameters()).device
+    loaded = [load_image(path, stats, crop, ten_crop, size) for path in images]  # all decode first
+    for path in images:  # names that the file names give fill the gaps
+        truth, named = true_class(path, classes)
+        if truth is not None and named and truth in missing:
+            names[truth] = named
+            missing.remove(truth)
+    results, shown = [], set()
+    for path, (rgb, x) in zip(images, loaded, strict=True):
+        probs = predict_each([model], x.to(device), amp=False)[0][0].cpu()
         top = probs.topk(min(k, len(probs)))
-        truth = by_wnid.get(path.name.split("_", 1)[0])
+        truth, _ = true_class(path, classes)
+        shown.update(int(i) for i in top.indices)
         results.append(
             {
                 "image": str(path),
                 "top": [
-                    {"index": int(i), "name": _name(classes[int(i)]), "prob": float(p)}
+                    {"index": int(i), "name": names[int(i)], "prob": float(p)}
                     for p, i in zip(top.values, top.indices, strict=True)
                 ],
                 "true_index": truth,
-                "true_name": _name(classes[truth]) if truth is not None else None,
+                "true_name": names[truth] if truth is not None else None,
                 "true_prob": float(probs[truth]) if truth is not None else None,
                 "_rgb": rgb,
             }
         )
-    return results
+    return results, sorted(shown.intersection(missing))
 
 
 def plot_predictions(results: list[dict], path: Path) -> None:
+    """Figure 4 (left): each image, its true class under it, and the top-5 as bars.
+
+    As in the paper, the true label is written under the image and its bar is red when it is
+    among the top 5. The bars are scaled to the largest probability shown (a young model's
+    0.02 is visible) and each is labelled with its probability.
+    """
     plt = _mpl()
     n = len(results)
     fig, axes = plt.subplots(
@@ -166,13 +247,17 @@ def plot_predictions(results: list[dict], path: Path) -> None:
         names = [t["name"][:18] for t in r["top"]][::-1]
         probs = [t["prob"] for t in r["top"]][::-1]
         colours = ["tab:red" if t["index"] == r["true_index"] else "tab:blue" for t in r["top"]][::-1]
-        axes[1, j].barh(range(len(probs)), probs, color=colours)
-        axes[1, j].set_yticks(range(len(probs)), names, fontsize=7)
-        axes[1, j].set_xlim(0, 1)
-        axes[1, j].tick_params(axis="x", labelsize=7)
+        ax = axes[1, j]
+        ax.barh(range(len(probs)), probs, color=colours)
+        ax.set_yticks(range(len(probs)), names, fontsize=7)
+        ax.set_xlim(0, max(max(probs), 1e-6) * 1.35)
+        for y, p in enumerate(probs):
+            ax.text(p, y, f" {p:.2f}" if p >= 0.01 else f" {p:.1e}", va="center", fontsize=6)
+        ax.set_xticks([])
+        if r["true_index"] is not None and r["true_index"] not in [t["index"] for t in r["top"]]:
+            ax.set_xlabel(f"true: p={r['true_prob']:.2g}", fontsize=7, color="tab:red")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---- Figure 4 (right): nearest neighbours in the last hidden layer -------------------------------
@@ -221,8 +306,7 @@ def plot_neighbors(queries: list[np.ndarray], neighbours: list[list[np.ndarray]]
             axes[r, c].set_axis_off()
     axes[0, 0].set_title("query", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def train_images(data: Path, indices: list[int], split: str = "train") -> list[np.ndarray]:
@@ -243,37 +327,61 @@ def train_images(data: Path, indices: list[int], split: str = "train") -> list[n
 # ---- run report ---------------------------------------------------------------------------------
 
 
+def _column(rows: list[dict], key: str) -> list[float]:
+    """One metric per epoch; NaN where a row lacks it or holds something else (plotted as a gap)."""
+    return [
+        float(r[key])
+        if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
+        else float("nan")
+        for r in rows
+    ]
+
+
 def report(run: Path, out: Path) -> dict:
-    path = run / "metrics.jsonl"
+    """Curves (PNG beside `out`) and a Markdown table of this run's last epoch beside Table 2.
+
+    metrics.jsonl is read tolerantly (`trainer.metrics.read_metrics`): a torn last line or
+    garbage is skipped with a warning, and a metric a row lacks is a gap in its curve.
+    """
+    path = run / METRICS
     if not path.is_file():
-        raise FigureError(f"{run}: no metrics.jsonl (is this an alextrain run directory?)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        raise FigureError(f"{run}: no {METRICS} (is this an alextrain run directory?)")
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always")
+        rows = read_metrics(path)
     if not rows:
-        raise FigureError(f"{path}: empty")
+        raise FigureError(f"{path}: no readable epochs (empty, or not alextrain metrics)")
+    for w in skipped:  # some epochs are readable: say what was skipped, and go on
+        warnings.warn(w.message, stacklevel=2)
+    png = out.with_suffix(".png")
     plt = _mpl()
     epochs = [r["epoch"] + 1 for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), dpi=100)
-    axes[0].plot(epochs, [r["train_loss"] for r in rows], label="train")
-    if "val_loss" in rows[0]:
-        axes[0].plot(epochs, [r["val_loss"] for r in rows], label="val")
-    axes[0].set_title("loss")
-    axes[1].plot(epochs, [r["train_top1_err"] for r in rows], label="train top-1")
-    if "val_top1_err" in rows[0]:
-        axes[1].plot(epochs, [r["val_top1_err"] for r in rows], label="val top-1")
-        axes[1].plot(epochs, [r["val_top5_err"] for r in rows], label="val top-5")
-    axes[1].set_title("error")
-    axes[2].semilogy(epochs, [r["lr"] for r in rows])
-    axes[2].set_title("learning rate")
-    for ax in axes:
+    series = [
+        (0, "train_loss", "train"),
+        (0, "val_loss", "val"),
+        (1, "train_top1_err", "train top-1"),
+        (1, "val_top1_err", "val top-1"),
+        (1, "val_top5_err", "val top-5"),
+    ]
+    for ax, key, label in series:
+        values = _column(rows, key)
+        if any(v == v for v in values):  # not all NaN
+            axes[ax].plot(epochs, values, label=label, marker="." if len(rows) < 20 else None)
+    lr = _column(rows, "lr")
+    axes[2].plot(epochs, lr, marker="." if len(rows) < 20 else None)
+    if any(v > 0 for v in lr) and all(v > 0 or v != v for v in lr):
+        axes[2].set_yscale("log")
+    for ax, title in zip(axes, ("loss", "error", "learning rate"), strict=True):
+        ax.set_title(title)
         ax.set_xlabel("epoch")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    png = out.with_suffix(".png")
-    fig.savefig(png)
-    plt.close(fig)
+    save_figure(fig, png)
     last = rows[-1]
-    top1, top5 = (100 * last.get(k, float("nan")) for k in ("val_top1_err", "val_top5_err"))
+    top1, top5 = (_column([last], k)[0] for k in ("val_top1_err", "val_top5_err"))
+    pct = lambda v: "n/a" if v != v else f"{100 * v:.1f}"  # noqa: E731
     lines = [
         f"# Run report: {run}",
         "",
@@ -281,11 +389,22 @@ def report(run: Path, out: Path) -> dict:
         "",
         "| model | top-1 err (%) | top-5 err (%) |",
         "|---|---:|---:|",
-        f"| this run (epoch {last['epoch'] + 1}, centre crop) | {top1:.1f} | {top5:.1f} |",
+        f"| this run (epoch {last['epoch'] + 1}, centre crop) | {pct(top1)} | {pct(top5)} |",
     ]
     lines += [f"| paper: {name} | {t1} | {t5} |" for name, t1, t5 in PAPER_TABLE2]
-    out.write_text("\n".join(lines) + "\n")
+    layout.write_atomic(out, ("\n".join(lines) + "\n").encode())
     return {"epochs": len(rows), "last": last, "png": str(png), "markdown": str(out)}
+
+
+def feature_cache(checkpoint: Path, split: str) -> Path:
+    """Where `neighbors` caches a split's features: beside the checkpoint, keyed on its content.
+
+    The key is a hash of the checkpoint's bytes, so a checkpoint overwritten by a later epoch
+    (same name, new weights) never reuses the old features.
+    """
+    with open(checkpoint, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    return checkpoint.parent / f"features-{checkpoint.stem}-{split}-{digest}.npy"
 
 
 def extract_features(
@@ -297,11 +416,15 @@ def extract_features(
     cache: Path,  # noqa: ANN001
     batch_size: int = 128,
     progress: bool = True,
+    num_threads: int = 4,
 ) -> np.ndarray:
     """The last hidden layer (fc7, after ReLU; dropout off) of every sample, cached as .npy.
 
-    Rows follow the split's manifest order (the eval reader's order on one rank). Reused when
-    the cache is newer than the checkpoint it came from; written atomically.
+    Rows follow the split's manifest order (the eval reader's order on one rank). The loader
+    runs on the device the model is on (a CUDA loader feeding a CPU model crashed). `cache`
+    names the checkpoint's content (`feature_cache`): an existing file is reused as is; a new
+    one is written atomically (fsync, rename) and older caches of the same checkpoint file and
+    split are removed.
     """
     from tqdm import tqdm
 
@@ -309,6 +432,7 @@ def extract_features(
 
     if cache.is_file():
         return np.load(cache, mmap_mode="r")
+    device = next(model.parameters()).device
     opt = LoaderOptions(
         batch_size=batch_size,
         crop=crop,
@@ -316,11 +440,12 @@ def extract_features(
         lighting="off",
         rank=0,
         world=1,
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        device=device.type,
+        num_threads=num_threads,
     )
     loader = EvalLoader(data, opt, split=split)
     n = loader.s.written
-    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp = layout.tmp_path(cache)
     bank = None
     row = 0
     model.eval()
@@ -328,12 +453,18 @@ def extract_features(
         for x, _ in tqdm(
             loader, total=-(-n // batch_size), unit="batch", disable=not progress, desc="features"
         ):
-            feats = torch.cat([f.float().cpu() for f in model.features(x)], 1).numpy()
+            feats = torch.cat([f.float().cpu() for f in model.features(x.to(device))], 1).numpy()
             if bank is None:
                 bank = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, feats.shape[1]))
             bank[row : row + len(feats)] = feats
             row += len(feats)
+    if bank is None or row != n:
+        raise FigureError(f"{data}/{split}: the loader gave {row} samples, the manifest says {n}")
     bank.flush()
     del bank
-    os.replace(tmp, cache)
+    layout.commit(tmp, cache)
+    stem = cache.name.rsplit("-", 1)[0]
+    for old in cache.parent.glob(f"{stem}-{'[0-9a-f]' * 16}.npy"):
+        if old != cache:
+            old.unlink(missing_ok=True)
     return np.load(cache, mmap_mode="r")

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from pipeline.loader import EvalLoader, LoaderOptions
-from shards import layout
-from shards.reader import load_dataset
+from shards.reader import default_val_split, load_classes, load_dataset
 from trainer import checkpoint
+from trainer.errors import TrainError
 from trainer.evaluate import evaluate_many
 from trainer.model import ModelConfig, build_model
+
+
+def pick_device(name: str) -> torch.device:
+    """--device auto|cuda|cpu -> the one device a command puts its model AND its loader on."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda, but no CUDA GPU is visible")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def load_model(
     path: Path, device: torch.device, num_classes: int | None = None
 ) -> tuple[torch.nn.Module, dict]:
+    """The model of a checkpoint file or run folder (its best.pt, else last.pt), in eval mode."""
+    path = checkpoint.resolve(path)
     state = checkpoint.load(path)
     mc = state.get("model_config")
     if mc is None:
@@ -26,7 +36,7 @@ def load_model(
         raise checkpoint.CheckpointError(
             f"{path}: made for {mc['num_classes']} classes, the dataset has {num_classes}"
         )
-    model = build_model(ModelConfig(**mc))
+    model = build_model(ModelConfig.from_dict(mc))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -35,16 +45,22 @@ def load_model(
 
 
 def evaluate_checkpoints(
-    data: Path, paths: list[Path], split: str | None, ten_crop: bool, batch_size: int, device: str
+    data: Path,
+    paths: list[Path],
+    split: str | None,
+    ten_crop: bool,
+    batch_size: int,
+    device: str,
+    num_threads: int | None = None,
 ) -> dict:
+    """Top-1/top-5 error of each checkpoint (file or run folder) and, for several, their average."""
     meta = load_dataset(data)
-    split = split or next((s for s in ("val", "validation", "test") if s in meta["splits"]), None)
+    split = split or default_val_split(meta)
     if split is None or split not in meta["splits"]:
         raise ValueError(f"{data}: no split to evaluate (have {sorted(meta['splits'])})")
-    dev = torch.device(
-        "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    num_classes = len(json.loads((data / layout.CLASSES_JSON).read_text()))
+    dev = pick_device(device)
+    num_classes = len(load_classes(data))
+    paths = [checkpoint.resolve(p) for p in paths]
     models, configs = [], []
     for p in paths:
         m, state = load_model(p, dev, num_classes)
@@ -60,7 +76,7 @@ def evaluate_checkpoints(
         crop=cfg["crop"],
         normalization=cfg["normalization"],
         lighting="off",
-        num_threads=cfg.get("num_threads", 4),
+        num_threads=num_threads or cfg.get("num_threads", 4),
     )
     loader = EvalLoader(data, opt, split=split, ten_crop=ten_crop)
     names = [str(p) for p in paths] + ([f"average of {len(models)}"] if len(models) > 1 else [])

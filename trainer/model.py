@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from trainer.paper import DROPOUT  # section 4.2
+
 # Section 3.3: k=2, n=5, alpha=1e-4, beta=0.75.
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
-DROPOUT = 0.5  # section 4.2
+DROPOUT_MODES = ("paper", "inverted")
+LEGACY_DROPOUT_MODE = "inverted"  # what checkpoints without the key were trained with
 INIT_STD = 0.01  # section 5: weights ~ N(0, 0.01^2)
 ONE_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")  # section 5: biases 1 here, 0 elsewhere
 
@@ -36,11 +39,18 @@ class ModelConfig:
     towers: int = 2  # 2: the paper's net; 1: one GPU with half the kernels (section 3.2)
     extra_conv: bool = False  # a sixth conv layer after pool5 ("1 CNN*", Table 2)
     dropout: float = DROPOUT
+    dropout_mode: str = "paper"  # "paper" (section 4.2) or "inverted" (torch's nn.Dropout)
     conv1_padding: int = 2  # with 224 crops; 0 with 227 crops (Caffe)
     input_size: int = 224
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> ModelConfig:
+        """A checkpoint's model config. Checkpoints from before `dropout_mode` existed were
+        trained with torch's inverted dropout, so they load as "inverted": the same function."""
+        return cls(**{"dropout_mode": LEGACY_DROPOUT_MODE, **saved})
 
 
 def _act(cfg: ModelConfig) -> nn.Module:
@@ -49,12 +59,129 @@ def _act(cfg: ModelConfig) -> nn.Module:
     return nn.ReLU(inplace=True) if cfg.activation == "relu" else nn.Tanh()
 
 
+class Float32LRN(nn.LocalResponseNorm):
+    """Local response normalisation computed in float32, also under bf16/fp16 autocast.
+
+    The adaptive part of the denominator, alpha/n * sum(a^2), is ~0.005 next to k = 2 at the
+    paper's init; bf16 keeps 8 bits of mantissa (steps of 1/64 near 2), so `k + ...` rounds back
+    to exactly 2 for most units and LRN degenerates to a constant 2^-0.75. Here the input is
+    upcast and autocast is off inside; the output stays float32 (the next conv, under autocast,
+    casts it as it would any input). See `lrn_bf16_agreement`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 def _lrn(cfg: ModelConfig) -> nn.Module:
     """cuda-convnet divides alpha by n, as torch does; the paper's printed formula does not."""
     if cfg.lrn == "off":
         return nn.Identity()
     alpha = {"cuda-convnet": LRN_ALPHA, "paper": LRN_ALPHA * LRN_SIZE}[cfg.lrn]
-    return nn.LocalResponseNorm(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
+    return Float32LRN(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
+
+
+def _lrn_as_cuda_autocast(a: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """F.local_response_norm's steps with the dtypes CUDA bf16 autocast gives them: the channel
+    window average accumulates in float32 and is stored bf16, `* alpha + k` runs in bf16 (this is
+    where the adaptive term rounds away), `pow` is on autocast's float32 list."""
+    sq = (a.float() ** 2).unsqueeze(1)
+    sq = nn.functional.pad(sq, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+    avg = nn.functional.avg_pool3d(sq, (size, 1, 1), stride=1).squeeze(1).to(a.dtype)
+    div = (avg * alpha + k).float().pow(beta)  # bf16 * and +, as CUDA autocast leaves them
+    return a / div
+
+
+def lrn_bf16_agreement(device: str | torch.device = "cpu", batch: int = 1, seed: int = 0) -> dict:
+    """How much of LRN's adaptive term survives bf16 autocast: torch's LRN vs `Float32LRN`.
+
+    Input: conv1 at the paper's init (N(0, 0.01^2), 11x11 stride 4) + ReLU on a random
+    mean-subtracted image (pixel std 60, the 0-255 scale the loader gives), the LRN's real input
+    at the start of training. The adaptive term of a unit is f - 1, where f is its output over
+    the output a constant denominator k would give; reference: float32 without autocast.
+    Returns, for each of "torch_lrn" and "float32_lrn": the share of units whose adaptive term
+    is more than half lost, and the mean relative error of the term; and `ok` (float32_lrn keeps
+    it: < 1 % of units lost). Used by tests and by bench/gpu_check.sh on a GPU.
+
+    torch_lrn on CUDA is torch's LRN under bf16 autocast, where the ops up to `+ k` stay bf16.
+    CPU autocast runs avg_pool3d in float32 (it has no bf16 kernel), which hides the problem, so
+    on the CPU the baseline is `_lrn_as_cuda_autocast`, the same arithmetic CUDA autocast does.
+    """
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(3, 96, 11, 4, 2)
+    with torch.no_grad():
+        conv.weight.normal_(0.0, INIT_STD, generator=gen)
+        conv.bias.zero_()
+    conv.to(device)
+    x = (torch.randn(batch, 3, 224, 224, generator=gen) * 60.0).to(device)
+    params = dict(size=LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K)
+    with torch.no_grad():
+        act = torch.relu(conv(x))
+        ref = nn.LocalResponseNorm(**params)(act)
+        const = act * LRN_K**-LRN_BETA
+        ref_term = ref.double() / const.double() - 1.0
+        live = (act > 0) & (ref_term.abs() > 1e-5)  # units where there is a term to keep
+        ref_term = ref_term[live]
+        result: dict = {"device": str(device), "units": int(live.sum())}
+        result["mean_term"] = float(ref_term.mean())
+        for name, lrn in (
+            ("torch_lrn", nn.LocalResponseNorm(**params)),
+            ("float32_lrn", Float32LRN(**params)),
+        ):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                a = torch.relu(conv(x))  # bf16 under autocast, as in training
+                cpu_baseline = device.type == "cpu" and name == "torch_lrn"
+                out = _lrn_as_cuda_autocast(a, **params) if cpu_baseline else lrn(a)
+            # the term relative to the bf16 input this LRN actually saw
+            seen = a[live].double()
+            term = out.double()[live] / (seen * LRN_K**-LRN_BETA) - 1.0
+            err = ((term - ref_term).abs() / ref_term.abs()).clamp(max=10.0)
+            err = err[seen > 0]  # a unit bf16 rounded to 0 has no ratio (and no output to scale)
+            result[name] = {
+                "out_dtype": str(out.dtype).replace("torch.", ""),
+                "share_of_term_lost": float((err > 0.5).double().mean()),
+                "mean_rel_err_of_term": float(err.mean()),
+            }
+    result["ok"] = result["float32_lrn"]["share_of_term_lost"] < 0.01
+    return result
+
+
+class PaperDropout(nn.Module):
+    """Section 4.2's dropout: in training each unit is zeroed with probability p and the kept
+    units pass unscaled; at test every unit passes, multiplied by (1 - p) (the paper's 0.5).
+
+    torch's nn.Dropout ("inverted") divides the kept units by (1 - p) in training instead. The
+    expected output is the same up to that factor, but the layers after it then see 2x larger
+    inputs in training: with the paper's init, learning rate and weight decay they train as if
+    those were changed (2x init std, 4x lr, 1/4 weight decay), so the paper's form is the default.
+    """
+
+    def __init__(self, p: float = DROPOUT):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout {p} not in [0, 1)")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0:
+            return x
+        if self.training:
+            keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
+            return x * keep
+        return x * (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, kept units unscaled in training, x{1 - self.p:g} at test"
+
+
+def _dropout(cfg: ModelConfig) -> nn.Module:
+    if cfg.dropout_mode == "paper":
+        return PaperDropout(cfg.dropout)
+    if cfg.dropout_mode == "inverted":
+        return nn.Dropout(cfg.dropout)
+    raise ValueError(f"dropout_mode {cfg.dropout_mode!r} not in {DROPOUT_MODES}")
 
 
 def _pool(cfg: ModelConfig) -> nn.Module:
@@ -115,7 +242,7 @@ class AlexNet(nn.Module):
         self.fc7 = TowerLayer("fc7", lambda: nn.Linear(f * t, f), t, shared=True)
         self.fc8 = nn.Linear(f * t, cfg.num_classes)
         self.act, self.lrn, self.pool = _act(cfg), _lrn(cfg), _pool(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = _dropout(cfg)
         self.devices: list[torch.device] | None = None
         init_paper(self)
 

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
-BATCH_SIZE = 128  # section 5
-MOMENTUM = 0.9
-WEIGHT_DECAY = 0.0005
-LEARNING_RATE = 0.01
-LR_DROP = 10.0  # "divided by 10 when the validation error stopped improving"
-MAX_DROPS = 3  # "reduced three times prior to termination"
-EPOCHS = 90  # "roughly 90 cycles"
+from trainer.paper import (  # noqa: F401 (re-exported: the recipe's numbers, section 5)
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    LR_DROP,
+    MAX_DROPS,
+    MOMENTUM,
+    WEIGHT_DECAY,
+)
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -79,6 +81,9 @@ class PlateauSchedule:
     bad_epochs: int = 0
     drops: int = 0
 
+    def begin(self, epoch: int) -> None:
+        """The lr of an epoch depends only on past validation errors (see update)."""
+
     def update(self, val_error: float) -> bool:
         """Record an epoch's validation error; True when the lr was just divided."""
         if val_error < self.best:
@@ -110,3 +115,29 @@ class PlateauSchedule:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+@dataclass
+class StepSchedule:
+    """Divide the lr by 10 at fixed epochs (`--schedule step --lr-steps 30,60,80`).
+
+    For runs without a validation split, where a plateau cannot be seen; the paper's three
+    drops fell near epochs 30, 60 and 80 of its ~90.
+    """
+
+    lr: float = LEARNING_RATE
+    base_lr: float = LEARNING_RATE
+    steps: tuple[int, ...] = (30, 60, 80)
+
+    def begin(self, epoch: int) -> None:
+        """Set the lr for `epoch` (a function of the epoch alone, so resume is exact)."""
+        self.lr = self.base_lr / LR_DROP ** sum(epoch >= s for s in self.steps)
+
+    def update(self, val_error: float) -> bool:  # noqa: ARG002 (the same interface as plateau)
+        return False
+
+    def state_dict(self) -> dict:
+        return dict(lr=self.lr, base_lr=self.base_lr, steps=list(self.steps))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr, self.base_lr, self.steps = state["lr"], state["base_lr"], tuple(state["steps"])

@@ -5,19 +5,28 @@ Process layout: torchrun starts one process per GPU (or per pair of GPUs with
 parallelism is DDP over all processes (NCCL on GPUs, gloo on CPUs); multi-node is torchrun's
 rendezvous. Each rank reads its own part of the shards (see pipeline/loader.py).
 
-Exact resume: the state at an epoch boundary is the model, the optimiser, the schedule and the
-epoch number; every epoch's randomness (data order, crops, flips, lighting, dropout) is seeded
-from (seed, epoch, rank). So a run killed at any point and resumed from its last checkpoint
-repeats exactly what the uninterrupted run would have done from that epoch on.
+Exact resume: a checkpoint (at an epoch's end, or every `--checkpoint-every` steps) holds the
+model, the optimiser, the schedule, the position (epoch, step in it) and the partial epoch's
+metric sums. Every epoch's data order and augmentation are seeded from (seed, epoch, rank), and
+the loader can start an epoch at any step (`TrainLoader.epoch(e, start_step)`); dropout is
+reseeded each step from (seed, epoch, step, rank). So a run killed at any point and resumed from
+its last checkpoint repeats exactly what the uninterrupted run would have done from there on.
+
+Many processes: rank 0 alone reads and writes the run folder. It decides whether to resume,
+reads the checkpoint and broadcasts it, so the other ranks (other hosts, whose runs folder may
+not be shared) start from the same weights, position and schedule; before training, every rank
+checks that its settings and dataset agree with rank 0's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,15 +37,15 @@ from tqdm import tqdm
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
 from shards import layout
 from shards.reader import load_dataset
-from trainer import checkpoint
+from trainer import checkpoint, finetune
 from trainer.config import TrainConfig
+from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
 from trainer.model import build_model
-from trainer.optim import PaperSGD, PlateauSchedule, param_groups, set_lr
+from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups, set_lr
 
-
-class TrainError(Exception):
-    """A user-facing problem with the run's setup (data, devices, checkpoint)."""
+LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
+DIE_ENV = "ALEXTRAIN_TEST_DIE"  # tests only: "step:K" or "save:K" -> SIGKILL self (see _maybe_die)
 
 
 @dataclass
@@ -68,6 +77,7 @@ def setup(cfg: TrainConfig) -> Env:
             )
         devices = [torch.device("cuda", local * per_proc + i) for i in range(per_proc)]
         torch.cuda.set_device(devices[0])
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     else:
         if per_proc > 1 and cfg.device != "cpu":
             raise TrainError(f"--model-parallel {per_proc} needs {per_proc} GPUs; none is visible")
@@ -77,19 +87,46 @@ def setup(cfg: TrainConfig) -> Env:
     return Env(rank, world, local, devices)
 
 
-def resolve_data(cfg: TrainConfig) -> TrainConfig:
-    """Fill in num_classes and val_split from the dataset; check stats exist."""
+def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
+    """Fill in num_classes, val_split and crop from the dataset and check them against it.
+
+    Returns the config and the dataset's fingerprint (what a resumed run must find again).
+    """
     data = Path(cfg.data)
     meta = load_dataset(data)
-    if cfg.train_split not in meta["splits"]:
-        raise TrainError(f"{data}: no {cfg.train_split} split")
+    splits = meta["splits"]
+    if cfg.train_split not in splits:
+        raise TrainError(f"{data}: no {cfg.train_split} split (have: {', '.join(sorted(splits))})")
+    classes = len(json.loads((data / layout.CLASSES_JSON).read_text()))
     if cfg.num_classes is None:
-        cfg.num_classes = len(json.loads((data / layout.CLASSES_JSON).read_text()))
+        cfg.num_classes = classes
+    elif cfg.num_classes != classes:
+        raise TrainError(
+            f"--num-classes (num_classes) = {cfg.num_classes}: the dataset {data} has {classes} classes"
+        )
     if cfg.val_split is None:
-        cfg.val_split = next((s for s in ("val", "validation", "test") if s in meta["splits"]), None)
+        cfg.val_split = next((s for s in ("val", "validation", "test") if s in splits), None)
+    elif cfg.val_split not in splits:
+        raise TrainError(f"--val-split (val_split) = {cfg.val_split!r}: {data} has no such split")
+    if cfg.val_split is None and cfg.schedule == "plateau":
+        raise TrainError(
+            f"{data} has no val, validation or test split, so the plateau schedule would never drop "
+            "the lr; pass --schedule step --lr-steps 30,60,80 (the paper's drops fell near those epochs)"
+        )
+    size = meta["size"]
+    if cfg.crop is None:
+        cfg.crop = 224 if cfg.arch == "alexnet" else size  # the paper's crop; cifar: the stored size
+    if cfg.crop > size:
+        raise TrainError(f"--crop (crop) = {cfg.crop}: larger than the stored images ({size}px) of {data}")
     if not (data / layout.STATS_JSON).is_file():
         raise TrainError(f"{data}/stats.json: missing; run `alexprep pca-stats {data}` first")
-    return cfg
+    fingerprint = {
+        "size": size,
+        "classes": classes,
+        "classes_sha256": hashlib.sha256((data / layout.CLASSES_JSON).read_bytes()).hexdigest(),
+        "splits": {k: splits[k].get("written") for k in sorted(splits)},
+    }
+    return cfg, fingerprint
 
 
 def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) -> LoaderOptions:
@@ -108,6 +145,7 @@ def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) ->
         num_threads=cfg.num_threads,
         seed=cfg.seed,
         lighting=cfg.lighting,
+        mirror=cfg.mirror,
         normalization=cfg.normalization,
         crop=cfg.crop,
         rank=env.rank,
@@ -128,15 +166,28 @@ def build(cfg: TrainConfig, env: Env) -> nn.Module:
     return model
 
 
-class Metrics:
-    """metrics.jsonl (one line per epoch), and TensorBoard when it is installed."""
+def make_schedule(cfg: TrainConfig) -> PlateauSchedule | StepSchedule:
+    if cfg.schedule == "step":
+        return StepSchedule(lr=cfg.lr, base_lr=cfg.lr, steps=tuple(cfg.lr_steps or ()))
+    return PlateauSchedule(lr=cfg.lr, patience=cfg.patience, max_drops=cfg.max_drops)
 
-    def __init__(self, run: Path, enabled: bool):
+
+class Metrics:
+    """metrics.jsonl (one line per finished epoch), and TensorBoard when it is installed.
+
+    Only rank 0 writes. The file is rewritten at start from the checkpoint's history (empty for a
+    new run), so a run killed between an epoch's line and its checkpoint never lists it twice.
+    """
+
+    def __init__(self, run: Path, enabled: bool, history: list[dict]):
         self.path, self.enabled, self.tb = run / "metrics.jsonl", enabled, None
-        if enabled and importlib.util.find_spec("tensorboard") is not None:  # optional extra
+        if not enabled:
+            return
+        layout.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in history).encode())
+        if importlib.util.find_spec("tensorboard") is not None:  # optional extra
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run / "tb"))
+            self.tb = SummaryWriter(str(run / "tb"), purge_step=len(history) or None)
 
     def write(self, row: dict) -> None:
         if not self.enabled:
@@ -150,123 +201,306 @@ class Metrics:
             self.tb.flush()
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """On resume, drop lines of epochs after the checkpoint (they will be redone)."""
-    if path.is_file():
-        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["epoch"] < epochs_done]
-        path.write_text("".join(r + "\n" for r in rows))
+@dataclass
+class Sums:
+    """One epoch's training sums. Loss and hits stay on the device: a step never waits for the
+    host; they are read at log intervals, checkpoints and the epoch's end."""
+
+    loss: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
+    seen: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        if self.loss.device != loss.device:
+            self.loss, self.correct = self.loss.to(loss.device), self.correct.to(loss.device)
+        self.loss += loss.detach()
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def state(self, seconds: float) -> dict:
+        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "seen": self.seen, "seconds": seconds}
+
+    @classmethod
+    def from_state(cls, s: dict) -> Sums:
+        return cls(s["loss"].clone(), s["correct"].clone(), int(s["seen"]), float(s["seconds"]))
 
 
-def train_epoch(model, opt, loader, epoch: int, cfg: TrainConfig, env: Env, bar: bool) -> dict:  # noqa: ANN001
-    model.train()
+@dataclass
+class Position:
+    """Where a run stands: `epoch_step` steps into `epoch`, `step` steps in all."""
+
+    epoch: int = 0
+    epoch_step: int = 0
+    step: int = 0
+    sums: Sums = field(default_factory=Sums)
+    history: list[dict] = field(default_factory=list)
+    best_top1_err: float | None = None
+
+
+def dropout_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """Dropout's seed for one step: resuming at any step replays the same masks."""
+    return (epoch_seed(seed, epoch, rank) * 1_000_003 + step) % (2**63 - 1)
+
+
+def _maybe_die(event: str, count: int) -> None:
+    """Tests only: rank 0 SIGKILLs itself at an exact point, as a preempted host would be."""
+    if os.environ.get(DIE_ENV) == f"{event}:{count}" and int(os.environ.get("RANK", 0)) == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Trainer:
+    """The training state of one process and the one way it is checkpointed."""
+
+    def __init__(self, cfg: TrainConfig, env: Env, fingerprint: dict, model: nn.Module):
+        self.cfg, self.env, self.fingerprint, self.model = cfg, env, fingerprint, model
+        self.opt = PaperSGD(
+            param_groups(model, cfg.weight_decay, cfg.decay_biases), lr=cfg.lr, momentum=cfg.momentum
+        )
+        self.schedule = make_schedule(cfg)
+        self.pos = Position()
+        self.run_dir = Path(cfg.out)
+        self.saves = 0
+
+    def state(self, seconds: float = 0.0) -> dict:
+        p = self.pos
+        return {
+            "format": checkpoint.FORMAT,
+            "model": checkpoint.cpu_state_dict(self.model),
+            "optimizer": self.opt.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": p.epoch,
+            "epoch_step": p.epoch_step,
+            "step": p.step,
+            "sums": p.sums.state(seconds),
+            "history": list(p.history),
+            "best_top1_err": p.best_top1_err,
+            "metrics": p.history[-1] if p.history else {},
+            "config": self.cfg.to_dict(),
+            "model_config": self.cfg.model_config().to_dict(),
+            "dataset": self.fingerprint,
+            "world": self.env.world,
+        }
+
+    def save(self, seconds: float = 0.0, best: bool = False) -> None:
+        """Rank 0 writes the checkpoint of the current position (the others hold the same state)."""
+        if not self.env.main:
+            return
+        self.saves += 1
+        state = self.state(seconds)
+        if os.environ.get(DIE_ENV) == f"save:{self.saves}":  # tests: die with a half-written file
+            layout.tmp_path(self.run_dir / checkpoint.LAST).write_bytes(b"PK\x03\x04 partial")
+            _maybe_die("save", self.saves)
+        checkpoint.save_run(self.run_dir, state, keep=self.cfg.keep, best=best)
+
+    def refusal(self, state: dict, path: Path) -> str | None:
+        """Why this run cannot continue `state`, or None (rank 0 checks; all ranks are told)."""
+        try:
+            checkpoint.check_state(state, self.model, path)
+        except checkpoint.CheckpointError as e:
+            return str(e)
+        changed = checkpoint.config_changes(state["config"], self.cfg.to_dict())
+        if state["dataset"] != self.fingerprint:
+            changed.append(f"the dataset ({Path(self.cfg.data)} is not the one the run was trained on)")
+        if state["world"] != self.env.world:
+            changed.append(f"the process count (checkpoint {state['world']}, now {self.env.world})")
+        if changed:
+            return f"{path}: --resume with other settings than the run's: " + "; ".join(changed)
+        return None
+
+    def restore(self, state: dict, path: Path) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.pos = Position(
+                epoch=int(state["epoch"]),
+                epoch_step=int(state["epoch_step"]),
+                step=int(state["step"]),
+                sums=Sums.from_state(state["sums"]),
+                history=list(state["history"]),
+                best_top1_err=state["best_top1_err"],
+            )
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise checkpoint.CheckpointError(
+                f"{path}: malformed checkpoint ({e.__class__.__name__}: {e})"
+            ) from None
+
+
+def _start(trainer: Trainer, env: Env, resume: bool, auto_resume: bool) -> None:
+    """Rank 0 decides: new run, or resume from its last.pt; every rank gets its decision and state."""
+    last = trainer.run_dir / checkpoint.LAST
+    verdict: tuple[str, object] = ("new", None)
+    if env.main:
+        try:
+            if auto_resume:
+                resume = last.is_file()
+            if resume:
+                state = checkpoint.load(last)
+                why = trainer.refusal(state, last)
+                verdict = ("error", why) if why else ("resume", state)
+            elif last.exists():
+                verdict = (
+                    "error",
+                    f"{trainer.run_dir}: holds a run already; pass --resume to continue it, "
+                    "or use a new --out",
+                )
+        except checkpoint.CheckpointError as e:
+            verdict = ("error", str(e))
+    if env.world > 1:
+        box = [verdict]
+        dist.broadcast_object_list(box, src=0)
+        verdict = box[0]
+    kind, payload = verdict
+    if kind == "error":
+        raise TrainError(payload if env.main else f"rank 0 refused to start: {payload}")
+    if kind == "resume":
+        trainer.restore(payload, last)
+
+
+def _agree(cfg: TrainConfig, fingerprint: dict, env: Env) -> None:
+    """Every rank checks, before any work, that its settings and data are rank 0's."""
+    if env.world == 1:
+        return
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out")}
+    mine["dataset"] = fingerprint
+    everyone: list[dict] = [{}] * env.world
+    dist.all_gather_object(everyone, mine)
+    for rank, theirs in enumerate(everyone[1:], start=1):
+        diff = sorted(k for k in set(theirs) | set(everyone[0]) if theirs.get(k) != everyone[0].get(k))
+        if diff:
+            raise TrainError(f"rank {rank} disagrees with rank 0 on: {', '.join(diff)}")
+
+
+def train_epoch(
+    trainer: Trainer, net: nn.Module, loader: TrainLoader, epoch: int, steps: int, bar: bool
+) -> Sums:
+    """Steps `pos.epoch_step`..`steps - 1` of `epoch` (all of them unless resuming mid-epoch)."""
+    cfg, env, pos, opt = trainer.cfg, trainer.env, trainer.pos, trainer.opt
+    net.train()
     loss_fn = nn.CrossEntropyLoss()
-    steps = (
-        loader.steps_per_epoch
-        if cfg.steps_per_epoch is None
-        else min(cfg.steps_per_epoch, loader.steps_per_epoch)
+    sums, start, t0 = pos.sums, pos.epoch_step, time.perf_counter()
+    seen0 = sums.seen
+    progress = tqdm(
+        total=steps, initial=start, disable=not bar, desc=f"epoch {epoch}", unit="step", leave=False
     )
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    progress = tqdm(total=steps, disable=not bar, desc=f"epoch {epoch}", unit="step", leave=False)
     lr = opt.param_groups[0]["lr"]
-    for step, (x, y) in enumerate(loader.epoch(epoch)):
-        if step == steps:
+    for k, (x, y) in enumerate(loader.epoch(epoch, start_step=start), start=start):
+        if k == steps:
             break
+        torch.manual_seed(dropout_seed(cfg.seed, epoch, k, env.rank))
         if env.devices[0].type == "cuda" and cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(env.devices[0], cfg.amp):
-            logits = model(x)
-            loss = loss_fn(logits.float(), y.to(logits.device))
+            logits = net(x)
+            y = y.to(logits.device, non_blocking=True)
+            loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total_loss += loss.item()
-        correct += int((logits.argmax(1) == y.to(logits.device)).sum())
-        seen += len(y)
-        rate = seen * env.world / (time.perf_counter() - start)
-        progress.set_postfix(loss=f"{total_loss / (step + 1):.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}")
+        sums.add(loss, logits, y)
+        pos.epoch_step, pos.step = k + 1, pos.step + 1
+        if bar and (k + 1) % LOG_EVERY == 0:  # the only host reads of the sums within an epoch
+            rate = (sums.seen - seen0) * env.world / (time.perf_counter() - t0)
+            progress.set_postfix(
+                loss=f"{sums.loss.item() / (k + 1):.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}"
+            )
         progress.update()
+        if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and k + 1 < steps:
+            trainer.save(sums.seconds + time.perf_counter() - t0)
+        _maybe_die("step", pos.step)
     progress.close()
-    seconds = time.perf_counter() - start
-    return {
-        "train_loss": total_loss / max(steps, 1),
-        "train_top1_err": 1.0 - correct / max(seen, 1),
-        "img_per_s": seen * env.world / seconds,
-        "train_seconds": seconds,
-        "steps": steps,
-    }
+    sums.seconds += time.perf_counter() - t0
+    return sums
 
 
-def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Train to `cfg.epochs`; returns the metrics rows of the epochs run by this call."""
+def run(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    auto_resume: bool = False,
+    given: set[str] | None = None,
+) -> list[dict]:
+    """Train to `cfg.epochs`; returns the metrics rows of the epochs finished by this call.
+
+    `resume`: continue the run in `cfg.out` (refused when a setting other than those in
+    checkpoint.RESUMABLE differs); `auto_resume`: resume if rank 0 finds a checkpoint.
+    `given`: the settings the user set explicitly (for refusing options the arch ignores).
+    Every setting is checked before anything is written.
+    """
+    cfg.check(given)
     env = setup(cfg)
-    cfg = resolve_data(cfg)
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = Path(cfg.data)
+    cfg, fingerprint = resolve_data(cfg)
+    _agree(cfg, fingerprint, env)
+    data, run_dir = Path(cfg.data), Path(cfg.out)
     train = TrainLoader(data, loader_options(cfg, env), split=cfg.train_split)
     val = EvalLoader(data, loader_options(cfg, env), split=cfg.val_split) if cfg.val_split else None
+    steps = min(cfg.steps_per_epoch or train.steps_per_epoch, train.steps_per_epoch)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = build(cfg, env)
-    opt = PaperSGD(param_groups(model, cfg.weight_decay, cfg.decay_biases), lr=cfg.lr, momentum=cfg.momentum)
-    schedule = PlateauSchedule(lr=cfg.lr, patience=cfg.patience, max_drops=cfg.max_drops)
-    start_epoch, step = 0, 0
-    last = run_dir / checkpoint.LAST
-    if resume:
-        state = checkpoint.load(last)
-        checkpoint.check_model(state, cfg.model_config().to_dict(), last)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        if env.main:
-            _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
-    elif last.exists():
-        raise TrainError(f"{run_dir}: holds a run already; pass --resume to continue it, or use a new --out")
+    trainer = Trainer(cfg, env, fingerprint, build(cfg, env))
+    _start(trainer, env, resume, auto_resume)
+    if cfg.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
+        tqdm.write(finetune.describe(finetune.init_from(trainer.model, cfg.init_from, cfg.model_config())))
     if env.main:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        layout.write_json(run_dir / "config.json", cfg.to_dict())
+        _announce(cfg, env, steps, trainer.pos)
+    metrics = Metrics(run_dir, env.main, trainer.pos.history)
 
-    net = model
+    net = trainer.model
     if env.world > 1:
         ids = [env.devices[0]] if env.devices[0].type == "cuda" and cfg.model_parallel == 1 else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        net = nn.parallel.DistributedDataParallel(trainer.model, device_ids=ids)
     if cfg.compile:
         net = torch.compile(net)
-    metrics, rows = Metrics(run_dir, env.main), []
-    for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))  # dropout: a function of the epoch
-        set_lr(opt, schedule.lr)
+    rows, pos, schedule = [], trainer.pos, trainer.schedule
+    for epoch in range(pos.epoch, cfg.epochs):
+        schedule.begin(epoch)
+        set_lr(trainer.opt, schedule.lr)
         row = {"epoch": epoch, "lr": schedule.lr}
-        row.update(train_epoch(net, opt, train, epoch, cfg, env, progress and env.main))
-        step += row["steps"]
+        sums = train_epoch(trainer, net, train, epoch, steps, progress and env.main)
+        row.update(
+            train_loss=sums.loss.item() / steps,
+            train_top1_err=1.0 - sums.correct.item() / max(sums.seen, 1),
+            img_per_s=sums.seen * env.world / max(sums.seconds, 1e-9),
+            train_seconds=sums.seconds,
+            steps=steps,
+        )
+        best = False
         if val is not None:
             ev = evaluate([net], val, cfg.amp)
             row.update({f"val_{k}": v for k, v in ev.items()})
             row["lr_dropped"] = schedule.update(ev["top1_err"])
-        row["step"] = step
+            best = pos.best_top1_err is None or ev["top1_err"] < pos.best_top1_err
+            if best:
+                pos.best_top1_err = ev["top1_err"]
+        row["step"] = pos.step
         rows.append(row)
+        pos.history.append(row)
+        pos.epoch, pos.epoch_step, pos.sums = epoch + 1, 0, Sums()
         metrics.write(row)
         if progress and env.main:
             tqdm.write(_line(row))
-        if env.main:
-            checkpoint.save(
-                last,
-                {
-                    "model": checkpoint.cpu_state_dict(model),
-                    "optimizer": opt.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "rng": {"torch": torch.get_rng_state(), "seed": cfg.seed},
-                    "loader": {"next_epoch": epoch + 1, "seed": cfg.seed, "world": env.world},
-                    "config": cfg.to_dict(),
-                    "model_config": cfg.model_config().to_dict(),
-                    "metrics": row,
-                },
-            )
+        trainer.save(best=best)
         if env.world > 1:
             dist.barrier()
     return rows
+
+
+def _announce(cfg: TrainConfig, env: Env, steps: int, pos: Position) -> None:
+    """What a user must know before a long run: the global batch, the lr and where it starts."""
+    schedule = (
+        f"plateau schedule on {cfg.val_split!r}"
+        if cfg.schedule == "plateau"
+        else f"/10 at epochs {','.join(map(str, cfg.lr_steps or []))}"
+    )
+    where = f"resuming at epoch {pos.epoch} step {pos.epoch_step}" if pos.step else "starting"
+    print(
+        f"{where}: global batch {cfg.batch_size * env.world} ({cfg.batch_size} per process x {env.world}), "
+        f"lr {cfg.lr:g} ({schedule}), {steps} steps per epoch, {cfg.epochs} epochs",
+        flush=True,
+    )
 
 
 def _line(row: dict) -> str:

@@ -1,0 +1,110 @@
+"""`alextrain fig1`: Figure 1 under the paper's conditions (per-net lr sweep, no regularisation)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader
+from tests.conftest import alexprep, alextrain
+from trainer.ablations import epochs_to, ratios
+
+
+def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
+    rows = [{"epoch": e, "train_top1_err": err} for e, err in enumerate([0.7, 0.4, 0.24, 0.2])]
+    assert epochs_to(rows, 0.25) == 3 and epochs_to(rows, 0.5) == 2 and epochs_to(rows, 0.1) is None
+    relu = {"epochs_to_25pct_train_error": 3, "epochs_to_50pct_train_error": 2, "train_error": [0] * 4}
+    tanh = {"epochs_to_25pct_train_error": None, "epochs_to_50pct_train_error": 8, "train_error": [0] * 12}
+    r = ratios({"relu": relu, "tanh": tanh})
+    assert r["tanh_over_relu_at_50pct"] == {"ratio": 4.0, "bound": "="}
+    assert r["tanh_over_relu_at_25pct"] == {"ratio": 4.0, "bound": ">"}  # 12 epochs and not there
+    assert ratios({"relu": {**relu, "epochs_to_25pct_train_error": None}, "tanh": tanh}) == {
+        "tanh_over_relu_at_50pct": {"ratio": 4.0, "bound": "="}
+    }
+
+
+def _digests(batches) -> list[str]:  # noqa: ANN001
+    return [hashlib.sha1(x.numpy().tobytes()).hexdigest() for xs, _ in batches for x in xs]
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_no_mirror_and_no_lighting_train_batches_are_the_plain_images(backend, cifar_root, tmp_path):
+    """Figure 1's input: with mirror and lighting off (and the crop the whole 32px image), every
+    training sample is exactly its eval image; with mirror on, about half are not."""
+    src = tmp_path / "src" / "train" / "cat"
+    src.mkdir(parents=True)
+    for f in sorted((cifar_root / "train" / "cat").iterdir())[:64]:
+        (src / f.name).symlink_to(f)
+    out = tmp_path / "shards"
+    alexprep("shard", tmp_path / "src", out, "--size", 32, "--quiet")
+    alexprep("pca-stats", out, "--quiet")
+    opt = LoaderOptions(
+        batch_size=32, backend=backend, crop=32, lighting="off", num_threads=1, rank=0, world=1
+    )
+    plain = set(_digests(EvalLoader(out, opt, split="train")))
+    assert len(plain) == 64
+    off = _digests(TrainLoader(out, LoaderOptions(**{**opt.__dict__, "mirror": False})).epoch(0))
+    assert len(off) == 64 and set(off) <= plain
+    on = _digests(TrainLoader(out, opt).epoch(0))
+    assert 10 < len(set(on) - plain) < 54  # mirrored ones: Binomial(64, 1/2)
+
+
+@pytest.mark.slow
+def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(cifar_ready, tmp_path):
+    args = (
+        "fig1",
+        "--data",
+        cifar_ready,
+        "--out",
+        tmp_path,
+        "--epochs",
+        2,
+        "--tanh-epochs",
+        3,
+        "--variants",
+        "relu,tanh,relu-lrn",
+        "--lrs",
+        "0.001,0.01",
+        "--sweep-steps",
+        3,
+        "--steps-per-epoch",
+        4,
+        "--num-threads",
+        2,
+        "--quiet",
+    )
+    proc = alextrain(*args)
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(summary["sweep"]["nets"]) == {"relu", "tanh"}  # relu-lrn takes relu's lr
+    for net, s in summary["sweep"]["nets"].items():
+        assert [r["lr"] for r in s["rows"]] == [0.001, 0.01] and all(r["steps"] == 3 for r in s["rows"])
+        ok = [r for r in s["rows"] if not r["diverged"]]
+        assert s["best_lr"] == min(ok, key=lambda r: r["train_top1_err"])["lr"]
+        assert f"sweep {net}" in proc.stdout
+    variants = summary["variants"]
+    assert [len(variants[n]["train_error"]) for n in ("relu", "tanh", "relu-lrn")] == [2, 3, 2]
+    assert variants["relu-lrn"]["lr"] == variants["relu"]["lr"] == summary["sweep"]["nets"]["relu"]["best_lr"]
+    for name, lrn in (("relu", "off"), ("tanh", "off"), ("relu-lrn", "cuda-convnet")):
+        cfg = json.loads((tmp_path / f"{name}-lr{variants[name]['lr']:g}" / "config.json").read_text())
+        assert (cfg["lrn"], cfg["weight_decay"], cfg["mirror"], cfg["lighting"]) == (lrn, 0.0, False, "off")
+        assert cfg["max_drops"] == 0 and cfg["lr"] == variants[name]["lr"] and cfg["arch"] == "cifar"
+    assert Image.open(tmp_path / "fig1.png").size == (600, 400)
+    assert "epochs to 25% train err" in proc.stdout
+    # every run is on disk: a second call trains nothing and reports the same numbers
+    assert alextrain(*args).stdout == proc.stdout
+    assert json.loads((tmp_path / "ablation.json").read_text()) == summary
+    assert not list(Path(tmp_path).glob("**/.*.tmp"))
+
+
+def test_fig1_user_errors(tmp_path):
+    for flags, message in (
+        (["--variants", "relu,sigmoid"], "--variants: unknown or none ['sigmoid']"),
+        (["--lrs", "0.01,fast"], "--lrs: '0.01,fast' is not a comma-separated list of numbers"),
+        (["--lrs", "0.01,-1"], "each learning rate must be in (0, 10)"),
+    ):
+        proc = alextrain("fig1", "--data", tmp_path, "--out", tmp_path / "o", *flags, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
