@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def load_classes(out: Path) -> list[dict]:
     if not path.is_file():
         raise DatasetError(f"{out}: no {layout.CLASSES_JSON}; pass the shards the model was trained on")
     try:
-        classes = layout.read_json(path)
+        classes = json.loads(path.read_text())  # a list: layout.read_json takes objects only
     except (ValueError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: not JSON ({e})") from None
     if not isinstance(classes, list) or not all(isinstance(c, dict) and "index" in c for c in classes):
@@ -119,4 +120,3 @@ def load_classes(out: Path) -> list[dict]:
 def default_val_split(meta: dict) -> str | None:
     """The split to validate on when none is named: val, validation or test, whichever exists."""
     return next((s for s in VAL_SPLITS if s in meta["splits"]), None)
-
