@@ -73,6 +73,15 @@ def lighting_matrix(stats: Stats, convention: str) -> np.ndarray:
     raise ValueError(f"lighting convention {convention!r} not in {LIGHTING_CONVENTIONS}")
 
 
+def eval_windows(ten_crop: bool) -> list[tuple[float, float, bool]]:
+    """The test-time patches in output order, as (relative x, relative y, mirrored): the centre
+    patch alone, or the 10 (each of TEN_CROP_POS, then its reflection). Every eval path (DALI,
+    the reference loader, one user image) takes its crops from here."""
+    if not ten_crop:
+        return [(*TEN_CROP_POS[-1], False)]
+    return [(px, py, m) for px, py in TEN_CROP_POS for m in (False, True)]
+
+
 def crop_origin(pos: float, size: int, crop: int) -> int:
     """Pixel offset of a crop at relative position pos in [0, 1], rounded as DALI rounds."""
     return int(np.floor(pos * (size - crop) + 0.5))
@@ -88,11 +97,13 @@ def reference_augment(
     crop: int,
     flip: bool,
     shift: np.ndarray,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """The whole per-image transform in numpy, HWC uint8 RGB -> CHW float32: the oracle.
 
     (image - mean image) + lighting shift, cropped at (x, y), mirrored: or, with channel
-    normalisation, ((image + shift) - mean_rgb) / std_rgb, cropped and mirrored.
+    normalisation, ((image + shift) - mean_rgb) / std_rgb, cropped and mirrored; either times
+    `scale` (cuda-convnet's 1 / 1.1 after colour noise, `LoaderOptions.lighting_scale_div`).
     """
     f = image.astype(np.float32)
     if mean_image is not None:
@@ -100,7 +111,37 @@ def reference_augment(
     f = f + shift.astype(np.float32)
     if channel_mean is not None:
         f = (f - channel_mean.astype(np.float32)) / channel_std.astype(np.float32)
-    f = f[y : y + crop, x : x + crop]
+    f = f[y : y + crop, x : x + crop] * np.float32(scale)
     if flip:
         f = f[:, ::-1]
     return np.ascontiguousarray(f.transpose(2, 0, 1))
+
+
+def eval_crops(
+    rgb: np.ndarray,
+    *,
+    mean_image: np.ndarray | None,
+    channel_mean: np.ndarray | None,
+    channel_std: np.ndarray | None,
+    crop: int,
+    ten_crop: bool,
+) -> np.ndarray:
+    """The test-time crops of one stored image, [N, C, crop, crop] float32, N = 1 or 10."""
+    h, w = rgb.shape[:2]
+    zero = np.zeros(3)
+    return np.stack(
+        [
+            reference_augment(
+                rgb,
+                mean_image,
+                channel_mean,
+                channel_std,
+                crop_origin(px, w, crop),
+                crop_origin(py, h, crop),
+                crop,
+                m,
+                zero,
+            )
+            for px, py, m in eval_windows(ten_crop)
+        ]
+    )

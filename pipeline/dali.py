@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.augment import LIGHTING_STD, TEN_CROP_POS
+from pipeline.augment import LIGHTING_STD, eval_windows
 
 LABEL_BYTES = 8  # `.cls` holds the class index as text; up to 8 digits
 READER_NAME = "Reader"
@@ -101,6 +101,7 @@ def train_pipeline(
     size: int,
     crop: int,
     lighting: np.ndarray | None,
+    scale: float,
     mean_image: np.ndarray | None,
     channel_mean: np.ndarray | None,
     channel_std: np.ndarray | None,
@@ -111,7 +112,7 @@ def train_pipeline(
     draws: Callable | None = None,
     mirror: bool = True,
 ):
-    """Random crop + mirror + PCA lighting + mean subtraction (paper, section 4.1)."""
+    """Random crop + mirror + PCA lighting + mean subtraction (paper, section 4.1), times `scale`."""
     jpg, cls = _read(tars, idxs, shard_id, num_shards, True, initial_fill)
     if draws is None:
         steps = size - crop
@@ -132,6 +133,7 @@ def train_pipeline(
         gpu,
         {"mean": window},
         mirror=flip,
+        scale=scale,
         dtype=DALI_DTYPES[dtype],
         output_layout="CHW",
     )
@@ -158,21 +160,20 @@ def eval_pipeline(
     jpg, cls = _read(tars, idxs, shard_id, num_shards, False, 1)
     images = fn.decoders.image(jpg, output_type=types.RGB, **_decoder(gpu, hw_decoder_load))
     mean = [0.0, 0.0, 0.0] if channel_mean is None else [float(v) for v in channel_mean]
-    crops = []
-    for x, y in TEN_CROP_POS if ten_crop else TEN_CROP_POS[-1:]:
-        window = dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y)
-        for m in (0, 1) if ten_crop else (0,):
-            crops.append(
-                _normalize(
-                    images,
-                    mean,
-                    mean_image,
-                    channel_std,
-                    gpu,
-                    {"image": window, "mean": window},
-                    mirror=m,
-                    dtype=DALI_DTYPES[dtype],
-                    output_layout="CHW",
-                )
-            )
+    crops = [
+        _normalize(
+            images,
+            mean,
+            mean_image,
+            channel_std,
+            gpu,
+            {"image": window, "mean": window},
+            mirror=int(m),
+            dtype=DALI_DTYPES[dtype],
+            output_layout="CHW",
+        )
+        for window, m in (
+            (dict(crop=(crop, crop), crop_pos_x=x, crop_pos_y=y), m) for x, y, m in eval_windows(ten_crop)
+        )
+    ]
     return (fn.stack(*crops) if ten_crop else crops[0]), _labels(cls)

@@ -17,6 +17,7 @@ Rank and world come from torch.distributed when it is initialised, else 0 and 1.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +36,45 @@ from pipeline.order import shard_order, shard_sizes
 from shards import layout
 from shards.reader import load_dataset, shard_paths
 
+
+class DamagedSampleError(ValueError):
+    """A stored sample that cannot be read or decoded; the message names the shard and key.
+
+    (DALI can also die on such a sample with a signal: `shards.verify.preflight`, run before
+    training, is what keeps damaged shards away from it.)"""
+
+
+def _one_line(e: BaseException) -> str:
+    """The line that says what went wrong: a DamagedSampleError's own message, also when
+    DataLoader re-raised it from a worker with the worker's traceback around it; for DALI, the
+    line after "encountered:" (its first lines only say "Critical error in pipeline")."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "DamagedSampleError: " in ln:
+            return ln.split("DamagedSampleError: ", 1)[1]
+    if "encountered:" in lines[:-1]:
+        return lines[lines.index("encountered:") + 1]
+    return lines[0] if lines else type(e).__name__
+
+
+def _named_errors(it: Iterator, s: _Split) -> Iterator:
+    """Re-raise a reading failure as one DamagedSampleError naming the sample, or the split."""
+    message = None
+    try:
+        yield from it
+    except DamagedSampleError as e:
+        message = _one_line(e)
+    except RuntimeError as e:  # DALI: no sample named, only the operator that failed
+        message = (
+            f"{s.data}/{s.split}: reading the shards failed ({_one_line(e)}); a shard may be "
+            f"damaged: run `alexprep verify {s.data}` to find it, then re-shard it"
+        )
+    if message is not None:  # raised outside `except`, and the failed reader's reference cycles
+        it.close()  # collected now: its DataLoader workers are shut down here, not in a later fork
+        gc.collect()
+        raise DamagedSampleError(message)
+
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -49,6 +89,9 @@ class LoaderOptions:
     seed: int = 0
     lighting: str = "cuda-convnet"
     mirror: bool = True  # random horizontal reflection in training (section 4.1); off: Figure 1
+    # cuda-convnet divides the training image by 1 + 0.1 after adding colour noise, so that its
+    # scale matches the test images'; 1.0 (the paper, which does not mention it) or 1.1
+    lighting_scale_div: float = 1.0
     normalization: str = "mean-image"  # or "channel": per-channel mean/std
     dtype: str = "float32"
     crop: int = CROP_SIZE
@@ -70,6 +113,10 @@ class LoaderOptions:
             ),
             (self.dtype in DTYPES, f"dtype {self.dtype!r} not in {tuple(DTYPES)}"),
             (self.batch_size >= 1, "batch size must be >= 1"),
+            (
+                self.lighting_scale_div == 1.0 or (self.lighting_scale_div > 0 and self.lighting != "off"),
+                f"lighting_scale_div {self.lighting_scale_div} needs lighting noise and must be > 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -103,6 +150,7 @@ class _Split:
 
     def __init__(self, data: Path, split: str, opt: LoaderOptions, need_lighting: bool):
         opt.validate()
+        self.data, self.split = data, split
         self.meta = load_dataset(data)
         self.tars = [str(t) for t in shard_paths(data, split)]
         self.idxs = [str(layout.idx_path(Path(t))) for t in self.tars]
@@ -123,6 +171,7 @@ class _Split:
             if need_lighting and opt.lighting != "off"
             else None
         )
+        self.scale = 1.0 / opt.lighting_scale_div  # train only: eval never has lighting noise
 
     def device(self) -> torch.device:
         if self.opt.device == "cuda":
@@ -151,6 +200,7 @@ class _Split:
             mean_image=self.mean_image,
             channel_mean=self.channel_mean,
             channel_std=self.channel_std,
+            scale=self.scale,
             ten_crop=ten_crop,
             seed=seed,
             mirror=self.opt.mirror,
@@ -209,7 +259,7 @@ class TrainLoader:
         """
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step {start_step} not in 0..{self.steps_per_epoch}")
-        for step, (x, y) in enumerate(self._epoch(epoch)):
+        for step, (x, y) in enumerate(_named_errors(self._epoch(epoch), self.s)):
             if step >= start_step:  # skipped batches never reach the device
                 yield self.s.finish(x, y)
 
@@ -230,6 +280,7 @@ class TrainLoader:
             size=s.size,
             crop=opt.crop,
             lighting=s.lighting,
+            scale=s.scale,
             initial_fill=opt.shuffle_buffer,
             draws=self.draws,
             mirror=opt.mirror,
@@ -267,17 +318,23 @@ class EvalLoader:
     """Every sample of this rank's part exactly once; x is [B, C, H, W] or [B, 10, C, H, W]."""
 
     def __init__(self, data: Path, opt: LoaderOptions, split: str = "val", ten_crop: bool = False):
-        self.s = _Split(data, split, replace(opt, lighting="off"), need_lighting=False)
+        self.s = _Split(
+            data, split, replace(opt, lighting="off", lighting_scale_div=1.0), need_lighting=False
+        )
         self.ten_crop = ten_crop
         self.split = split
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in _named_errors(self._batches(), self.s):
+            yield self.s.finish(x, y)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s, opt = self.s, self.s.opt
         if opt.backend == "reference":
             from pipeline.reference import reference_loader
 
             aug = s.augment(train=False, ten_crop=self.ten_crop, seed=opt.seed)
-            loader = reference_loader(
+            yield from reference_loader(
                 s.tars,
                 aug,
                 batch_size=opt.batch_size,
@@ -285,8 +342,6 @@ class EvalLoader:
                 world=s.world,
                 workers=min(opt.num_threads, len(s.tars)),
             )
-            for x, y in loader:
-                yield s.finish(x, y)
             return
         from pipeline.dali import eval_pipeline
 
@@ -301,4 +356,4 @@ class EvalLoader:
         )
         pipe.build()
         for batch in _dali_iter(pipe, "PARTIAL"):  # one epoch: padding trimmed, then StopIteration
-            yield s.finish(batch[0]["data"], batch[0]["label"])
+            yield batch[0]["data"], batch[0]["label"]

@@ -24,12 +24,19 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
-from pipeline.augment import LIGHTING_STD, TEN_CROP_POS, crop_origin, reference_augment
+from pipeline.augment import LIGHTING_STD, eval_crops, reference_augment
 from pipeline.order import rank_shards
 
 
 def _split(urls, rank: int, world: int):
     return list(urls)[rank::world]
+
+
+def _before_fork() -> None:
+    """One OpenCV thread, set in the parent: the workers are the parallelism, and a worker that
+    resizes OpenCV's thread pool inherited across fork deadlocks (in pthread_cond_destroy)."""
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
 
 
 def _all(urls):
@@ -50,6 +57,21 @@ def _worker_batches(batch_size: int):
     return take
 
 
+def _decode(sample: dict) -> tuple[np.ndarray, int]:
+    """RGB pixels and label of a stored sample; DamagedSampleError naming shard and key if not."""
+    from pipeline.loader import DamagedSampleError
+
+    where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
+    try:
+        label = int(sample["cls"])
+        bgr = cv2.imdecode(np.frombuffer(sample["jpg"], np.uint8), cv2.IMREAD_COLOR)
+    except (KeyError, ValueError, cv2.error) as e:
+        raise DamagedSampleError(f"{where}: unreadable ({e})") from None
+    if bgr is None:
+        raise DamagedSampleError(f"{where}: the stored JPEG does not decode (damaged after sharding?)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), label
+
+
 class Augment:
     """Picklable per-sample transform; train draws are seeded per (seed, position in the stream)."""
 
@@ -64,6 +86,7 @@ class Augment:
         channel_mean: np.ndarray | None,
         channel_std: np.ndarray | None,
         ten_crop: bool,
+        scale: float = 1.0,
         seed: int,
         mirror: bool = True,
     ):
@@ -71,17 +94,24 @@ class Augment:
         self.train, self.size, self.crop, self.ten_crop, self.seed = train, size, crop, ten_crop, seed
         self.lighting, self.mean_image = lighting, mean_image
         self.channel_mean, self.channel_std = channel_mean, channel_std
+        self.scale = scale
 
     def _one(self, rgb: np.ndarray, x: int, y: int, flip: bool, shift: np.ndarray) -> np.ndarray:
         return reference_augment(
-            rgb, self.mean_image, self.channel_mean, self.channel_std, x, y, self.crop, flip, shift
+            rgb,
+            self.mean_image,
+            self.channel_mean,
+            self.channel_std,
+            x,
+            y,
+            self.crop,
+            flip,
+            shift,
+            self.scale,
         )
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
-        cv2.setNumThreads(1)
-        bgr = cv2.imdecode(np.frombuffer(sample["jpg"], np.uint8), cv2.IMREAD_COLOR)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        label = int(sample["cls"])
+        rgb, label = _decode(sample)
         zero = np.zeros(3)
         if self.train:
             rng = np.random.default_rng([self.seed, sample["__pos__"]])
@@ -90,14 +120,15 @@ class Augment:
             alpha = rng.normal(0.0, LIGHTING_STD, size=3)
             shift = self.lighting @ alpha if self.lighting is not None else zero
             return torch.from_numpy(self._one(rgb, int(x), int(y), flip, shift)), label
-        origins = [
-            (crop_origin(px, self.size, self.crop), crop_origin(py, self.size, self.crop))
-            for px, py in (TEN_CROP_POS if self.ten_crop else TEN_CROP_POS[-1:])
-        ]
-        crops = [self._one(rgb, x, y, m, zero) for x, y in origins for m in (False, True)]
-        if not self.ten_crop:
-            return torch.from_numpy(crops[0]), label
-        return torch.from_numpy(np.stack(crops)), label
+        crops = eval_crops(
+            rgb,
+            mean_image=self.mean_image,
+            channel_mean=self.channel_mean,
+            channel_std=self.channel_std,
+            crop=self.crop,
+            ten_crop=self.ten_crop,
+        )
+        return torch.from_numpy(crops if self.ten_crop else crops[0]), label
 
 
 def train_loader(
@@ -115,6 +146,7 @@ def train_loader(
     seed: int,
 ) -> DataLoader:
     """One training epoch of this rank: `steps` full batches from its part (see the module doc)."""
+    _before_fork()
     shards, skip, length = rank_shards(sizes, order, rank, world)
     if steps * batch_size > length:
         raise ValueError(f"rank {rank}'s part has {length} samples, fewer than {steps} x {batch_size}")
@@ -151,6 +183,7 @@ def reference_loader(
     workers: int,
 ) -> DataLoader:
     """One eval pass over this rank's shards, in stored order."""
+    _before_fork()
     ds = wds.WebDataset(
         urls,
         shardshuffle=False,

@@ -181,8 +181,8 @@ def shard_cmd(
         click.echo(f"rejected: {line}")
     if any(summary.rejected.values()):
         click.echo(f"all rejects with reasons: {out}/<split>/rejects.parquet")
-    if summary.shards_done_now == 0 and summary.complete:
-        click.echo("nothing to do: every shard is complete and matches its manifest part")
+    if summary.wrote_nothing:
+        click.echo("nothing to do: every shard is complete and matches its manifest part; nothing written")
     if summary.complete:
         click.echo(f"complete: {out}")
     else:

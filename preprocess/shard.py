@@ -94,6 +94,7 @@ class Summary:
     images_processed: int = 0
     complete: bool = False
     first_rejects: list[str] = field(default_factory=list)
+    wrote_nothing: bool = False  # complete already: no file in OUT was touched
 
 
 def plan_splits(source: Source, shard_size: int, seed: int) -> list[SplitPlan]:
@@ -339,7 +340,7 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
         except layout.LayoutError:
             same_classes = False
         if same_classes:  # nothing to do, nothing written (OUT may be read-only)
-            summary.complete = True
+            summary.complete = summary.wrote_nothing = True
             summary.shards_skipped = sum(
                 i % opt.num_nodes == opt.node_rank for p in plans for i in range(p.num_shards)
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,10 +106,10 @@ def load_classes(out: Path) -> list[dict]:
     if not path.is_file():
         raise DatasetError(f"{out}: no {layout.CLASSES_JSON}; pass the shards the model was trained on")
     try:
-        classes = json.loads(path.read_text())  # a list: layout.read_json takes objects only
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not JSON ({e})") from None
-    if not isinstance(classes, list) or not all(isinstance(c, dict) and "index" in c for c in classes):
+        classes = layout.read_json_list(path)
+    except layout.LayoutError as e:
+        raise DatasetError(str(e)) from None
+    if not all(isinstance(c, dict) and "index" in c for c in classes):
         raise DatasetError(f"{path}: not a list of classes with an index each")
     if [c["index"] for c in classes] != list(range(len(classes))):
         raise DatasetError(f"{path}: class indices are not 0..{len(classes) - 1} in order")

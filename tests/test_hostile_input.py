@@ -512,9 +512,9 @@ def test_two_nodes_on_one_shared_out_at_once_give_the_single_node_dataset(small_
         )
         for r in (0, 1)
     ]
-    results = [(p.communicate(timeout=120), p.returncode) for p in nodes]
-    for (stdout, stderr), rc in results:
-        assert rc == 0, stderr
+    for p in nodes:
+        _, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr
     # whichever node finished last merged; either way the dataset is complete and identical
     assert json.loads((out / "dataset.json").read_text())["complete"]
     for f in [
@@ -537,3 +537,32 @@ def test_a_split_folder_replaced_by_a_link_is_refused_not_followed(two_images, t
     proc = alexprep("shard", two_images, out, "--labels", labels, "--size", SIZE, "--quiet", check=False)
     assert proc.returncode == 2 and "train: is a symbolic link" in proc.stderr, proc.stderr
     assert list(outside.iterdir()) == []
+
+
+def test_links_and_fifos_in_class_folders_are_counted_and_rejected(tmp_path):
+    src = tmp_path / "src"
+    (src / "cat").mkdir(parents=True)
+    (src / "cat" / "ok.jpg").write_bytes(jpeg((9, 99, 9)))
+    os.mkfifo(src / "cat" / "fifo.jpg")
+    os.symlink(tmp_path / "gone.jpg", src / "cat" / "dangling.jpg")
+    os.symlink("loop.jpg", src / "cat" / "loop.jpg")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocess.cli",
+            "shard",
+            str(src),
+            str(tmp_path / "out"),
+            "--size",
+            SIZE,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert summary_counts(proc.stdout) == (4, 1, 3)
+    r = rejects(tmp_path / "out")
+    assert r["cat/fifo.jpg"] == "not a regular file (a FIFO)"
+    assert r["cat/dangling.jpg"].startswith("unreadable") and "symbolic links" in r["cat/loop.jpg"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -41,11 +42,11 @@ class Draws:
         return pos(self.px), pos(self.py), self.flip, self.alpha
 
 
-@pytest.mark.parametrize("normalization", ["mean-image", "channel"])
-def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization):
+@pytest.mark.parametrize("normalization, div", [("mean-image", 1.0), ("channel", 1.0), ("mean-image", 1.1)])
+def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, div):
     out, batch = imagenet_with_stats, 16
     draws = Draws(batch, 256, 224)
-    opt = LoaderOptions(batch_size=batch, num_threads=2, normalization=normalization)
+    opt = LoaderOptions(batch_size=batch, num_threads=2, normalization=normalization, lighting_scale_div=div)
     x, y = next(TrainLoader(out, opt, draws=draws).epoch(0))
     assert x.shape == (batch, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.int64
     stats = load_stats(out)
@@ -62,6 +63,7 @@ def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization):
             224,
             bool(draws.flip[i]),
             m @ draws.alpha[i, 0].astype(np.float64),
+            1 / div,
         )
         np.testing.assert_allclose(x[i].numpy(), expected, atol=1e-3, rtol=0)
 
@@ -144,7 +146,8 @@ def test_lighting_noise_has_the_intended_covariance(gray_shards, convention):
         np.testing.assert_allclose(np.std(shifts @ eigvec[:, 0]), 2.0, rtol=0.1)
 
 
-def test_ten_crop_geometry(tmp_path):
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_ten_crop_geometry(tmp_path, backend):
     # pixel (x, y) holds R = x, G = y: the crop origins can be read off the output
     yy, xx = np.mgrid[0:256, 0:256]
     img = np.stack([xx, yy, np.full_like(xx, 128)], -1).astype(np.uint8)
@@ -152,7 +155,7 @@ def test_ten_crop_geometry(tmp_path):
     alexprep("shard", tmp_path / "src", tmp_path / "out", "--quality", 100, "--quiet", "--split", "val")
     _write_stats(tmp_path / "out", 256, [1, 1, 1], np.eye(3))
     for crop in (224, 227):
-        opt = LoaderOptions(batch_size=1, num_threads=1, crop=crop)
+        opt = LoaderOptions(batch_size=1, num_threads=1, crop=crop, backend=backend)
         x, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="train", ten_crop=True)))
         assert x.shape == (1, 10, 3, crop, crop)
         corners = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
@@ -252,3 +255,70 @@ def test_resume_mid_epoch_yields_the_tail_of_the_full_epoch(unique_label_shards,
                 assert torch.equal(x, fx) and torch.equal(y, fy), (backend, rank, k)
     with pytest.raises(ValueError, match="start_step"):
         next(loader.epoch(0, start_step=loader.steps_per_epoch + 1))
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_cuda_convnet_divides_the_noisy_training_image_by_1_1(unique_label_shards, backend):
+    base = LoaderOptions(batch_size=4, num_threads=1, crop=12, backend=backend, normalization="channel")
+    plain, _ = next(TrainLoader(unique_label_shards, base).epoch(3))
+    divided, _ = next(TrainLoader(unique_label_shards, replace(base, lighting_scale_div=1.1)).epoch(3))
+    torch.testing.assert_close(divided * 1.1, plain, atol=1e-4, rtol=1e-5)
+    assert plain.abs().max() > 1  # the comparison is not between zeros
+    # eval has no colour noise, so nothing to undo there; without noise the option is refused
+    x, _ = next(iter(EvalLoader(unique_label_shards, replace(base, lighting_scale_div=1.1), split="train")))
+    assert x.shape[1:] == (3, 12, 12)
+    with pytest.raises(ValueError, match="lighting_scale_div 1.1 needs lighting noise"):
+        TrainLoader(unique_label_shards, replace(base, lighting="off", lighting_scale_div=1.1))
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("normalization", ["mean-image", "channel"])
+def test_one_user_image_is_what_the_eval_loader_sees(imagenet_with_stats, tmp_path, backend, normalization):
+    from pipeline.single import UnusableImage, image_input
+    from tests.conftest import IMAGENET
+
+    names = sorted(p.name for p in IMAGENET.glob("*.JPEG"))[:3]
+    (tmp_path / "src").mkdir()
+    for n in names:
+        shutil.copy(IMAGENET / n, tmp_path / "src" / n)
+    out = tmp_path / "out"
+    alexprep("shard", tmp_path / "src", out, "--label-from-name", "--split", "val", "--quiet")
+    for f in ("stats.json", "mean_image.npy"):
+        shutil.copy(imagenet_with_stats / f, out / f)
+    stats = load_stats(out)
+    opt = LoaderOptions(batch_size=3, num_threads=1, backend=backend, normalization=normalization)
+    (x, y), *_ = EvalLoader(out, opt, split="val", ten_crop=True)
+    wnids = [c["wnid"] for c in json.loads((out / "classes.json").read_text())]
+    for i, label in enumerate(y.tolist()):
+        path = next(tmp_path / "src" / n for n in names if n.startswith(wnids[label]))
+        rgb, one = image_input(path, stats, 224, True, normalization)
+        assert rgb.shape == (256, 256, 3) and one.shape == (1, 10, 3, 224, 224)
+        torch.testing.assert_close(one[0], x[i], atol=1e-3, rtol=0)
+        _, centre = image_input(path.read_bytes(), stats, 224, False, normalization)
+        torch.testing.assert_close(centre[0], x[i, 8], atol=1e-3, rtol=0)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(UnusableImage, match="bad.jpg: "):
+        image_input(tmp_path / "bad.jpg", stats, 224, False)
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_a_damaged_stored_jpeg_is_named_not_a_crash(unique_label_shards, tmp_path, backend):
+    from pipeline.loader import DamagedSampleError
+    from shards import layout
+    from shards.index import read_index
+
+    out = tmp_path / "damaged"
+    shutil.copytree(unique_label_shards, out)
+    tar = out / "train" / "train-000001.tar"
+    jpg = next(m for m in read_index(layout.idx_path(tar))[2] if m.ext == "jpg")
+    with open(tar, "r+b") as f:  # the JPEG header zeroed after sharding: no decoder reads it
+        f.seek(jpg.offset)
+        f.write(bytes(16))
+    opt = LoaderOptions(batch_size=4, num_threads=2, crop=12, backend=backend)
+    key = jpg.name.split(".")[0]
+    where = rf"{tar}: sample {key}: the stored JPEG does not decode" if backend == "reference" else None
+    where = where or rf"{out}/train: reading the shards failed \(.+\); .* run `alexprep verify {out}`"
+    with pytest.raises(DamagedSampleError, match=where):
+        list(TrainLoader(out, opt).epoch(0))
+    with pytest.raises(DamagedSampleError, match=where):
+        list(EvalLoader(out, opt, split="train"))

@@ -169,6 +169,8 @@ _HELP = {
     "inverted: torch's nn.Dropout (x2 in training).",
     "init_from": "Fine-tune: start from this run folder's / checkpoint's weights (new classifier "
     "if the class count differs; new optimiser state).",
+    "lighting_scale_div": "Divide the image by this after adding colour noise (cuda-convnet: 1.1; "
+    "the paper: 1, not mentioned).",
     "mirror": "Random horizontal reflections in training (section 4.1).",
 }
 

@@ -58,6 +58,7 @@ class TrainConfig:
     loader: str = "auto"  # auto (DALI if installed), dali, reference
     lighting: str = "cuda-convnet"
     mirror: bool = True  # random reflections (section 4.1); Figure 1 turns them off
+    lighting_scale_div: float = 1.0  # cuda-convnet: 1.1 (divide after colour noise; docs/model.md)
     normalization: str = "mean-image"
     num_threads: int = 4
     seed: int = 0
@@ -172,6 +173,11 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("dropout", _finite(c.dropout) and 0 <= c.dropout < 1, "must be in [0, 1)"),
         ("batch_size", c.batch_size >= 1, "must be >= 1"),
         ("lr", _finite(c.lr) and 0 < c.lr <= MAX_LR, f"must be a finite number in (0, {MAX_LR:g}]"),
+        (
+            "lighting_scale_div",
+            _finite(c.lighting_scale_div) and 1 <= c.lighting_scale_div <= 2,
+            "must be in [1, 2] (cuda-convnet: 1.1)",
+        ),
         ("momentum", _finite(c.momentum) and 0 <= c.momentum < 1, "must be in [0, 1)"),
         ("weight_decay", _finite(c.weight_decay) and 0 <= c.weight_decay < 1, "must be in [0, 1)"),
         ("epochs", c.epochs >= 1, "must be >= 1"),

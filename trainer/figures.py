@@ -3,7 +3,7 @@ predictions; nearest neighbours in the last hidden layer), and a run report with
 
 Images given by the user are preprocessed exactly as the val pipeline sees them: the offline
 step (shorter side 256, centre crop, JPEG q90, as `alexprep shard` stores them), then the
-centre 224 crop (or the 10 crops) minus the mean image (`pipeline.augment.reference_augment`).
+centre 224 crop (or the 10 crops) minus the mean image (`pipeline.single.image_input`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from pipeline.augment import TEN_CROP_POS, crop_origin, load_stats, reference_augment
-from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, RejectedImage, process_file
+from pipeline.augment import load_stats
+from pipeline.single import IMAGE_SIZE, UnusableImage, image_input
 from shards import layout
 from shards.reader import load_classes
 from trainer.errors import FigureError
@@ -110,33 +110,13 @@ def kernel_grid(towers: list[np.ndarray], cols: int = 8, scale: int = 4, pad: in
 
 
 def load_image(
-    path: Path, stats, crop: int, ten_crop: bool, size: int = IMAGE_SIZE
+    path: Path, stats, crop: int, ten_crop: bool, size: int = IMAGE_SIZE, normalization: str = "mean-image"
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """(the stored 256x256 RGB image, the network input [1, C, H, W] or [1, 10, C, H, W])."""
+    """(the stored RGB image, the network input): `pipeline.single.image_input`, FigureError if unusable."""
     try:
-        enc = process_file(str(path), size, JPEG_QUALITY)
-    except RejectedImage as e:
-        raise FigureError(f"{path}: {e}") from None
-    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(enc.jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    zero = np.zeros(3)
-    positions = TEN_CROP_POS if ten_crop else TEN_CROP_POS[-1:]
-    crops = [
-        reference_augment(
-            rgb,
-            stats.mean_image,
-            None,
-            None,
-            crop_origin(px, size, crop),
-            crop_origin(py, size, crop),
-            crop,
-            m,
-            zero,
-        )
-        for px, py in positions
-        for m in ((False, True) if ten_crop else (False,))
-    ]
-    x = torch.from_numpy(np.stack(crops))
-    return rgb, (x[None] if ten_crop else x)
+        return image_input(path, stats, crop, ten_crop, normalization, size)
+    except UnusableImage as e:
+        raise FigureError(str(e)) from None
 
 
 CLASS_NAMES_JSON = "class_names.json"  # optional: {wnid or class name: human-readable name}

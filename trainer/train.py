@@ -146,6 +146,7 @@ def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) ->
         seed=cfg.seed,
         lighting=cfg.lighting,
         mirror=cfg.mirror,
+        lighting_scale_div=cfg.lighting_scale_div,
         normalization=cfg.normalization,
         crop=cfg.crop,
         rank=env.rank,

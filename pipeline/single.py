@@ -1,0 +1,59 @@
+"""One image -> model input, exactly as the eval loaders see a stored sample.
+
+Figures and predictions on a user's own file must match what the network was evaluated on: the
+offline step `alexprep shard` applied (shorter side to the stored size, centre crop, JPEG at
+the stored quality, decoded again), then the val transform (centre crop or the paper's 10
+crops, normalised as the run was). The crops come from `augment.eval_crops`, the same code as
+the reference eval loader, which the tests hold equal to the DALI eval pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.augment import Stats, eval_crops
+from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, RejectedImage, process, process_file
+
+
+class UnusableImage(ValueError):
+    """The file cannot be read or decoded as an image; the message names it and says why."""
+
+
+def stored_rgb(source: Path | bytes, size: int = IMAGE_SIZE) -> np.ndarray:
+    """What `alexprep shard` would store for this file or these bytes, decoded: HWC uint8 RGB."""
+    import cv2
+
+    try:
+        enc = (
+            process(source, size, JPEG_QUALITY)
+            if isinstance(source, bytes)
+            else process_file(str(source), size)
+        )
+    except RejectedImage as e:
+        name = "image bytes" if isinstance(source, bytes) else str(source)
+        raise UnusableImage(f"{name}: {e}") from None
+    bgr = cv2.imdecode(np.frombuffer(enc.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def image_input(
+    source: Path | bytes,
+    stats: Stats,
+    crop: int,
+    ten_crop: bool,
+    normalization: str = "mean-image",
+    size: int = IMAGE_SIZE,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """(the stored RGB image, the network input [1, C, H, W] or [1, 10, C, H, W])."""
+    rgb = stored_rgb(source, size)
+    if normalization == "mean-image":
+        norm = dict(mean_image=stats.mean_image, channel_mean=None, channel_std=None)
+    elif normalization == "channel":
+        norm = dict(mean_image=None, channel_mean=stats.mean_rgb, channel_std=stats.std_rgb)
+    else:
+        raise ValueError(f"normalization {normalization!r} not mean-image|channel")
+    x = torch.from_numpy(eval_crops(rgb, crop=crop, ten_crop=ten_crop, **norm))
+    return rgb, (x[None] if ten_crop else x)
