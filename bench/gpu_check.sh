@@ -13,6 +13,11 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 py=${PYTHON:-python3}
+data=${GPU_DATA:-.gpu/data/imagenet}
+if [ ! -f "$data/dataset.json" ]; then
+  echo "gpu_check: no $data/dataset.json: run 'bash bench/gpu_data.sh' where ../shared is, and carry .gpu/data" >&2
+  exit 2
+fi
 if ! "$py" -c 'import nvidia.dali, webdataset' 2>/dev/null; then
   for dir in /root/whl .gpu/whl; do
     if ls "$dir"/nvidia_dali_cuda*.whl >/dev/null 2>&1; then
@@ -34,11 +39,6 @@ cuda = torch.version.cuda
 if cuda and dali and not any(n.endswith(cuda.split(".")[0] + "0") for n in dali):
     print(f"gpu_check: warning: {dali} with torch built for CUDA {cuda}", file=sys.stderr)
 PY
-data=${GPU_DATA:-.gpu/data/imagenet}
-if [ ! -f "$data/dataset.json" ]; then
-  echo "gpu_check: no $data/dataset.json: run 'bash bench/gpu_data.sh' where ../shared is, and carry .gpu/data" >&2
-  exit 2
-fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt"
 timeout "${GPU_CHECK_TIMEOUT:-290}" "$py" bench/gpu_check.py --data "$data" --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
 exit "${PIPESTATUS[0]}"

@@ -5,8 +5,8 @@
 set -eu
 for dir in ${ALEX_WRITABLE:-}; do
   probe="$dir/.alexnet2012-write-test.$$"
-  if ! { : > "$probe"; } 2>/dev/null; then
-    owner=$(stat -c %u:%g "$dir" 2>/dev/null || echo "missing")
+  if ! (: > "$probe") 2>/dev/null; then
+    owner=$(stat -c %u:%g "$dir" 2>/dev/null || echo "not found")
     echo "alexnet2012: $dir is not writable by uid:gid $(id -u):$(id -g) (owner: $owner)." \
       "On the host, set UID and GID in docker/.env to the folder's owner (echo UID=\$(id -u) GID=\$(id -g))," \
       "or chown the folder; create host folders before the first run (Docker makes missing ones as root)." >&2

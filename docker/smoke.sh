@@ -23,24 +23,25 @@ cifar=${CIFAR_TGZ:-$repo/../shared/data/cifar10-jpeg.tar.gz}
 image=alexnet2012:smoke
 project=alexnet2012-smoke
 timings=()
+current=
 t0=$(date +%s)
 
-step() { # step NAME COMMAND...: run, time, and record one stage
-  local name=$1 start rc=0
+step() { # step NAME COMMAND...: run under set -e (a failing command anywhere in it ends the
+  # script, and the EXIT trap reports the step), and time it
+  local start
+  current=$1
   shift
-  echo "== $name: $*"
+  echo "== $current: $*"
   start=$(date +%s)
-  "$@" || rc=$?
-  timings+=("$(printf '%-34s %5ss  %s' "$name" "$(($(date +%s) - start))" "$([ $rc = 0 ] && echo ok || echo "FAILED ($rc)")")")
-  if [ $rc != 0 ]; then
-    echo "smoke: $name failed (exit $rc)" >&2
-    exit $rc
-  fi
+  "$@"
+  timings+=("$(printf '%-34s %5ss  ok' "$current" "$(($(date +%s) - start))")")
+  current=
 }
 
 report() {
   local rc=$?
   [ -n "${compose_ready:-}" ] && compose down --remove-orphans >/dev/null 2>&1 || true
+  [ -n "${current:-}" ] && timings+=("$(printf '%-34s %5s   FAILED (exit %s)' "$current" "" "$rc")")
   echo
   echo "smoke: base $base, image $image, uid:gid $uid:$gid, $(nproc) cores"
   printf '%s\n' "${timings[@]}"
@@ -101,7 +102,7 @@ make_source() {
     [ "$split" = test ] && n=$((per_class / 4))
     for dir in "$work/cifar10/$split"/*/; do
       mkdir -p "$src/$split/$(basename "$dir")"
-      find "$dir" -name '*.jpg' | sort | head -n "$n" | xargs cp -t "$src/$split/$(basename "$dir")"
+      find "$dir" -name '*.jpg' | sort | awk -v n="$n" 'NR <= n' | xargs cp -t "$src/$split/$(basename "$dir")"
     done
   done
   rm -rf "$work/cifar10"
