@@ -17,10 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def requirements(dali: str) -> list[str]:
-    """pyproject's dependencies, DALI swapped for `dali`, + the tensorboard extra + build requires."""
+    """pyproject's dependencies, DALI swapped for `dali`, + the image's extras + build requires.
+
+    Extras: tensorboard (the service), figures (report, predict, fig1 in the container) and devkit
+    (ILSVRC-2012 val with the devkit's meta.mat): a GPU host should not find one missing.
+    """
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     deps = [re.sub(r"^nvidia-dali-cuda\d+", dali, d) for d in project["project"]["dependencies"]]
-    deps += project["project"]["optional-dependencies"]["tensorboard"]
+    extras = project["project"]["optional-dependencies"]
+    for extra in ("tensorboard", "figures", "devkit"):
+        deps += extras[extra]
     return deps + project["build-system"]["requires"]
 
 
