@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.loader import LoaderOptions, TrainLoader  # noqa: E402
-from shards.reader import load_classes, load_dataset  # noqa: E402
+from shards.reader import load_dataset  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.metrics import METRICS, read_metrics  # noqa: E402
 from trainer.model import build_model  # noqa: E402
