@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.bench import Epochs  # noqa: E402
 from pipeline.loader import TrainLoader  # noqa: E402
-from shards.reader import load_classes, load_dataset  # noqa: E402
+from shards.reader import DatasetError, load_classes, load_dataset  # noqa: E402
 from trainer.bench import Rate, train_rate  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.train import Env, loader_options  # noqa: E402
@@ -61,8 +61,8 @@ def main() -> None:
         ap.error("--warm, --steps and --repeats must be >= 1")
     try:
         meta, classes = load_dataset(args.data), len(load_classes(args.data))
-    except (OSError, ValueError) as e:
-        ap.error(f"--data {args.data}: {e}")
+    except (DatasetError, OSError, ValueError) as e:
+        ap.error(str(e))
     crop = 224 if args.arch == "alexnet" else min(32, meta["size"])
     cfg = TrainConfig(
         data=str(args.data),
@@ -76,7 +76,10 @@ def main() -> None:
     dev = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     env = Env(0, 1, 0, [dev])
     configs = {name: TrainConfig(**{**cfg.to_dict(), "loader": name}) for name in ("dali", "reference")}
-    loaders = {name: TrainLoader(args.data, loader_options(c, env)) for name, c in configs.items()}
+    try:
+        loaders = {name: TrainLoader(args.data, loader_options(c, env)) for name, c in configs.items()}
+    except (DatasetError, OSError, ValueError) as e:  # e.g. fewer samples than one batch
+        ap.error(str(e))
     per_epoch = loaders["dali"].steps_per_epoch
     if args.warm + args.steps > per_epoch:
         ap.error(
