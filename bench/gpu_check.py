@@ -40,12 +40,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.bench import Epochs, sync  # noqa: E402
 from pipeline.loader import LoaderOptions, TrainLoader  # noqa: E402
 from shards.reader import load_dataset  # noqa: E402
+from trainer.bench import train_rate  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.metrics import METRICS, read_metrics  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.train import Env, Position, Trainer, build, resolve_data, train_epoch  # noqa: E402
+from trainer.train import Env, resolve_data  # noqa: E402
 
 ROWS: list[tuple[str, str]] = []
 
@@ -70,11 +72,6 @@ def check(title: str) -> Callable:
         return run
 
     return wrap
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def stream_rate(batches: Iterator, warm: int, steps: int, batch: int, device: torch.device) -> float:
@@ -137,56 +134,24 @@ def check_decode(a: argparse.Namespace, device: torch.device) -> None:
     row("hardware JPEG decoder", hardware_decoder(a.data) if gpu else "n/a (cpu)")
 
 
-class Epochs:
-    """The training loader's batches, epoch after epoch, as one stream; counts pipeline starts.
-
-    The loader makes one DALI pipeline per epoch (an epoch is a pure function of seed and epoch):
-    on the small check set (1,000 images: a few steps an epoch) those starts fall inside the timed
-    window, so each row says how many did.
-    """
-
-    def __init__(self, a: argparse.Namespace, device: torch.device):
-        opt = LoaderOptions(batch_size=a.batch, device=device.type, num_threads=a.threads, rank=0, world=1)
-        self.loader, self.starts = TrainLoader(a.data, opt), 0
-
-    def __iter__(self) -> Iterator:
-        for epoch in itertools.count():
-            self.starts += 1
-            yield from self.loader.epoch(epoch)
+def epochs(a: argparse.Namespace, device: torch.device) -> Epochs:
+    """The training loader's batches as one stream (one DALI pipeline per epoch: on the small
+    check set, a few steps an epoch, those starts fall inside the timed window, and each row
+    says how many did)."""
+    opt = LoaderOptions(batch_size=a.batch, device=device.type, num_threads=a.threads, rank=0, world=1)
+    return Epochs(TrainLoader(a.data, opt))
 
 
 @check("DALI decode + augmentation")
 def check_augment(a: argparse.Namespace, device: torch.device) -> None:
-    epochs = Epochs(a, device)
-    stream = iter(epochs)
+    batches = epochs(a, device)
+    stream = iter(batches)
     next(stream)
-    before = epochs.starts
+    before = batches.starts
     rate = stream_rate(stream, 4, a.steps, a.batch, device)
-    row("DALI decode + full augmentation", f"{rate:,.0f} img/s ({epochs.starts - before} epoch starts timed)")
-
-
-class Running:
-    """A loader over one started batch stream: each train_epoch continues where the last ended."""
-
-    def __init__(self, stream: Iterator, steps: int):
-        self.stream, self.steps_per_epoch = stream, steps
-
-    def epoch(self, _epoch: int, start_step: int = 0) -> Iterator:
-        return itertools.islice(self.stream, self.steps_per_epoch - start_step)
-
-
-def train_rate(cfg: TrainConfig, env: Env, stream: Iterator, warm: int, steps: int) -> float:
-    """img/s of the real training step (trainer.train.train_epoch) over `steps` steps after `warm`."""
-    torch.manual_seed(0)
-    trainer = Trainer(cfg, env, {}, build(cfg, env))
-    net, device = trainer.model, env.devices[0]
-    train_epoch(trainer, net, Running(stream, warm), 0, warm, False)
-    trainer.pos = Position()
-    sync(device)
-    start = time.perf_counter()
-    train_epoch(trainer, net, Running(stream, steps), 1, steps, False)
-    sync(device)
-    return steps * cfg.batch_size / (time.perf_counter() - start)
+    row(
+        "DALI decode + full augmentation", f"{rate:,.0f} img/s ({batches.starts - before} epoch starts timed)"
+    )
 
 
 def bench_config(a: argparse.Namespace, device: torch.device, **kw) -> TrainConfig:  # noqa: ANN003
@@ -201,13 +166,13 @@ def check_train(a: argparse.Namespace, device: torch.device) -> None:
     env = Env(0, 1, 0, [device])
     x = torch.randn(a.batch, 3, cfg.crop, cfg.crop, device=device) * 60
     y = torch.randint(0, cfg.num_classes, (a.batch,), device=device)
-    synthetic = train_rate(cfg, env, itertools.repeat((x, y)), 5, a.steps)
-    epochs = Epochs(a, device)
-    dali = train_rate(cfg, env, iter(epochs), 5, a.steps)
+    synthetic = train_rate(cfg, env, itertools.repeat((x, y)), 5, a.steps).img_per_s
+    timed = train_rate(cfg, env, epochs(a, device), 5, a.steps)
+    dali = timed.img_per_s
     row("AlexNet train, synthetic input", f"{synthetic:,.0f} img/s, {1000 * a.batch / synthetic:.1f} ms/step")
     row(
         "AlexNet train, DALI input",
-        f"{dali:,.0f} img/s, {1000 * a.batch / dali:.1f} ms/step ({epochs.starts} epoch starts)",
+        f"{dali:,.0f} img/s, {1000 * a.batch / dali:.1f} ms/step ({timed.starts} epoch starts timed)",
     )
     row("DALI / synthetic (target >= 95%)", f"{dali / synthetic:.1%}")
 
@@ -275,7 +240,7 @@ def check_towers(a: argparse.Namespace, device: torch.device) -> None:
     xb = torch.randn(a.batch, 3, cfg.crop, cfg.crop, device=device) * 60
     rate = train_rate(
         TrainConfig(**{**cfg.to_dict(), "amp": True}), env, itertools.repeat((xb, y)), 3, a.steps
-    )
+    ).img_per_s
     row("two towers placed on [dev, dev]", f"max |diff| vs one device {diff:.2e}; train {rate:,.0f} img/s")
 
 

@@ -10,39 +10,54 @@ filled during the warm-up (a few batches, so `batches` should be tens of prefetc
 from __future__ import annotations
 
 import itertools
+import os
 import resource
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 
-def _stream(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
-    for epoch in itertools.count():
-        yield from loader.epoch(epoch)
+class Epochs:
+    """A loader's batches, epoch after epoch, as one stream; `starts` counts the epochs begun.
+
+    The training loader builds one DALI pipeline (or forks its DataLoader workers) per epoch, so
+    an epoch start is a cost: `starts` lets a caller say how many fell inside a timed window.
+    Anything with `.epoch(e)` works (TrainLoader, EvalLoader-like test loaders).
+    """
+
+    def __init__(self, loader) -> None:  # noqa: ANN001
+        self.loader, self.starts = loader, 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for epoch in itertools.count():
+            self.starts += 1
+            yield from self.loader.epoch(epoch)
 
 
-def _sync(x: torch.Tensor) -> None:
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def measure(loader, batches: int, warmup: int = 5) -> dict:  # noqa: ANN001
     """Images/s of `loader` (anything with `.epoch(e)` and `.steps_per_epoch`) in steady state."""
     if batches < 1 or warmup < 0:
         raise ValueError(f"batches {batches} must be >= 1 and warmup {warmup} >= 0")
-    stream = _stream(loader)
+    stream = iter(Epochs(loader))
     x = None
     for _ in range(warmup):
         x, _y = next(stream)
     if x is not None:
-        _sync(x)
+        sync(x.device)
     start = time.perf_counter()
     images = 0
     for _ in range(batches):
         x, _y = next(stream)
         images += x.shape[0]
-    _sync(x)
+    sync(x.device)
     elapsed = time.perf_counter() - start
     stream.close()
     return {
@@ -55,10 +70,27 @@ def measure(loader, batches: int, warmup: int = 5) -> dict:  # noqa: ANN001
     }
 
 
-def _cpu_seconds() -> float:
-    """User + system time of this process and of its reaped children (DataLoader workers)."""
+def _live_children_seconds() -> float:
+    """CPU time of this process's running children (DataLoader workers), from /proc (Linux).
+
+    A worker still running is not in RUSAGE_CHILDREN; once reaped, its whole time is, so
+    (reaped + live) before and after a window differ by exactly the children's time in it."""
+    me, tick, total = os.getpid(), os.sysconf("SC_CLK_TCK"), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile, or no /proc
+        if int(fields[1]) == me:  # fields[1]: ppid; [11:15]: utime, stime, cutime, cstime
+            total += sum(int(f) for f in fields[11:15])
+    return total / tick
+
+
+def cpu_seconds() -> float:
+    """User + system time of this process (DALI's and torch's threads included) and of its
+    children, reaped or still running (DataLoader workers)."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + _live_children_seconds()
 
 
 def cpu_efficiency(loader, epochs: int = 1) -> dict:  # noqa: ANN001
@@ -68,9 +100,9 @@ def cpu_efficiency(loader, epochs: int = 1) -> dict:  # noqa: ANN001
     CPU time spent per image does not depend on it (much), and on an otherwise idle machine
     with C cores the wall-clock rate approaches C times this figure when the loader keeps them
     all busy."""
-    cpu0, wall0, images = _cpu_seconds(), time.perf_counter(), 0
+    cpu0, wall0, images = cpu_seconds(), time.perf_counter(), 0
     for epoch in range(epochs):
         for x, _y in loader.epoch(epoch):
             images += x.shape[0]
-    cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
+    cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
     return {"images": images, "cpu_seconds": cpu, "img_per_cpu_s": images / cpu, "img_per_s": images / wall}

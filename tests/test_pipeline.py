@@ -349,3 +349,28 @@ def test_bench_measure_runs_across_one_step_epochs(unique_label_shards, backend)
     assert c["images"] == 60 and c["cpu_seconds"] > 0
     with pytest.raises(ValueError, match="batches 0 must be >= 1"):
         measure(loader, batches=0)
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_train_rate_times_the_real_step_and_counts_timed_epoch_starts(unique_label_shards, backend):
+    import itertools
+
+    from pipeline.bench import Epochs
+    from trainer.bench import train_rate
+    from trainer.config import TrainConfig
+    from trainer.train import Env, loader_options
+
+    cfg = TrainConfig(
+        data=str(unique_label_shards), arch="cifar", num_classes=37, crop=16, batch_size=30, loader=backend
+    )
+    env = Env(0, 1, 0, [torch.device("cpu")])
+    loader = TrainLoader(unique_label_shards, loader_options(cfg, env))
+    assert loader.steps_per_epoch == 1  # each timed step starts an epoch: all of them are counted
+    rate = train_rate(cfg, env, Epochs(loader), warm=1, steps=2)
+    assert rate.starts == 2 and rate.img_per_s > 0 and 0 < rate.cpu_seconds
+    assert rate.img_per_s == pytest.approx(60 / rate.seconds)
+    x, y = next(iter(loader.epoch(0)))
+    synthetic = train_rate(cfg, env, itertools.repeat((x, y)), warm=1, steps=2)
+    assert synthetic.starts == 0 and synthetic.img_per_cpu_s > 0
+    with pytest.raises(ValueError, match="warm 0"):
+        train_rate(cfg, env, Epochs(loader), warm=0, steps=2)
