@@ -148,7 +148,7 @@ def pca_stats(out: Path, workers: int = 0, max_images: int | None = None, progre
     total = Moments.zero(meta["size"])
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     bar = tqdm(total=sum(j[2] for j in jobs), unit="img", disable=not progress, desc="pca-stats")
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context("fork").Pool(workers, initializer=layout.die_with_parent) as pool:
         for m in pool.imap_unordered(shard_moments, jobs):
             total = total + m
             bar.update(m.images)

@@ -195,6 +195,11 @@ def _init_worker(counter) -> None:  # noqa: ANN001 (a multiprocessing.Value)
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
 
 
+def _init_pool_worker(counter) -> None:  # noqa: ANN001
+    layout.die_with_parent()
+    _init_worker(counter)
+
+
 def write_shard(task: ShardTask) -> ShardResult:
     """Decode, resize and store every input of one shard, then commit it (in a worker).
 
@@ -238,7 +243,7 @@ def _run(tasks: list[ShardTask], workers: int) -> Iterator[ShardResult | None]:
         for t in tasks:
             yield write_shard(t)
         return
-    with ctx.Pool(min(workers, len(tasks)) or 1, initializer=_init_worker, initargs=(counter,)) as pool:
+    with ctx.Pool(min(workers, len(tasks)) or 1, initializer=_init_pool_worker, initargs=(counter,)) as pool:
         pending = pool.imap_unordered(write_shard, tasks)
         for _ in tasks:
             while True:

@@ -200,13 +200,34 @@ def remove_stale_tmp(folder: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (killed, not yet reaped by its new parent) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def die_with_parent() -> None:
+    """In a pool worker: be killed when the parent dies (Linux), so `kill -9` of a run leaves no
+    orphan workers still writing into OUT while a re-run starts. Elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call: nothing will signal us
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class NodeLock:
