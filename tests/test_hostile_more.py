@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import alexprep
+from tests.conftest import alexprep, alextrain
 
 SIZE = "16"
 
@@ -81,3 +84,83 @@ def test_a_trailing_empty_cell_is_still_a_row(tmp_path):
     labels.write_text("a.jpg,cat,\r\n")
     alexprep("shard", src, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
     assert [c["name"] for c in json.loads((tmp_path / "out" / "classes.json").read_text())] == ["cat"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes x (3 train + 1 val) plain-colour images, sharded at 32px, with pca-stats."""
+    src = tmp_path_factory.mktemp("tiny-src")
+    for split in ("train", "val"):
+        for c in range(3):
+            (src / split / f"c{c}").mkdir(parents=True)
+            for i in range(3 if split == "train" else 1):
+                (src / split / f"c{c}" / f"{i}.jpg").write_bytes(jpeg((80 * c, 20 * i, 0)))
+    out = tmp_path_factory.mktemp("tiny") / "shards"
+    alexprep("shard", src, out, "--size", 32, "--workers", 1, "--quiet")
+    alexprep("pca-stats", out, "--workers", 1, "--quiet")
+    return out
+
+
+CIFAR3 = {"arch": "cifar", "num_classes": 3, "input_size": 32}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([1, 2, 3], "not an alextrain checkpoint (holds a list, not a dict)"),
+        ({"model_config": 5, "model": {}}, "malformed model_config"),
+        ({"model_config": {**CIFAR3, "colour": 1}, "model": {}}, "malformed model_config"),
+        ({"model_config": CIFAR3, "model": [1]}, "weights do not fit its architecture"),
+    ],
+)
+def test_checkpoints_that_load_but_hold_the_wrong_things_are_one_line_errors(
+    tiny_data, tmp_path, content, message
+):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save(content, bad)
+    proc = alextrain(
+        "eval", "--data", tiny_data, "--checkpoint", bad, "--device", "cpu", "--num-threads", 1, check=False
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "content", [[1], {"model_config": CIFAR3, "model": [1]}, {"model_config": [1], "model": {}}]
+)
+def test_init_from_a_malformed_checkpoint_is_one_line(tiny_data, tmp_path, content):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save(content, bad)
+    proc = alextrain(
+        "run", "--data", tiny_data, "--out", tmp_path / "run", "--arch", "cifar", "--epochs", 1,
+        "--init-from", bad, "--batch-size", 4, "--loader", "reference", "--num-threads", 1, "--quiet",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "not an alextrain checkpoint" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_config_that_is_a_device_a_fifo_or_huge_is_refused_without_reading(tiny_data, tmp_path):
+    fifo = tmp_path / "c.toml"
+    os.mkfifo(fifo)  # reading it would block forever
+    huge = tmp_path / "huge.toml"
+    huge.write_bytes(b"#" * (2**20 + 1))
+    for config, message in ((Path("/dev/zero"), "must be a regular file"), (fifo, "must be a regular file"),
+                            (huge, "not a config file")):  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "trainer.cli",
+            "run",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+        proc = subprocess.run([*cmd, "--config", str(config)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -237,8 +237,15 @@ def coerce(key: str, value: object) -> object:
     raise ConfigError(f"{_name(key)} = {value!r}: must be {' or '.join(kinds)}")
 
 
+MAX_CONFIG_BYTES = 2**20
+
+
 def load_config_file(path: Path) -> dict:
     """JSON or TOML -> dict of TrainConfig fields; unknown keys and wrong types are an error."""
+    if not path.is_file():  # a FIFO or /dev/zero would block or fill the memory
+        raise ConfigError(f"{path}: a config file must be a regular file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes, not a config file")
     try:
         text = path.read_text()
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
