@@ -164,3 +164,14 @@ def test_config_that_is_a_device_a_fifo_or_huge_is_refused_without_reading(tiny_
         proc = subprocess.run([*cmd, "--config", str(config)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("weights", [[1], {1: 2, "body.0.weight": [1]}])
+def test_kernels_of_a_checkpoint_without_tensors_is_one_line(tmp_path, weights):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"model_config": CIFAR3, "model": weights}, bad)
+    proc = alextrain("kernels", bad, "--out", tmp_path / "k.png", check=False)
+    assert proc.returncode == 2 and "no conv1 of shape" in proc.stderr, proc.stderr
+    assert not (tmp_path / "k.png").exists()

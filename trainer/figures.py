@@ -75,7 +75,10 @@ def save_image(img: Image.Image, path: Path) -> None:
 
 def conv1_kernels(state: dict) -> list[np.ndarray]:
     """conv1 weights per tower, each [N, 3, k, k]; FigureError if there is no such layer."""
-    weights = state.get("model", {})
+    weights = state.get("model")
+    if not isinstance(weights, dict):  # a malformed checkpoint: no tensors to show
+        weights = {}
+    weights = {k: v for k, v in weights.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     towers = [weights[k] for k in sorted(weights) if k.startswith("conv1.parts.") and k.endswith(".weight")]
     if not towers and "body.0.weight" in weights:  # the small CIFAR net
         towers = [weights["body.0.weight"]]
