@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,42 @@ def test_kernels_of_a_checkpoint_without_tensors_is_one_line(tmp_path, weights):
     proc = alextrain("kernels", bad, "--out", tmp_path / "k.png", check=False)
     assert proc.returncode == 2 and "no conv1 of shape" in proc.stderr, proc.stderr
     assert not (tmp_path / "k.png").exists()
+
+
+def test_two_runs_on_one_out_at_once_one_is_refused_and_each_epoch_is_listed_once(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", tiny_data, "--out", out, "--arch", "cifar", "--epochs", 2, "--batch-size", 3]
+    args += ["--loader", "reference", "--num-threads", 1, "--quiet"]
+    cmd = [sys.executable, "-m", "trainer.cli", "run", *map(str, args)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / ".alextrain.lock").exists() or not (out / ".alextrain.lock").read_text():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=120) == 0, first.communicate()
+    assert (
+        second.returncode == 2
+        and "another `alextrain run`" in second.stderr
+        and f"pid {first.pid}" in second.stderr
+    )
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+
+
+def test_a_refused_run_leaves_no_folder_behind(tiny_data, tmp_path):
+    proc = alextrain(
+        "run",
+        "--data",
+        tiny_data,
+        "--out",
+        tmp_path / "new",
+        "--arch",
+        "cifar",
+        "--resume",
+        "--batch-size",
+        3,
+        check=False,
+    )
+    assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+    assert not (tmp_path / "new").exists()
