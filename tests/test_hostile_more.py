@@ -103,15 +103,21 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 CIFAR3 = {"arch": "cifar", "num_classes": 3, "input_size": 32}
+RUN = {"crop": 32, "normalization": "mean-image"}
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
         ([1, 2, 3], "not an alextrain checkpoint (holds a list, not a dict)"),
-        ({"model_config": 5, "model": {}}, "malformed model_config"),
-        ({"model_config": {**CIFAR3, "colour": 1}, "model": {}}, "malformed model_config"),
-        ({"model_config": CIFAR3, "model": [1]}, "weights do not fit its architecture"),
+        ({"model_config": 5, "model": {}, "config": RUN}, "malformed model_config"),
+        ({"model_config": {**CIFAR3, "colour": 1}, "model": {}, "config": RUN}, "malformed model_config"),
+        (
+            {"model_config": CIFAR3, "model": [1], "config": {"crop": 32}},
+            "no config with crop, normalization",
+        ),
+        ({"model_config": CIFAR3, "model": [1], "config": RUN}, "weights do not fit its architecture"),
+        ({"model_config": CIFAR3, "model": {"x": 1}, "config": RUN}, "weights do not fit its architecture"),
     ],
 )
 def test_checkpoints_that_load_but_hold_the_wrong_things_are_one_line_errors(
@@ -215,3 +221,32 @@ def test_a_refused_run_leaves_no_folder_behind(tiny_data, tmp_path):
     )
     assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("stats.json", b"[1, 2]", "stats.json: not readable pca-stats (TypeError"),
+        ("stats.json", b'{"mean_rgb": [1, 2, 3]}', "stats.json: not readable pca-stats (KeyError"),
+        ("stats.json", b"\xff\xfe{", "stats.json: not readable pca-stats (UnicodeDecodeError"),
+        ("mean_image.npy", b"hi\n", "mean_image.npy: not a readable .npy"),
+    ],
+)
+def test_damaged_pca_stats_name_the_file_and_the_repair(tiny_data, tmp_path, name, content, message):
+    import shutil
+
+    import torch
+
+    from trainer.model import ModelConfig, build_model
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / name).write_bytes(content)
+    ckpt = tmp_path / "c.pt"
+    model = build_model(ModelConfig.from_dict(CIFAR3))
+    torch.save({"model_config": CIFAR3, "model": model.state_dict(), "config": RUN}, ckpt)
+    proc = alextrain("eval", "--data", data, "--checkpoint", ckpt, "--device", "cpu", check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "re-run `alexprep pca-stats" in proc.stderr, (
+        proc.stderr
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -430,10 +430,13 @@ def _load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"):
     from shards.reader import load_classes, load_dataset
     from trainer.checkpoint import resolve
     from trainer.inference import load_model, pick_device
+    from trainer.model import ModelConfig
 
     checkpoint = resolve(checkpoint)
     model, state = load_model(checkpoint, pick_device(device))
     cfg = state["config"]
+    if data is None and not isinstance(cfg.get("data"), str):
+        raise CheckpointError(f"{checkpoint}: names no dataset; pass --data OUT")
     data = data or Path(cfg["data"])
     if not (data / layout.DATASET_JSON).is_file():
         raise DatasetError(
@@ -441,11 +444,9 @@ def _load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"):
         )
     load_dataset(data)
     classes = load_classes(data)
-    if len(classes) != state["model_config"]["num_classes"]:
-        raise CheckpointError(
-            f"{checkpoint}: made for {state['model_config']['num_classes']} classes, "
-            f"{data} has {len(classes)}"
-        )
+    made_for = ModelConfig.from_dict(state["model_config"]).num_classes  # load_model checked it
+    if len(classes) != made_for:
+        raise CheckpointError(f"{checkpoint}: made for {made_for} classes, {data} has {len(classes)}")
     return model, cfg, data, checkpoint
 
 

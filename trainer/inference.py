@@ -32,6 +32,12 @@ def load_model(
     mc = state.get("model_config")
     if mc is None:
         raise checkpoint.CheckpointError(f"{path}: not an alextrain checkpoint (no model_config)")
+    run_config = state.get("config")
+    if not isinstance(run_config, dict) or not {"crop", "normalization"} <= run_config.keys():
+        # the input preprocessing the model was trained with: needed by every caller
+        raise checkpoint.CheckpointError(
+            f"{path}: not an alextrain checkpoint (no config with crop, normalization)"
+        )
     try:
         config = ModelConfig.from_dict(mc)
     except TypeError as e:  # not a dict, or a key missing or unknown
@@ -44,7 +50,9 @@ def load_model(
     try:
         model.load_state_dict(state.get("model"))
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise checkpoint.CheckpointError(f"{path}: weights do not fit its architecture ({e})") from None
+        raise checkpoint.CheckpointError(
+            f"{path}: weights do not fit its architecture ({' '.join(str(e).split())})"
+        ) from None
     return model.to(device).eval(), state
 
 
