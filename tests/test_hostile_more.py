@@ -250,3 +250,8 @@ def test_damaged_pca_stats_name_the_file_and_the_repair(tiny_data, tmp_path, nam
         proc.stderr
     )
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_summary_refuses_a_class_count_it_cannot_allocate():
+    proc = alextrain("summary", "--num-classes", 99_999_999_999, check=False)
+    assert proc.returncode == 2 and "--num-classes" in proc.stderr and "Traceback" not in proc.stderr

@@ -310,10 +310,16 @@ def eval_cmd(
     emit(result, as_json, json_out, table)
 
 
+MAX_SUMMARY_CLASSES = 100_000  # the model is built to count it: fc8 alone is 4097 x N floats
+
+
 @main.command("summary")
 @click.option("--arch", type=click.Choice(["alexnet", "cifar"]), default="alexnet", show_default=True)
 @click.option(
-    "--num-classes", type=click.IntRange(1), default=None, help="[default: 1000 for alexnet, 10 for cifar]"
+    "--num-classes",
+    type=click.IntRange(1, MAX_SUMMARY_CLASSES),
+    default=None,
+    help="[default: 1000 for alexnet, 10 for cifar]",
 )
 @click.option("--towers", type=click.IntRange(1, 2), default=2, show_default=True)
 @click.option("--extra-conv", is_flag=True, help="A sixth conv layer (Table 2's 1 CNN*).")
