@@ -101,7 +101,7 @@ def main() -> None:
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(0),
     default=DEFAULT_SEED,
     show_default=True,
     help="Seed of the global shuffle of the train split.",

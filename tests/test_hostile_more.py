@@ -255,3 +255,11 @@ def test_damaged_pca_stats_name_the_file_and_the_repair(tiny_data, tmp_path, nam
 def test_summary_refuses_a_class_count_it_cannot_allocate():
     proc = alextrain("summary", "--num-classes", 99_999_999_999, check=False)
     assert proc.returncode == 2 and "--num-classes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_seeds_out_of_range_are_one_line_errors(class_tree, tiny_data, tmp_path):
+    proc = alexprep("shard", class_tree, tmp_path / "out", "--seed", -1, check=False)
+    assert proc.returncode == 2 and "'--seed': -1 is not in the range" in proc.stderr, proc.stderr
+    proc = alextrain("run", "--data", tiny_data, "--out", tmp_path / "r", "--seed", 2**64, check=False)
+    assert proc.returncode == 2 and "--seed (seed) = 18446744073709551616: must be" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r").exists()

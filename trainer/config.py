@@ -187,7 +187,7 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("max_drops", c.max_drops >= 0, "must be >= 0"),
         ("steps_per_epoch", c.steps_per_epoch is None or c.steps_per_epoch >= 1, "must be >= 1"),
         ("num_threads", c.num_threads >= 1, "must be >= 1"),
-        ("seed", c.seed >= 0, "must be >= 0"),
+        ("seed", 0 <= c.seed < 2**63, "must be >= 0 and < 2**63 (torch.manual_seed)"),
         ("checkpoint_every", c.checkpoint_every is None or c.checkpoint_every >= 1, "must be >= 1 (steps)"),
         ("keep", c.keep >= 1, "must be >= 1"),
         (
