@@ -261,5 +261,19 @@ def test_seeds_out_of_range_are_one_line_errors(class_tree, tiny_data, tmp_path)
     proc = alexprep("shard", class_tree, tmp_path / "out", "--seed", -1, check=False)
     assert proc.returncode == 2 and "'--seed': -1 is not in the range" in proc.stderr, proc.stderr
     proc = alextrain("run", "--data", tiny_data, "--out", tmp_path / "r", "--seed", 2**64, check=False)
-    assert proc.returncode == 2 and "--seed (seed) = 18446744073709551616: must be" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "--seed (seed) = 18446744073709551616: must be" in proc.stderr, (
+        proc.stderr
+    )
     assert not (tmp_path / "out").exists() and not (tmp_path / "r").exists()
+
+
+def test_report_out_named_png_is_refused_not_overwritten_by_the_markdown(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    row = {"epoch": 0, "lr": 0.01, "train_loss": 2.0, "val_top1_err": 0.9, "val_top5_err": 0.5}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    proc = alextrain("report", run, "--out", tmp_path / "figs" / "curves.PNG", check=False)
+    assert proc.returncode == 2 and "both the Markdown report and its figure" in proc.stderr, proc.stderr
+    assert not (tmp_path / "figs").exists()
+    alextrain("report", run, "--out", tmp_path / "figs" / "r.md")
+    assert (tmp_path / "figs" / "r.png").read_bytes()[:4] == b"\x89PNG"

@@ -651,6 +651,12 @@ def report_cmd(run: Path, out: Path | None) -> None:
     RUN is a run folder (or a checkpoint in one). Its metrics.jsonl is read tolerantly: a torn
     or garbage line is skipped with a warning.
     """
+    if out is not None and out.suffix.lower() == ".png":  # the figure is written to OUT's .png
+        raise click.BadParameter(
+            f"{out} would be both the Markdown report and its figure; give a .md name "
+            "(the figure is written beside it, as the same name with .png)",
+            param_hint="--out",
+        )
     prepare_outputs(data=out)  # RUN/report.md (the default) needs no folder made
 
     from trainer.figures import report
