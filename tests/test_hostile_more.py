@@ -277,3 +277,31 @@ def test_report_out_named_png_is_refused_not_overwritten_by_the_markdown(tmp_pat
     assert not (tmp_path / "figs").exists()
     alextrain("report", run, "--out", tmp_path / "figs" / "r.md")
     assert (tmp_path / "figs" / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_damaged_feature_cache_is_computed_again_and_a_folder_in_its_place_is_one_line(tiny_data, tmp_path):
+    import torch
+
+    from trainer.model import ModelConfig, build_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict(CIFAR3))
+    torch.save({"model_config": CIFAR3, "model": model.state_dict(), "config": RUN}, run / "last.pt")
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg((80, 0, 0)))
+    args = ("neighbors", run, "--data", tiny_data, "--query", query, "--device", "cpu", "--num-threads", 1)
+    first = alextrain(*args).stdout
+    (cache,) = run.glob("features-*.npy")
+    cache.write_bytes(b"garbage")
+    again = alextrain(*args)
+    assert again.stdout == first and "damaged feature cache" in again.stderr
+    assert cache.read_bytes()[:6] == b"\x93NUMPY"
+    cache.unlink()
+    cache.mkdir()
+    proc = alextrain(*args, check=False)
+    assert proc.returncode == 2 and "cannot write the feature cache (Is a directory)" in proc.stderr, (
+        proc.stderr
+    )
+    assert sorted(p.name for p in run.iterdir()) == [cache.name, "last.pt"]  # no temporary left

@@ -413,7 +413,13 @@ def extract_features(
     from pipeline.loader import EvalLoader, LoaderOptions
 
     if cache.is_file():
-        return np.load(cache, mmap_mode="r")
+        try:
+            cached = np.load(cache, mmap_mode="r")  # no pickles
+            if cached.ndim == 2 and cached.dtype == np.float32:
+                return cached
+        except (OSError, ValueError, EOFError):  # truncated or garbage: it is only a cache
+            pass
+        warnings.warn(f"{cache}: damaged feature cache; computing it again", stacklevel=2)
     device = next(model.parameters()).device
     opt = LoaderOptions(
         batch_size=batch_size,
@@ -444,7 +450,11 @@ def extract_features(
         raise FigureError(f"{data}/{split}: the loader gave {row} samples, the manifest says {n}")
     bank.flush()
     del bank
-    layout.commit(tmp, cache)
+    try:
+        layout.commit(tmp, cache)
+    except OSError as e:  # e.g. a folder at the cache's name
+        tmp.unlink(missing_ok=True)
+        raise FigureError(f"{cache}: cannot write the feature cache ({e.strerror})") from None
     stem = cache.name.rsplit("-", 1)[0]
     for old in cache.parent.glob(f"{stem}-{'[0-9a-f]' * 16}.npy"):
         if old != cache:
