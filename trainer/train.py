@@ -470,6 +470,13 @@ def run(
     data, run_dir = Path(cfg.data), Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir}: exists and is not a folder")
+    data_real, out_real = data.resolve(), run_dir.resolve()
+    inside = out_real.relative_to(data_real).parts if out_real.is_relative_to(data_real) else None
+    if inside is not None and (not inside or inside[0] in load_dataset(data)["splits"]):
+        # checkpoints among the shards: verify, re-sharding and the loaders own those folders
+        raise TrainError(
+            f"--out {run_dir}: is the dataset folder or one of its splits; use a folder of its own"
+        )
     with _run_lock(run_dir, env):
         return _train_locked(cfg, env, fingerprint, data, run_dir, resume, auto_resume, progress)
 
