@@ -312,7 +312,18 @@ def test_a_run_inside_the_dataset_or_a_split_is_refused(tiny_data, where):
     out = tiny_data / where
     before = sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*"))
     proc = alextrain(
-        "run", "--data", tiny_data, "--out", out, "--arch", "cifar", "--batch-size", 3, check=False
+        "run",
+        "--data",
+        tiny_data,
+        "--out",
+        out,
+        "--arch",
+        "cifar",
+        "--batch-size",
+        3,
+        "--epochs",
+        1,
+        check=False,
     )
     assert proc.returncode == 2 and "is the dataset folder or one of its splits" in proc.stderr, proc.stderr
     assert sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*")) == before
