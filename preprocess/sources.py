@@ -416,6 +416,13 @@ def _discover(
     split: str | None,
     label_from_name: bool,
 ) -> Source:
+    given = [
+        o
+        for o, v in (("--labels", labels_csv), ("--label-from-name", label_from_name), ("--devkit", devkit))
+        if v
+    ]
+    if len(given) > 1:  # each names the labels another way; one would be silently ignored
+        raise SourceError(f"{' and '.join(given)}: give one way of labelling SRC, not several")
     human = read_synset_names(synsets) if synsets else {}
     if labels_csv is not None:
         return _flat(src, _read_labels_csv(labels_csv), human, split or "train", labels_csv.name)

@@ -327,3 +327,12 @@ def test_a_run_inside_the_dataset_or_a_split_is_refused(tiny_data, where):
     )
     assert proc.returncode == 2 and "is the dataset folder or one of its splits" in proc.stderr, proc.stderr
     assert sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*")) == before
+
+
+def test_two_ways_of_labelling_at_once_are_refused(class_tree, tmp_path):
+    labels = tmp_path / "l.csv"
+    labels.write_text("cat/a.jpg,cat\n")
+    for extra in (["--devkit", tmp_path], ["--label-from-name"]):
+        proc = alexprep("shard", class_tree, tmp_path / "out", "--labels", labels, *extra, check=False)
+        assert proc.returncode == 2 and "give one way of labelling SRC" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
