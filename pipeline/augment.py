@@ -54,9 +54,23 @@ def load_stats(out: Path) -> Stats:
     for p in (sj, mi):
         if not p.is_file():
             raise StatsError(f"{p}: missing; run `alexprep pca-stats {out}` first")
-    s = json.loads(sj.read_text())
-    arr = lambda k: np.asarray(s[k], np.float64)  # noqa: E731
-    return Stats(arr("mean_rgb"), arr("std_rgb"), arr("eigval"), arr("eigvec"), np.load(mi))
+    redo = f"re-run `alexprep pca-stats {out}`"
+    shapes = {"mean_rgb": (3,), "std_rgb": (3,), "eigval": (3,), "eigvec": (3, 3)}
+    try:
+        s = json.loads(sj.read_text())
+        v = {k: np.asarray(s[k], np.float64) for k in shapes}
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
+        raise StatsError(f"{sj}: not readable pca-stats ({e.__class__.__name__}: {e}); {redo}") from None
+    bad = [f"{k} {v[k].shape}" for k, want in shapes.items() if v[k].shape != want]
+    if bad:
+        raise StatsError(f"{sj}: wrong shapes ({', '.join(bad)}); {redo}")
+    try:
+        mean = np.load(mi)  # no pickles
+    except (OSError, ValueError, EOFError) as e:
+        raise StatsError(f"{mi}: not a readable .npy ({e.__class__.__name__}); {redo}") from None
+    if mean.ndim != 3 or mean.shape[2] != 3 or not np.issubdtype(mean.dtype, np.number):
+        raise StatsError(f"{mi}: shape {mean.shape} {mean.dtype}, not an H x W x 3 mean image; {redo}")
+    return Stats(v["mean_rgb"], v["std_rgb"], v["eigval"], v["eigvec"], mean)
 
 
 def lighting_matrix(stats: Stats, convention: str) -> np.ndarray:

@@ -28,8 +28,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ShardError, SourceError, DatasetError, DamagedDataError, LayoutError)
 
 
+def _printable(text: str) -> str:
+    """`text` on one line: a control character in a file name (a newline) is shown escaped, so
+    that a hostile name cannot forge lines of the summary."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def _fail(message: str) -> None:
-    click.echo(f"alexprep: error: {message}", err=True)
+    click.echo(f"alexprep: error: {_printable(message)}", err=True)
     sys.exit(2)
 
 
@@ -58,7 +64,9 @@ def main() -> None:
     help="Flat SRC of ImageNet-style names `<wnid>_<rest>.JPEG`: the label is the part before `_`.",
 )
 @click.option(
-    "--split", default="train", show_default=True, help="Split name for a flat folder given with --labels."
+    "--split",
+    help="Split name for a flat folder (--labels, --label-from-name) or a one-split SRC/<class>/ "
+    "tree [default: train]; refused where SRC names its own splits.",
 )
 @click.option(
     "--synsets",
@@ -93,7 +101,7 @@ def main() -> None:
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(0),
     default=DEFAULT_SEED,
     show_default=True,
     help="Seed of the global shuffle of the train split.",
@@ -143,7 +151,7 @@ def shard_cmd(
     out: Path,
     labels: Path | None,
     label_from_name: bool,
-    split: str,
+    split: str | None,
     synsets: Path | None,
     devkit: Path | None,
     quiet: bool,
@@ -178,7 +186,7 @@ def shard_cmd(
         f"{summary.seconds:.1f}s ({rate:.0f} img/s)"
     )
     for line in summary.first_rejects:
-        click.echo(f"rejected: {line}")
+        click.echo(f"rejected: {_printable(line)}")
     if any(summary.rejected.values()):
         click.echo(f"all rejects with reasons: {out}/<split>/rejects.parquet")
     if summary.wrote_nothing:

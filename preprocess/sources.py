@@ -236,9 +236,11 @@ def _ilsvrc(src: Path, root: Path, devkit: Path | None) -> Source:
     return source
 
 
-def _imagefolder(src: Path, human: dict[str, str]) -> Source | None:
+def _imagefolder(src: Path, human: dict[str, str], split: str | None) -> Source | None:
     top = _subdirs(src)
     split_dirs = [d for d in top if d.lower() in SPLIT_NAMES and _subdirs(src / d)]
+    if split_dirs and split is not None:
+        raise SourceError(f"--split {split}: {src} names its own splits ({', '.join(split_dirs)})")
     if split_dirs:
         names = [c for d in split_dirs for c in _subdirs(src / d)]
         classes = _make_classes(names, human)
@@ -251,8 +253,9 @@ def _imagefolder(src: Path, human: dict[str, str]) -> Source | None:
     if class_dirs:
         classes = _make_classes(class_dirs, human)
         source = Source(src, "imagefolder", classes)
-        source.splits["train"] = _folder_split(src, src, {c.name: c.index for c in classes})
-        source.notes.append("one split, named train")
+        split = split or "train"
+        source.splits[split] = _folder_split(src, src, {c.name: c.index for c in classes})
+        source.notes.append(f"one split, named {split}")
         return source
     return None
 
@@ -283,9 +286,15 @@ def _read_labels_csv(labels_csv: Path) -> list[tuple[str, str]]:
     rows = [r for r in _csv_rows(labels_csv, "labels file") if r and not r[0].startswith("#")]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["filename", "label"]:
         rows = rows[1:]
-    bad = next((r for r in rows if len(r) < 2), None)
+    if not rows:
+        raise SourceError(f"{labels_csv}: no `filename,label` rows")
+    # A third non-empty cell is most often a name holding an unquoted comma: refused, not guessed.
+    bad = next((r for r in rows if len(r) < 2 or any(c.strip() for c in r[2:])), None)
     if bad is not None:
-        raise SourceError(f"{labels_csv}: expected `filename,label` rows, got {clean_name(repr(bad))[:80]}")
+        raise SourceError(
+            f"{labels_csv}: expected `filename,label` rows (quote a name that holds a comma), "
+            f"got {clean_name(repr(bad))[:80]}"
+        )
     return [(r[0].strip(), r[1].strip()) for r in rows]
 
 
@@ -378,14 +387,18 @@ def discover(
     labels_csv: Path | None = None,
     synsets: Path | None = None,
     devkit: Path | None = None,
-    split: str = "train",
+    split: str | None = None,
     label_from_name: bool = False,
     exclude: Path | None = None,
 ) -> Source:
-    """Detect the layout of SRC and list its labelled images (never walking into `exclude`)."""
+    """Detect the layout of SRC and list its labelled images (never walking into `exclude`).
+
+    `split` names the one split of a flat folder or of SRC/<class>/ (None: train); a layout
+    that names its own splits refuses it rather than silently ignoring it."""
     if not src.is_dir():
         raise SourceError(f"{src}: not a folder")
-    check_split_name(split)
+    if split is not None:
+        check_split_name(split)
     _excluded.clear()
     if exclude is not None:
         _excluded.add(os.path.realpath(exclude))
@@ -400,21 +413,30 @@ def _discover(
     labels_csv: Path | None,
     synsets: Path | None,
     devkit: Path | None,
-    split: str,
+    split: str | None,
     label_from_name: bool,
 ) -> Source:
+    given = [
+        o
+        for o, v in (("--labels", labels_csv), ("--label-from-name", label_from_name), ("--devkit", devkit))
+        if v
+    ]
+    if len(given) > 1:  # each names the labels another way; one would be silently ignored
+        raise SourceError(f"{' and '.join(given)}: give one way of labelling SRC, not several")
     human = read_synset_names(synsets) if synsets else {}
     if labels_csv is not None:
-        return _flat(src, _read_labels_csv(labels_csv), human, split, labels_csv.name)
+        return _flat(src, _read_labels_csv(labels_csv), human, split or "train", labels_csv.name)
     if label_from_name:
-        return _flat(src, _labels_from_names(src, human), human, split, "file names")
+        return _flat(src, _labels_from_names(src, human), human, split or "train", "file names")
     root = _ilsvrc_root(src)
+    if root is not None and split is not None:
+        raise SourceError(f"--split {split}: {src} is an ILSVRC tree that names its own splits")
     if root is not None:
         source = _ilsvrc(src, root, devkit)
         if synsets:
             source.classes = _make_classes([c.name for c in source.classes], human)
         return source
-    source = _imagefolder(src, human)
+    source = _imagefolder(src, human, split)
     if source is None:
         raise SourceError(
             f"{src}: no images found in a known layout (train/<wnid>/, <split>/<class>/, "

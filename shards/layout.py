@@ -237,8 +237,17 @@ class NodeLock:
     flock is released by the kernel when the process dies (even kill -9), so a lock is never stale.
     """
 
-    def __init__(self, out: Path, node_rank: int):
-        self.path = out / f".alexprep-node{node_rank}.lock"
+    def __init__(
+        self,
+        out: Path,
+        node_rank: int,
+        name: str | None = None,
+        who: str = "`alexprep shard`",
+        what: str = "OUT (same node rank)",
+    ):
+        """`name`, `who`, `what`: another tool's lock file, and how its message names the two."""
+        self.path = out / (name or f".alexprep-node{node_rank}.lock")
+        self.who, self.what = who, what
         self.fd: int | None = None
 
     def __enter__(self) -> NodeLock:
@@ -255,8 +264,8 @@ class NodeLock:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise LayoutError(
-                    f"{self.path.parent}: another `alexprep shard` ({holder}) is writing this OUT "
-                    "(same node rank); wait for it to finish or stop it, then re-run"
+                    f"{self.path.parent}: another {self.who} ({holder}) is writing this {self.what}; "
+                    "wait for it to finish or stop it, then re-run"
                 ) from None
             raise LayoutError(f"{self.path}: cannot lock ({e.strerror})") from None
         os.ftruncate(fd, 0)

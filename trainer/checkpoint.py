@@ -116,9 +116,14 @@ def load(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (a corrupt or foreign file: say which)
         raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
+    if not isinstance(state, dict):  # a torch file holding a list, a tensor, a number
+        raise CheckpointError(
+            f"{path}: not an alextrain checkpoint (holds a {type(state).__name__}, not a dict)"
+        )
+    return state
 
 
 def check_model(state: dict, model_config: dict, path: Path) -> None:

@@ -310,10 +310,16 @@ def eval_cmd(
     emit(result, as_json, json_out, table)
 
 
+MAX_SUMMARY_CLASSES = 100_000  # the model is built to count it: fc8 alone is 4097 x N floats
+
+
 @main.command("summary")
 @click.option("--arch", type=click.Choice(["alexnet", "cifar"]), default="alexnet", show_default=True)
 @click.option(
-    "--num-classes", type=click.IntRange(1), default=None, help="[default: 1000 for alexnet, 10 for cifar]"
+    "--num-classes",
+    type=click.IntRange(1, MAX_SUMMARY_CLASSES),
+    default=None,
+    help="[default: 1000 for alexnet, 10 for cifar]",
 )
 @click.option("--towers", type=click.IntRange(1, 2), default=2, show_default=True)
 @click.option("--extra-conv", is_flag=True, help="A sixth conv layer (Table 2's 1 CNN*).")
@@ -430,10 +436,13 @@ def _load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"):
     from shards.reader import load_classes, load_dataset
     from trainer.checkpoint import resolve
     from trainer.inference import load_model, pick_device
+    from trainer.model import ModelConfig
 
     checkpoint = resolve(checkpoint)
     model, state = load_model(checkpoint, pick_device(device))
     cfg = state["config"]
+    if data is None and not isinstance(cfg.get("data"), str):
+        raise CheckpointError(f"{checkpoint}: names no dataset; pass --data OUT")
     data = data or Path(cfg["data"])
     if not (data / layout.DATASET_JSON).is_file():
         raise DatasetError(
@@ -441,11 +450,9 @@ def _load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"):
         )
     load_dataset(data)
     classes = load_classes(data)
-    if len(classes) != state["model_config"]["num_classes"]:
-        raise CheckpointError(
-            f"{checkpoint}: made for {state['model_config']['num_classes']} classes, "
-            f"{data} has {len(classes)}"
-        )
+    made_for = ModelConfig.from_dict(state["model_config"]).num_classes  # load_model checked it
+    if len(classes) != made_for:
+        raise CheckpointError(f"{checkpoint}: made for {made_for} classes, {data} has {len(classes)}")
     return model, cfg, data, checkpoint
 
 
@@ -644,6 +651,12 @@ def report_cmd(run: Path, out: Path | None) -> None:
     RUN is a run folder (or a checkpoint in one). Its metrics.jsonl is read tolerantly: a torn
     or garbage line is skipped with a warning.
     """
+    if out is not None and out.suffix.lower() == ".png":  # the figure is written to OUT's .png
+        raise click.BadParameter(
+            f"{out} would be both the Markdown report and its figure; give a .md name "
+            "(the figure is written beside it, as the same name with .png)",
+            param_hint="--out",
+        )
     prepare_outputs(data=out)  # RUN/report.md (the default) needs no folder made
 
     from trainer.figures import report

@@ -187,7 +187,7 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("max_drops", c.max_drops >= 0, "must be >= 0"),
         ("steps_per_epoch", c.steps_per_epoch is None or c.steps_per_epoch >= 1, "must be >= 1"),
         ("num_threads", c.num_threads >= 1, "must be >= 1"),
-        ("seed", c.seed >= 0, "must be >= 0"),
+        ("seed", 0 <= c.seed < 2**63, "must be >= 0 and < 2**63 (torch.manual_seed)"),
         ("checkpoint_every", c.checkpoint_every is None or c.checkpoint_every >= 1, "must be >= 1 (steps)"),
         ("keep", c.keep >= 1, "must be >= 1"),
         (
@@ -237,8 +237,15 @@ def coerce(key: str, value: object) -> object:
     raise ConfigError(f"{_name(key)} = {value!r}: must be {' or '.join(kinds)}")
 
 
+MAX_CONFIG_BYTES = 2**20
+
+
 def load_config_file(path: Path) -> dict:
     """JSON or TOML -> dict of TrainConfig fields; unknown keys and wrong types are an error."""
+    if not path.is_file():  # a FIFO or /dev/zero would block or fill the memory
+        raise ConfigError(f"{path}: a config file must be a regular file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes, not a config file")
     try:
         text = path.read_text()
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)

@@ -75,7 +75,10 @@ def save_image(img: Image.Image, path: Path) -> None:
 
 def conv1_kernels(state: dict) -> list[np.ndarray]:
     """conv1 weights per tower, each [N, 3, k, k]; FigureError if there is no such layer."""
-    weights = state.get("model", {})
+    weights = state.get("model")
+    if not isinstance(weights, dict):  # a malformed checkpoint: no tensors to show
+        weights = {}
+    weights = {k: v for k, v in weights.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     towers = [weights[k] for k in sorted(weights) if k.startswith("conv1.parts.") and k.endswith(".weight")]
     if not towers and "body.0.weight" in weights:  # the small CIFAR net
         towers = [weights["body.0.weight"]]
@@ -410,7 +413,13 @@ def extract_features(
     from pipeline.loader import EvalLoader, LoaderOptions
 
     if cache.is_file():
-        return np.load(cache, mmap_mode="r")
+        try:
+            cached = np.load(cache, mmap_mode="r")  # no pickles
+            if cached.ndim == 2 and cached.dtype == np.float32:
+                return cached
+        except (OSError, ValueError, EOFError):  # truncated or garbage: it is only a cache
+            pass
+        warnings.warn(f"{cache}: damaged feature cache; computing it again", stacklevel=2)
     device = next(model.parameters()).device
     opt = LoaderOptions(
         batch_size=batch_size,
@@ -441,7 +450,11 @@ def extract_features(
         raise FigureError(f"{data}/{split}: the loader gave {row} samples, the manifest says {n}")
     bank.flush()
     del bank
-    layout.commit(tmp, cache)
+    try:
+        layout.commit(tmp, cache)
+    except OSError as e:  # e.g. a folder at the cache's name
+        tmp.unlink(missing_ok=True)
+        raise FigureError(f"{cache}: cannot write the feature cache ({e.strerror})") from None
     stem = cache.name.rsplit("-", 1)[0]
     for old in cache.parent.glob(f"{stem}-{'[0-9a-f]' * 16}.npy"):
         if old != cache:

@@ -35,9 +35,12 @@ def init_from(model: nn.Module, source: str | Path, model_config: ModelConfig) -
     """
     path = checkpoint.resolve(Path(source))
     state = checkpoint.load(path)
-    if "model" not in state or "model_config" not in state:
-        raise FineTuneError(f"{path}: not an alextrain checkpoint (no model / model_config)")
-    saved = ModelConfig.from_dict(state["model_config"])
+    if not isinstance(state.get("model"), dict) or not isinstance(state.get("model_config"), dict):
+        raise FineTuneError(f"{path}: not an alextrain checkpoint (no model / model_config table)")
+    try:
+        saved = ModelConfig.from_dict(state["model_config"])
+    except TypeError as e:  # a key unknown to this version
+        raise FineTuneError(f"{path}: malformed model_config ({e})") from None
     for key in MUST_MATCH:
         if getattr(saved, key) != getattr(model_config, key):
             raise FineTuneError(

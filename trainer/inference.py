@@ -32,15 +32,27 @@ def load_model(
     mc = state.get("model_config")
     if mc is None:
         raise checkpoint.CheckpointError(f"{path}: not an alextrain checkpoint (no model_config)")
-    if num_classes is not None and mc["num_classes"] != num_classes:
+    run_config = state.get("config")
+    if not isinstance(run_config, dict) or not {"crop", "normalization"} <= run_config.keys():
+        # the input preprocessing the model was trained with: needed by every caller
         raise checkpoint.CheckpointError(
-            f"{path}: made for {mc['num_classes']} classes, the dataset has {num_classes}"
+            f"{path}: not an alextrain checkpoint (no config with crop, normalization)"
         )
-    model = build_model(ModelConfig.from_dict(mc))
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise checkpoint.CheckpointError(f"{path}: weights do not fit its architecture ({e})") from None
+        config = ModelConfig.from_dict(mc)
+    except TypeError as e:  # not a dict, or a key missing or unknown
+        raise checkpoint.CheckpointError(f"{path}: malformed model_config ({e})") from None
+    if num_classes is not None and config.num_classes != num_classes:
+        raise checkpoint.CheckpointError(
+            f"{path}: made for {config.num_classes} classes, the dataset has {num_classes}"
+        )
+    model = build_model(config)
+    try:
+        model.load_state_dict(state.get("model"))
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise checkpoint.CheckpointError(
+            f"{path}: weights do not fit its architecture ({' '.join(str(e).split())})"
+        ) from None
     return model.to(device).eval(), state
 
 

@@ -20,12 +20,15 @@ checks that its settings and dataset agree with rank 0's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -467,6 +470,46 @@ def run(
     data, run_dir = Path(cfg.data), Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir}: exists and is not a folder")
+    data_real, out_real = data.resolve(), run_dir.resolve()
+    inside = out_real.relative_to(data_real).parts if out_real.is_relative_to(data_real) else None
+    if inside is not None and (not inside or inside[0] in load_dataset(data)["splits"]):
+        # checkpoints among the shards: verify, re-sharding and the loaders own those folders
+        raise TrainError(
+            f"--out {run_dir}: is the dataset folder or one of its splits; use a folder of its own"
+        )
+    with _run_lock(run_dir, env):
+        return _train_locked(cfg, env, fingerprint, data, run_dir, resume, auto_resume, progress)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, env: Env) -> Iterator[None]:
+    """One `alextrain run` per --out (rank 0 holds a flock on OUT/.alextrain.lock): two runs on
+    one folder would each append every epoch to metrics.jsonl and overwrite each other's
+    checkpoints. A folder this call created is removed again if the run stops before writing."""
+    if not env.main:
+        yield
+        return
+    created = not run_dir.exists()
+    layout.ensure_dir(run_dir)
+    try:
+        with layout.NodeLock(run_dir, 0, name=".alextrain.lock", who="`alextrain run`", what="--out"):
+            yield
+    finally:
+        if created and [p.name for p in run_dir.iterdir()] == [".alextrain.lock"]:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train_locked(
+    cfg: TrainConfig,
+    env: Env,
+    fingerprint: str,
+    data: Path,
+    run_dir: Path,
+    resume: bool,
+    auto_resume: bool,
+    progress: bool,
+) -> list[dict]:
+    """The run itself, under the --out lock."""
     train = TrainLoader(data, loader_options(cfg, env), split=cfg.train_split)
     val = EvalLoader(data, loader_options(cfg, env), split=cfg.val_split) if cfg.val_split else None
     steps = min(cfg.steps_per_epoch or train.steps_per_epoch, train.steps_per_epoch)

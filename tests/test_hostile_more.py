@@ -1,0 +1,345 @@
+"""Second hostile pass (issue 9): cases of the same kinds that test_hostile_input.py does not hold.
+
+Each test runs the real CLI in a subprocess on generated inputs with known answers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import alexprep, alextrain
+
+SIZE = "16"
+
+
+def jpeg(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 20), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def class_tree(tmp_path) -> Path:
+    """SRC/<class>/ with one image each, one of them named with a newline."""
+    src = tmp_path / "src"
+    for cls, name, color in (("cat", "a.jpg", (200, 0, 0)), ("dog", "b\nrejected: forged.jpg", (0, 0, 0))):
+        (src / cls).mkdir(parents=True)
+        (src / cls / name).write_bytes(jpeg(color) if cls == "cat" else b"")
+    return src
+
+
+def test_split_names_a_one_split_tree_and_is_refused_where_src_names_its_own(class_tree, tmp_path):
+    proc = alexprep("shard", class_tree, tmp_path / "out", "--split", "val", "--size", SIZE, "--quiet")
+    assert "val: found 2, written 1, rejected 1" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["val"]
+    both = tmp_path / "both"
+    for split in ("train", "val"):
+        (both / split / "cat").mkdir(parents=True)
+        (both / split / "cat" / "a.jpg").write_bytes(jpeg((1, 2, 3)))
+    proc = alexprep("shard", both, tmp_path / "out2", "--split", "val", check=False)
+    assert proc.returncode == 2 and "names its own splits (train, val)" in proc.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_newline_in_a_file_name_cannot_forge_summary_lines(class_tree, tmp_path):
+    proc = alexprep("shard", class_tree, tmp_path / "out", "--size", SIZE, "--quiet")
+    rejected = [line for line in proc.stdout.splitlines() if line.startswith("rejected:")]
+    assert rejected == ["rejected: dog/b\\nrejected: forged.jpg: empty file"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "no `filename,label` rows"),
+        ("filename,label\n", "no `filename,label` rows"),
+        ("a,b.jpg,cat\n", "quote a name that holds a comma"),
+    ],
+)
+def test_labels_csv_that_is_empty_or_has_a_third_column_is_refused(tmp_path, text, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a,b.jpg").write_bytes(jpeg((5, 5, 5)))
+    (src / "a").write_bytes(jpeg((9, 9, 9)))
+    labels = tmp_path / "l.csv"
+    labels.write_text(text)
+    proc = alexprep("shard", src, tmp_path / "out", "--labels", labels, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_trailing_empty_cell_is_still_a_row(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(jpeg((5, 5, 5)))
+    labels = tmp_path / "l.csv"
+    labels.write_text("a.jpg,cat,\r\n")
+    alexprep("shard", src, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
+    assert [c["name"] for c in json.loads((tmp_path / "out" / "classes.json").read_text())] == ["cat"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes x (3 train + 1 val) plain-colour images, sharded at 32px, with pca-stats."""
+    src = tmp_path_factory.mktemp("tiny-src")
+    for split in ("train", "val"):
+        for c in range(3):
+            (src / split / f"c{c}").mkdir(parents=True)
+            for i in range(3 if split == "train" else 1):
+                (src / split / f"c{c}" / f"{i}.jpg").write_bytes(jpeg((80 * c, 20 * i, 0)))
+    out = tmp_path_factory.mktemp("tiny") / "shards"
+    alexprep("shard", src, out, "--size", 32, "--workers", 1, "--quiet")
+    alexprep("pca-stats", out, "--workers", 1, "--quiet")
+    return out
+
+
+CIFAR3 = {"arch": "cifar", "num_classes": 3, "input_size": 32}
+RUN = {"crop": 32, "normalization": "mean-image"}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([1, 2, 3], "not an alextrain checkpoint (holds a list, not a dict)"),
+        ({"model_config": 5, "model": {}, "config": RUN}, "malformed model_config"),
+        ({"model_config": {**CIFAR3, "colour": 1}, "model": {}, "config": RUN}, "malformed model_config"),
+        (
+            {"model_config": CIFAR3, "model": [1], "config": {"crop": 32}},
+            "no config with crop, normalization",
+        ),
+        ({"model_config": CIFAR3, "model": [1], "config": RUN}, "weights do not fit its architecture"),
+        ({"model_config": CIFAR3, "model": {"x": 1}, "config": RUN}, "weights do not fit its architecture"),
+    ],
+)
+def test_checkpoints_that_load_but_hold_the_wrong_things_are_one_line_errors(
+    tiny_data, tmp_path, content, message
+):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save(content, bad)
+    proc = alextrain(
+        "eval", "--data", tiny_data, "--checkpoint", bad, "--device", "cpu", "--num-threads", 1, check=False
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "content", [[1], {"model_config": CIFAR3, "model": [1]}, {"model_config": [1], "model": {}}]
+)
+def test_init_from_a_malformed_checkpoint_is_one_line(tiny_data, tmp_path, content):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save(content, bad)
+    proc = alextrain(
+        "run", "--data", tiny_data, "--out", tmp_path / "run", "--arch", "cifar", "--epochs", 1,
+        "--init-from", bad, "--batch-size", 4, "--loader", "reference", "--num-threads", 1, "--quiet",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "not an alextrain checkpoint" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_config_that_is_a_device_a_fifo_or_huge_is_refused_without_reading(tiny_data, tmp_path):
+    fifo = tmp_path / "c.toml"
+    os.mkfifo(fifo)  # reading it would block forever
+    huge = tmp_path / "huge.toml"
+    huge.write_bytes(b"#" * (2**20 + 1))
+    for config, message in ((Path("/dev/zero"), "must be a regular file"), (fifo, "must be a regular file"),
+                            (huge, "not a config file")):  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "trainer.cli",
+            "run",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+        proc = subprocess.run([*cmd, "--config", str(config)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("weights", [[1], {1: 2, "body.0.weight": [1]}])
+def test_kernels_of_a_checkpoint_without_tensors_is_one_line(tmp_path, weights):
+    import torch
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"model_config": CIFAR3, "model": weights}, bad)
+    proc = alextrain("kernels", bad, "--out", tmp_path / "k.png", check=False)
+    assert proc.returncode == 2 and "no conv1 of shape" in proc.stderr, proc.stderr
+    assert not (tmp_path / "k.png").exists()
+
+
+def test_two_runs_on_one_out_at_once_one_is_refused_and_each_epoch_is_listed_once(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", tiny_data, "--out", out, "--arch", "cifar", "--batch-size", 3]
+    args += ["--loader", "reference", "--num-threads", 1, "--quiet"]
+    cmd = [sys.executable, "-m", "trainer.cli", "run", *map(str, args)]
+    # the first runs until stopped, so that the second meets it however slowly it starts
+    first = subprocess.Popen(
+        [*cmd, "--epochs", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / ".alextrain.lock").exists() or not (out / ".alextrain.lock").read_text():
+            assert first.poll() is None, "the first run stopped before taking the lock"
+            assert time.monotonic() < deadline, "the first run took no lock on --out"
+            time.sleep(0.05)
+        second = subprocess.run([*cmd, "--epochs", "2"], capture_output=True, text=True, timeout=120)
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+    assert second.returncode == 2, second.stderr
+    assert "another `alextrain run`" in second.stderr and f"pid {first.pid}" in second.stderr
+    metrics = out / "metrics.jsonl"
+    epochs = (
+        [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    )
+    assert epochs == list(range(len(epochs)))  # each epoch once, whatever the first had reached
+
+
+def test_a_refused_run_leaves_no_folder_behind(tiny_data, tmp_path):
+    proc = alextrain(
+        "run",
+        "--data",
+        tiny_data,
+        "--out",
+        tmp_path / "new",
+        "--arch",
+        "cifar",
+        "--resume",
+        "--batch-size",
+        3,
+        check=False,
+    )
+    assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("stats.json", b"[1, 2]", "stats.json: not readable pca-stats (TypeError"),
+        ("stats.json", b'{"mean_rgb": [1, 2, 3]}', "stats.json: not readable pca-stats (KeyError"),
+        ("stats.json", b"\xff\xfe{", "stats.json: not readable pca-stats (UnicodeDecodeError"),
+        ("mean_image.npy", b"hi\n", "mean_image.npy: not a readable .npy"),
+    ],
+)
+def test_damaged_pca_stats_name_the_file_and_the_repair(tiny_data, tmp_path, name, content, message):
+    import shutil
+
+    import torch
+
+    from trainer.model import ModelConfig, build_model
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / name).write_bytes(content)
+    ckpt = tmp_path / "c.pt"
+    model = build_model(ModelConfig.from_dict(CIFAR3))
+    torch.save({"model_config": CIFAR3, "model": model.state_dict(), "config": RUN}, ckpt)
+    proc = alextrain("eval", "--data", data, "--checkpoint", ckpt, "--device", "cpu", check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "re-run `alexprep pca-stats" in proc.stderr, (
+        proc.stderr
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_summary_refuses_a_class_count_it_cannot_allocate():
+    proc = alextrain("summary", "--num-classes", 99_999_999_999, check=False)
+    assert proc.returncode == 2 and "--num-classes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_seeds_out_of_range_are_one_line_errors(class_tree, tiny_data, tmp_path):
+    proc = alexprep("shard", class_tree, tmp_path / "out", "--seed", -1, check=False)
+    assert proc.returncode == 2 and "'--seed': -1 is not in the range" in proc.stderr, proc.stderr
+    proc = alextrain("run", "--data", tiny_data, "--out", tmp_path / "r", "--seed", 2**64, check=False)
+    assert proc.returncode == 2 and "--seed (seed) = 18446744073709551616: must be" in proc.stderr, (
+        proc.stderr
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r").exists()
+
+
+def test_report_out_named_png_is_refused_not_overwritten_by_the_markdown(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    row = {"epoch": 0, "lr": 0.01, "train_loss": 2.0, "val_top1_err": 0.9, "val_top5_err": 0.5}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    proc = alextrain("report", run, "--out", tmp_path / "figs" / "curves.PNG", check=False)
+    assert proc.returncode == 2 and "both the Markdown report and its figure" in proc.stderr, proc.stderr
+    assert not (tmp_path / "figs").exists()
+    alextrain("report", run, "--out", tmp_path / "figs" / "r.md")
+    assert (tmp_path / "figs" / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_damaged_feature_cache_is_computed_again_and_a_folder_in_its_place_is_one_line(tiny_data, tmp_path):
+    import torch
+
+    from trainer.model import ModelConfig, build_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict(CIFAR3))
+    torch.save({"model_config": CIFAR3, "model": model.state_dict(), "config": RUN}, run / "last.pt")
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg((80, 0, 0)))
+    args = ("neighbors", run, "--data", tiny_data, "--query", query, "--device", "cpu", "--num-threads", 1)
+    first = alextrain(*args).stdout
+    (cache,) = run.glob("features-*.npy")
+    cache.write_bytes(b"garbage")
+    again = alextrain(*args)
+    assert again.stdout == first and "damaged feature cache" in again.stderr
+    assert cache.read_bytes()[:6] == b"\x93NUMPY"
+    cache.unlink()
+    cache.mkdir()
+    proc = alextrain(*args, check=False)
+    assert proc.returncode == 2 and "cannot write the feature cache (Is a directory)" in proc.stderr, (
+        proc.stderr
+    )
+    assert sorted(p.name for p in run.iterdir()) == [cache.name, "last.pt"]  # no temporary left
+
+
+@pytest.mark.parametrize("where", [".", "train", "val/run"])
+def test_a_run_inside_the_dataset_or_a_split_is_refused(tiny_data, where):
+    out = tiny_data / where
+    before = sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*"))
+    proc = alextrain(
+        "run",
+        "--data",
+        tiny_data,
+        "--out",
+        out,
+        "--arch",
+        "cifar",
+        "--batch-size",
+        3,
+        "--epochs",
+        1,
+        check=False,
+    )
+    assert proc.returncode == 2 and "is the dataset folder or one of its splits" in proc.stderr, proc.stderr
+    assert sorted(p.relative_to(tiny_data) for p in tiny_data.rglob("*")) == before
+
+
+def test_two_ways_of_labelling_at_once_are_refused(class_tree, tmp_path):
+    labels = tmp_path / "l.csv"
+    labels.write_text("cat/a.jpg,cat\n")
+    for extra in (["--devkit", tmp_path], ["--label-from-name"]):
+        proc = alexprep("shard", class_tree, tmp_path / "out", "--labels", labels, *extra, check=False)
+        assert proc.returncode == 2 and "give one way of labelling SRC" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
