@@ -35,6 +35,7 @@ SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TEXT_BYTES = 256 * 2**20  # a labels CSV / synsets file larger than this is not one
 
 _excluded: set[str] = set()  # real paths never walked (OUT, when it lies inside SRC)
+_skipped: set[str] = set()  # files seen in image folders that are not inputs (said in the summary)
 
 
 class SourceError(Exception):
@@ -111,12 +112,17 @@ def _read_text(path: Path, what: str) -> str:
 
 def _images_in(folder: Path) -> list[str]:
     """Every non-folder entry with an image suffix: links, FIFOs and devices included, so that
-    each is counted as found and then rejected with its reason, never silently skipped."""
-    return sorted(
-        e.name
-        for e in _scandir(folder)
-        if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and not _is_dir(e)
-    )
+    each is counted as found and then rejected with its reason. Other files (hidden, or another
+    suffix) are not inputs; they are counted in `_skipped` and the summary says so."""
+    names = []
+    for e in _scandir(folder):
+        if _is_dir(e):
+            continue
+        if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+            names.append(e.name)
+        else:
+            _skipped.add(os.path.join(folder, e.name))
+    return sorted(names)
 
 
 def _subdirs(folder: Path) -> list[str]:
@@ -400,12 +406,21 @@ def discover(
     if split is not None:
         check_split_name(split)
     _excluded.clear()
+    _skipped.clear()
     if exclude is not None:
         _excluded.add(os.path.realpath(exclude))
     try:
-        return _discover(src, labels_csv, synsets, devkit, split, label_from_name)
+        source = _discover(src, labels_csv, synsets, devkit, split, label_from_name)
+        if _skipped and labels_csv is None:
+            example = clean_name(os.path.relpath(min(_skipped), src))
+            source.notes.append(
+                f"{len(_skipped)} file(s) not read: hidden or not an image suffix (e.g. {example}; "
+                f"inputs end in {', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
+        return source
     finally:
         _excluded.clear()
+        _skipped.clear()
 
 
 def _discover(

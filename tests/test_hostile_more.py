@@ -343,3 +343,17 @@ def test_two_ways_of_labelling_at_once_are_refused(class_tree, tmp_path):
         proc = alexprep("shard", class_tree, tmp_path / "out", "--labels", labels, *extra, check=False)
         assert proc.returncode == 2 and "give one way of labelling SRC" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_files_that_are_not_inputs_are_said_in_the_summary(tmp_path):
+    """A class folder's notes.txt or hidden file is not an input, but the summary says it was seen."""
+    src = tmp_path / "src"
+    for cls in ("cat", "dog"):
+        (src / cls).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (90, 90, 90)).save(src / cls / "a.jpg")
+    (src / "cat" / "notes.txt").write_text("not an image")
+    (src / "dog" / ".hidden.jpg").write_bytes(b"x")
+    proc = alexprep("shard", src, tmp_path / "out", "--size", 16, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 file(s) not read" in proc.stdout and "cat/notes.txt" in proc.stdout, proc.stdout
+    assert "found 2, written 2, rejected 0" in proc.stdout
