@@ -168,7 +168,7 @@ def test_ten_crop_geometry(tmp_path, backend):
     _write_stats(tmp_path / "out", 256, [1, 1, 1], np.eye(3))
     for crop in (224, 227):
         opt = LoaderOptions(batch_size=1, num_threads=1, crop=crop, backend=backend)
-        x, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="train", ten_crop=True)))
+        x, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="val", ten_crop=True)))
         assert x.shape == (1, 10, 3, crop, crop)
         corners = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
         for k, (px, py) in enumerate(corners):
@@ -178,7 +178,7 @@ def test_ten_crop_geometry(tmp_path, backend):
                 left = r[:, -1] if m else r[:, 0]  # mirrored: the left edge is now on the right
                 assert abs(left.mean() - ox) < 0.5, (crop, k, m)
                 assert abs(g[0].mean() - oy) < 0.5, (crop, k, m)
-        centre, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="train")))
+        centre, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="val")))
         assert torch.equal(centre[0], x[0, 8])
 
 
