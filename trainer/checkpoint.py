@@ -61,13 +61,17 @@ def save(path: Path, state: dict) -> None:
 
 def _publish(src: Path, dst: Path) -> None:
     """`dst` becomes the same bytes as `src`, atomically: a hard link, or a copy where links fail."""
-    tmp = layout.tmp_path(dst)
-    tmp.unlink(missing_ok=True)
+    tmp = layout.tmp_path(dst)  # unique per process and call: nothing to clear first
     try:
         os.link(src, tmp)
-        os.replace(tmp, dst)
-    except OSError:
+    except OSError:  # a filesystem without hard links
         layout.write_atomic(dst, src.read_bytes())
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_run(run: Path, state: dict, keep: int = 1, best: bool = False) -> Path:
