@@ -223,14 +223,14 @@ class _Split:
         )
 
 
-def _dali_iter(pipe, policy_name: str, names: tuple[str, ...] = ("data", "label")):
+def _dali_iter(pipe, policy_name: str):
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
     from pipeline.dali import READER_NAME
 
     return DALIGenericIterator(
         pipe,
-        list(names),
+        ["data", "label"],
         reader_name=READER_NAME,
         last_batch_policy=getattr(LastBatchPolicy, policy_name),
         auto_reset=True,
@@ -295,14 +295,18 @@ class TrainLoader:
             **s.dali_kwargs(seed),
         )
         pipe.build()
-        names = ("data", "label", "px", "py", "flip") if self.mean_on_host else ("data", "label")
-        it = _dali_iter(pipe, "FILL", names)
-        for _ in range(self.steps_per_epoch):  # <= the rank's part: one pass, never wraps
-            batch = next(it)[0]
-            if self.mean_on_host:
-                self._means.subtract(batch["data"], batch["px"], batch["py"], batch["flip"])
-            yield batch["data"], batch["label"]
-        del it, pipe
+        # steps_per_epoch <= the rank's part: one pass, never wraps
+        if self.mean_on_host:
+            from pipeline.host import host_batches
+
+            yield from host_batches(pipe, self.steps_per_epoch, self._means)
+        else:
+            it = _dali_iter(pipe, "FILL")
+            for _ in range(self.steps_per_epoch):
+                batch = next(it)[0]
+                yield batch["data"], batch["label"]
+            del it
+        del pipe
 
     def _reference(self, seed: int, order: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from pipeline.reference import train_loader

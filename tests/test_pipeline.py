@@ -80,6 +80,21 @@ def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, di
         np.testing.assert_allclose(x[i].numpy(), expected, atol=1e-3, rtol=0)
 
 
+def test_cpu_batches_own_their_memory(imagenet_with_stats):
+    # The CPU graph yields DALI's own output buffers (no copy): a batch kept by the caller must
+    # not change while the pipeline goes on producing, within the epoch and into the next one.
+    loader = TrainLoader(imagenet_with_stats, LoaderOptions(batch_size=16, num_threads=2, prefetch=2))
+    assert loader.mean_on_host
+    kept = []
+    for epoch in range(2):
+        for step, (x, y) in enumerate(loader.epoch(epoch)):
+            if step < 4:
+                kept.append((x, x.clone(), y, y.clone()))
+    assert len(kept) == 8 and len({x.data_ptr() for x, *_ in kept}) == 8
+    for x, x0, y, y0 in kept:
+        assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
 def test_reference_decode_matches_dali_decode_bit_for_bit(imagenet_with_stats):
     # The oracle above decodes with OpenCV; DALI's CPU decoder must agree exactly for it to hold.
     from nvidia.dali import fn, pipeline_def, types
