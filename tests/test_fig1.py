@@ -131,6 +131,18 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar
     assert again[again.index("sweep relu") :] == proc.stdout[proc.stdout.index("sweep relu") :]
     assert json.loads((tmp_path / "ablation.json").read_text()) == summary
     assert not list(Path(tmp_path).glob("**/.*.tmp"))
+    assert table.startswith("Weights: paper init") and summary["conditions"]["init"] == "paper"
+
+    # cuda-convnet's init, one lr (no sweep); the same folder with another init is refused, not mixed
+    other = tmp_path / "ccn"
+    quick = ("fig1", "--data", small_cifar, "--out", other, "--variants", "relu", "--lrs", "0.01")
+    alextrain(
+        *quick, "--epochs", 1, "--steps-per-epoch", 2, "--num-threads", 2, "--quiet", "--init", "cuda-convnet"
+    )
+    assert json.loads((other / "relu-lr0.01" / "config.json").read_text())["init"] == "cuda-convnet"
+    assert (other / "fig1.md").read_text().startswith("Weights: cuda-convnet init")
+    refused = alextrain(*quick, "--epochs", 2, "--steps-per-epoch", 2, "--quiet", check=False)
+    assert refused.returncode == 2 and "init (checkpoint 'cuda-convnet', now 'paper')" in refused.stderr
 
 
 @pytest.mark.slow  # over ~20 s on 2 cores

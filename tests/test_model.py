@@ -1,4 +1,4 @@
-"""The network's numerics: the paper's dropout, LRN under bf16 autocast, torch.compile."""
+"""The network's numerics: the paper's dropout, LRN under bf16 autocast, torch.compile, init."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import nn
 
 from trainer.model import (
     AlexNet,
+    CifarNet,
     Float32LRN,
     ModelConfig,
     PaperDropout,
@@ -142,3 +143,35 @@ def test_torch_compile_of_the_two_towers_matches_eager():
     assert torch.allclose(out, eager_out, rtol=1e-3, atol=1e-4)
     for k, g in eager_grads.items():
         assert (grads[k] - g).abs().max() <= 1e-3 * g.abs().max().clamp(min=1e-12), k
+
+
+def test_cifar_init_choices_set_each_layers_std():
+    # cuda-convnet's layers-18pct starts conv1 at 1e-4 (0-255 input), the other layers at 0.01.
+    torch.manual_seed(0)
+    stds = {
+        init: [
+            m.weight.std().item()
+            for m in CifarNet(ModelConfig(arch="cifar", input_size=32, init=init)).modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))
+        ]
+        for init in ("paper", "cuda-convnet")
+    }
+    assert stds["paper"] == pytest.approx([0.01] * 4, rel=0.1)
+    assert stds["cuda-convnet"] == pytest.approx([1e-4, 0.01, 0.01, 0.01], rel=0.1)
+    with pytest.raises(ValueError, match="init 'he' not in"):
+        CifarNet(ModelConfig(arch="cifar", input_size=32, init="he"))
+
+
+def test_init_is_refused_for_alexnet_and_old_checkpoints_resume_as_paper_init():
+    from trainer.checkpoint import config_changes
+    from trainer.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"--init \(init\) = 'cuda-convnet': cuda-convnet is the cifar"):
+        TrainConfig(init="cuda-convnet").check()
+    TrainConfig(arch="cifar", init="cuda-convnet").check()
+    now = TrainConfig(arch="cifar").to_dict()
+    old = {k: v for k, v in now.items() if k != "init"}  # written before the setting existed
+    assert config_changes(old, now) == []
+    assert config_changes(old, {**now, "init": "cuda-convnet"}) == [
+        "init (checkpoint 'paper', now 'cuda-convnet')"
+    ]

@@ -42,6 +42,10 @@ ABLATION = {"relu-lrn": dict(activation="relu", lrn="cuda-convnet")}  # section 
 VARIANTS = {**NETS, **ABLATION}
 SWEEP_LRS = (0.003, 0.01, 0.03)
 EXTEND = 2  # extra sweep points past an end of the grid where the best lr lies
+INIT_NOTE = {
+    "paper": "every layer N(0, 0.01^2), section 5",
+    "cuda-convnet": "conv1 N(0, 1e-4^2), the rest N(0, 0.01^2): cuda-convnet's layers-18pct",
+}
 LR_OF = {"relu-lrn": "relu"}  # the ablation uses the lr chosen for the net it is compared with
 
 
@@ -147,7 +151,7 @@ def run_figure1(
             "epochs_to_50pct_train_error": epochs_to(rows, SECOND_TARGET),
         }
     summary = {
-        "conditions": {k: v for k, v in PAPER_CONDITIONS.items()},
+        "conditions": {**PAPER_CONDITIONS, "init": base.init},
         "sweep": {"steps": sweep_steps, "lrs": lrs, "nets": swept},
         "epochs": epochs,
         "variants": results,
@@ -165,7 +169,8 @@ def run_figure1(
 
 def markdown(summary: dict) -> str:
     """The sweep table and the per-net results as Markdown (docs/figures.md quotes it)."""
-    lines = []
+    init = summary["conditions"].get("init", "paper")
+    lines = [f"Weights: {init} init ({INIT_NOTE[init]}).", ""]
     for net, s in summary["sweep"]["nets"].items():
         lines += [
             f"Sweep, {net} ({summary['sweep']['steps']} steps of 128 per lr, training error over them):",
@@ -237,7 +242,8 @@ def plot_figure1(summary: dict, path: Path) -> None:
     ax.set_xlabel("epochs")
     ax.set_ylabel("training error rate")
     ax.set_ylim(0, 1)
-    ax.set_title("Figure 1: CIFAR-10, four-layer CNN, no regularisation")
+    init = summary["conditions"].get("init", "paper")
+    ax.set_title(f"Figure 1: CIFAR-10, four-layer CNN, no regularisation, {init} init", fontsize=10)
     ax.legend()
     fig.tight_layout()
     tmp = layout.tmp_path(path)

@@ -49,6 +49,8 @@ KEYS = frozenset(
 )
 # Settings a resumed run may change: none of them touches the arithmetic or the data order.
 RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data"})
+# settings added after checkpoints were first written, with what those checkpoints used
+ADDED_SETTINGS = {"init": "paper"}
 _STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
 
 
@@ -177,6 +179,7 @@ def check_state(state: dict, model: torch.nn.Module, path: Path) -> None:
 
 def config_changes(saved: dict, now: dict) -> list[str]:
     """Settings that differ between a checkpoint's config and this run's, except RESUMABLE ones."""
+    saved = {**ADDED_SETTINGS, **saved}
     keys = sorted((set(saved) | set(now)) - RESUMABLE)
     return [
         f"{k} (checkpoint {saved.get(k)!r}, now {now.get(k)!r})" for k in keys if saved.get(k) != now.get(k)

@@ -182,6 +182,8 @@ _HELP = {
     "lighting_scale_div": "Divide the image by this after adding colour noise (cuda-convnet: 1.1; "
     "the paper: 1, not mentioned).",
     "mirror": "Random horizontal reflections in training (section 4.1).",
+    "init": "paper: weights N(0, 0.01^2) (section 5); cuda-convnet: conv1 at 1e-4, the rest 0.01 "
+    "(layers-18pct, Krizhevsky's CIFAR-10 net). cifar only.",
 }
 
 
@@ -702,6 +704,13 @@ def report_cmd(run: Path, out: Path | None) -> None:
 @click.option("--crop", type=int, default=32, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")
 @click.option("--num-threads", type=click.IntRange(1), default=4, show_default=True)
+@click.option(
+    "--init",
+    type=click.Choice(["paper", "cuda-convnet"]),
+    default="paper",
+    show_default=True,
+    help="Weight init: paper (N(0, 0.01^2), section 5) or cuda-convnet (conv1 at 1e-4: layers-18pct).",
+)
 @click.option("--quiet", is_flag=True)
 def fig1_cmd(
     data: Path,
@@ -714,6 +723,7 @@ def fig1_cmd(
     crop: int,
     steps_per_epoch: int | None,
     num_threads: int,
+    init: str,
     quiet: bool,
 ) -> None:
     """Figure 1 under the paper's conditions (ReLU vs tanh, each net's lr swept, no regularisation:
@@ -731,7 +741,7 @@ def fig1_cmd(
     if not rates or any(not (0 < r < 10) for r in rates):
         _fail(f"--lrs: {lrs!r}: each learning rate must be in (0, 10)")
     per_net = {n: (tanh_epochs or epochs) if n == "tanh" else epochs for n in names}
-    base = TrainConfig(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads)
+    base = TrainConfig(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
     try:
         summary = run_figure1(data, out, per_net, base, names, rates, sweep_steps, progress=not quiet)
     except _USER_ERRORS as e:

@@ -39,6 +39,7 @@ class TrainConfig:
     extra_conv: bool = False
     dropout: float = DROPOUT
     dropout_mode: str = "paper"  # "paper": unscaled in training, x(1-p) at test; "inverted": torch's
+    init: str = "paper"  # weights N(0, 0.01^2) (section 5); cifar: also "cuda-convnet" (layers-18pct)
     init_from: str | None = None  # fine-tune: start from this run's / checkpoint's weights
     crop: int | None = None  # alexnet: 224 (conv1 padded by 2) or 227 (Caffe); None: from the arch
     # recipe (section 5)
@@ -87,6 +88,7 @@ class TrainConfig:
             extra_conv=self.extra_conv,
             dropout=self.dropout,
             dropout_mode=self.dropout_mode,
+            init=self.init,
             conv1_padding=2 if self.crop == 224 else 0,
             input_size=self.crop if self.crop is not None else CROP_SIZE,
         )
@@ -125,6 +127,7 @@ CHOICES = {
     "schedule": ("plateau", "step"),
     "verify_data": ("quick", "full"),
     "dropout_mode": ("paper", "inverted"),
+    "init": ("paper", "cuda-convnet"),
 }
 ARCH_IGNORES = {
     "cifar": {
@@ -165,6 +168,7 @@ def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
     steps = c.lr_steps
     rules += [
         ("crop", crop_ok, crop_rule),
+        ("init", c.init == "paper" or c.arch == "cifar", "cuda-convnet is the cifar net's (layers-18pct)"),
         (
             "num_classes",
             c.num_classes is None or c.num_classes >= 2,

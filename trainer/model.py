@@ -26,6 +26,11 @@ LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 DROPOUT_MODES = ("paper", "inverted")
 LEGACY_DROPOUT_MODE = "inverted"  # what checkpoints without the key were trained with
 INIT_STD = 0.01  # section 5: weights ~ N(0, 0.01^2)
+# cuda-convnet's layers-18pct.cfg (Krizhevsky's own CIFAR-10 net, the published relative of
+# Figure 1's): initW per learned layer. conv1 starts 100x smaller than the rest because its
+# input is 0-255 pixels less the mean: at 0.01 its units start with a std of ~5, deep in tanh's
+# flat tails. The paper gives no init for the Figure 1 net.
+CIFAR_INIT_STD = {"paper": (INIT_STD,) * 4, "cuda-convnet": (1e-4, 0.01, 0.01, 0.01)}
 ONE_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")  # section 5: biases 1 here, 0 elsewhere
 
 
@@ -40,6 +45,7 @@ class ModelConfig:
     extra_conv: bool = False  # a sixth conv layer after pool5 ("1 CNN*", Table 2)
     dropout: float = DROPOUT
     dropout_mode: str = "paper"  # "paper" (section 4.2) or "inverted" (torch's nn.Dropout)
+    init: str = "paper"  # cifar only: "paper" (section 5's N(0, 0.01^2)) or "cuda-convnet"
     conv1_padding: int = 2  # with 224 crops; 0 with 227 crops (Caffe)
     input_size: int = 224
 
@@ -326,10 +332,12 @@ class CifarNet(nn.Module):
         with torch.no_grad():
             n = self.body(torch.zeros(1, 3, cfg.input_size, cfg.input_size)).shape[1]
         self.fc = nn.Linear(n, cfg.num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0.0, INIT_STD)
-                nn.init.zeros_(m.bias)
+        if cfg.init not in CIFAR_INIT_STD:
+            raise ValueError(f"init {cfg.init!r} not in {tuple(CIFAR_INIT_STD)}")
+        learned = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        for m, std in zip(learned, CIFAR_INIT_STD[cfg.init], strict=True):
+            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [self.body(x)]
