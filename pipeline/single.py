@@ -15,22 +15,35 @@ import numpy as np
 import torch
 
 from pipeline.augment import Stats, eval_crops
-from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, RejectedImage, process, process_file
+from preprocess.image import (
+    IMAGE_SIZE,
+    JPEG_QUALITY,
+    MAX_BYTES,
+    MAX_PIXELS,
+    RejectedImage,
+    process,
+    process_file,
+)
 
 
 class UnusableImage(ValueError):
     """The file cannot be read or decoded as an image; the message names it and says why."""
 
 
-def stored_rgb(source: Path | bytes, size: int = IMAGE_SIZE) -> np.ndarray:
-    """What `alexprep shard` would store for this file or these bytes, decoded: HWC uint8 RGB."""
+def stored_rgb(
+    source: Path | bytes, size: int = IMAGE_SIZE, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES
+) -> np.ndarray:
+    """What `alexprep shard` would store for this file or these bytes, decoded: HWC uint8 RGB.
+
+    The same limits as `alexprep shard` (--max-pixels, --max-bytes) keep a decompression bomb a
+    one-line error."""
     import cv2
 
     try:
         enc = (
-            process(source, size, JPEG_QUALITY)
+            process(source, size, JPEG_QUALITY, max_pixels)
             if isinstance(source, bytes)
-            else process_file(str(source), size)
+            else process_file(str(source), size, max_bytes=max_bytes, max_pixels=max_pixels)
         )
     except RejectedImage as e:
         name = "image bytes" if isinstance(source, bytes) else str(source)
@@ -46,9 +59,11 @@ def image_input(
     ten_crop: bool,
     normalization: str = "mean-image",
     size: int = IMAGE_SIZE,
+    limits: tuple[int, int] = (MAX_PIXELS, MAX_BYTES),
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """(the stored RGB image, the network input [1, C, H, W] or [1, 10, C, H, W])."""
-    rgb = stored_rgb(source, size)
+    """(the stored RGB image, the network input [1, C, H, W] or [1, 10, C, H, W]);
+    `limits`: (max pixels, max bytes) of the source, as `alexprep shard`'s."""
+    rgb = stored_rgb(source, size, *limits)
     if normalization == "mean-image":
         norm = dict(mean_image=stats.mean_image, channel_mean=None, channel_std=None)
     elif normalization == "channel":

@@ -188,11 +188,11 @@ def shard_cmd(
     for line in summary.first_rejects:
         click.echo(f"rejected: {_printable(line)}")
     if any(summary.rejected.values()):
-        click.echo(f"all rejects with reasons: {out}/<split>/rejects.parquet")
+        click.echo(f"all rejects with reasons: {_printable(str(out))}/<split>/rejects.parquet")
     if summary.wrote_nothing:
         click.echo("nothing to do: every shard is complete and matches its manifest part; nothing written")
     if summary.complete:
-        click.echo(f"complete: {out}")
+        click.echo(f"complete: {_printable(str(out))}")
     else:
         click.echo(
             "this node's shards are done; the dataset completes when every node has "
@@ -219,9 +219,9 @@ def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
     for p in problems:
         click.echo(p)
     if problems:
-        click.echo(f"verify: {len(problems)} problem(s) in {out}", err=True)
+        click.echo(f"verify: {len(problems)} problem(s) in {_printable(str(out))}", err=True)
         sys.exit(1)
-    click.echo(f"verify: {out} is intact")
+    click.echo(f"verify: {_printable(str(out))} is intact")
 
 
 @main.command("pca-stats")

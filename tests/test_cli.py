@@ -296,6 +296,28 @@ def test_predict_names_truth_and_figure(tiny, tiny_run, tmp_path):
         _fails_cleanly(proc, "no CUDA GPU")
 
 
+def test_predict_applies_alexpreps_image_limits(tiny, tiny_run, tmp_path):
+    # a header claiming 3.6 gigapixels is refused before decoding, naming the flag predict has
+    from tests.test_hostile_input import png_header
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(60000, 60000))
+    proc = cli("predict", tiny_run, bomb, check=False)
+    _fails_cleanly(proc, "over the --max-pixels limit 100,000,000")
+    assert "bomb.png" in proc.stderr
+    image = tiny / "src" / "val" / "cat" / "0000.jpg"
+    _fails_cleanly(
+        cli("predict", tiny_run, image, "--max-pixels", 100, check=False), "over the --max-pixels limit 100"
+    )
+    _fails_cleanly(
+        cli("predict", tiny_run, image, "--max-bytes", 10, check=False), "over the --max-bytes limit 10"
+    )
+    assert json.loads(cli("predict", tiny_run, image, "--json", "--max-pixels", 10**6).stdout)[0]["top"]
+    for command in ("predict", "neighbors"):
+        help_text = cli(command, "--help").stdout
+        assert "--max-pixels" in help_text and "--max-bytes" in help_text
+
+
 def test_plot_predictions_scales_bars_to_the_data(tmp_path):
     from trainer.figures import plot_predictions
 

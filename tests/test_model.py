@@ -85,6 +85,9 @@ def test_dropout_mode_is_recorded_and_legacy_checkpoints_load_inverted():
     legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "dropout_mode"}
     assert ModelConfig.from_dict(legacy).dropout_mode == "inverted"
     assert ModelConfig.from_dict(ModelConfig().to_dict()).dropout_mode == "paper"
+    for key in ("arch", "num_classes"):  # damaged, not "the default 1000-class alexnet"
+        with pytest.raises(TypeError, match=f"no {key}"):
+            ModelConfig.from_dict({k: v for k, v in ModelConfig().to_dict().items() if k != key})
     assert isinstance(AlexNet(ModelConfig.from_dict(legacy)).drop, nn.Dropout)
     with pytest.raises(ValueError, match="dropout_mode 'half' not in"):
         build_model(ModelConfig(dropout_mode="half"))

@@ -101,6 +101,27 @@ batch_size_option = click.option(
 )
 
 
+def image_limit_options(f: Callable) -> Callable:
+    """--max-pixels and --max-bytes: the limits `alexprep shard` puts on an input image."""
+    from preprocess.cli import MAX_BYTES, MAX_PIXELS  # click only: --help stays fast
+
+    f = click.option(
+        "--max-bytes",
+        type=click.IntRange(1),
+        default=MAX_BYTES,
+        show_default=True,
+        help="Refuse an image file larger than this many bytes (as alexprep shard).",
+    )(f)
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(1),
+        default=MAX_PIXELS,
+        show_default=True,
+        help="Refuse an image whose header states more pixels than this, checked before decoding "
+        "(as alexprep shard).",
+    )(f)
+
+
 def json_options(f: Callable) -> Callable:
     """--json (print) and --json-out PATH (write): the same two flags on every command with a result."""
     f = click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help=HELP["json_out"])(f)
@@ -492,6 +513,7 @@ def kernels_cmd(checkpoint: Path, out: Path, scale: int) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Figure 4 (left) as an image (.png, .pdf, ...).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's 10 patches.")
 @device_option
+@image_limit_options
 @json_options
 def predict_cmd(
     checkpoint: Path,
@@ -500,6 +522,8 @@ def predict_cmd(
     out: Path | None,
     ten_crop: bool,
     device: str,
+    max_pixels: int,
+    max_bytes: int,
     as_json: bool,
     json_out: Path | None,
 ) -> None:
@@ -518,7 +542,13 @@ def predict_cmd(
     try:
         model, cfg, data, _ = _load_for_figures(checkpoint, data, device)
         results, unnamed = predict_images(
-            model, data, list(images), cfg["crop"], ten_crop, cfg["normalization"]
+            model,
+            data,
+            list(images),
+            cfg["crop"],
+            ten_crop,
+            cfg["normalization"],
+            limits=(max_pixels, max_bytes),
         )
         if out:
             plot_predictions(results, out)
@@ -565,6 +595,7 @@ def predict_cmd(
 @device_option
 @batch_size_option
 @num_threads_option
+@image_limit_options
 @json_options
 def neighbors_cmd(
     checkpoint: Path,
@@ -577,6 +608,8 @@ def neighbors_cmd(
     device: str,
     batch_size: int,
     num_threads: int,
+    max_pixels: int,
+    max_bytes: int,
     as_json: bool,
     json_out: Path | None,
 ) -> None:
@@ -610,7 +643,7 @@ def neighbors_cmd(
         size = layout.read_json(data / layout.DATASET_JSON)["size"]
         norm = cfg["normalization"]
         loaded = [
-            load_image(q, stats, cfg["crop"], False, size, norm) for q in queries
+            load_image(q, stats, cfg["crop"], False, size, norm, (max_pixels, max_bytes)) for q in queries
         ]  # bad ones fail first
         dev = next(model.parameters()).device
         cache = feature_cache(checkpoint, split)

@@ -113,11 +113,20 @@ def kernel_grid(towers: list[np.ndarray], cols: int = 8, scale: int = 4, pad: in
 
 
 def load_image(
-    path: Path, stats, crop: int, ten_crop: bool, size: int = IMAGE_SIZE, normalization: str = "mean-image"
+    path: Path,
+    stats,  # noqa: ANN001
+    crop: int,
+    ten_crop: bool,
+    size: int = IMAGE_SIZE,
+    normalization: str = "mean-image",
+    limits: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """(the stored RGB image, the network input): `pipeline.single.image_input`, FigureError if unusable."""
+    """(the stored RGB image, the network input): `pipeline.single.image_input`, FigureError if unusable.
+
+    `limits`: (max pixels, max bytes) of the file [default: alexprep shard's]."""
     try:
-        return image_input(path, stats, crop, ten_crop, normalization, size)
+        extra = {} if limits is None else {"limits": limits}
+        return image_input(path, stats, crop, ten_crop, normalization, size, **extra)
     except UnusableImage as e:
         raise FigureError(str(e)) from None
 
@@ -173,15 +182,24 @@ def true_class(path: Path, classes: list[dict]) -> tuple[int | None, str | None]
 
 
 def predict_images(
-    model, data: Path, images: list[Path], crop: int, ten_crop: bool, normalization: str, k: int = 5
-) -> tuple[list[dict], list[int]]:  # noqa: ANN001
+    model,  # noqa: ANN001
+    data: Path,
+    images: list[Path],
+    crop: int,
+    ten_crop: bool,
+    normalization: str,
+    k: int = 5,
+    limits: tuple[int, int] | None = None,
+) -> tuple[list[dict], list[int]]:
     """Top-k classes of each image with probabilities and names, and the true class when the
     path names one; also the indices of the shown classes that have no human-readable name."""
     stats, classes = load_stats(data), load_classes(data)
     names, missing = class_names(data, classes)
     size = layout.read_json(data / layout.DATASET_JSON)["size"]
     device = next(model.parameters()).device
-    loaded = [load_image(p, stats, crop, ten_crop, size, normalization) for p in images]  # all decode first
+    loaded = [
+        load_image(p, stats, crop, ten_crop, size, normalization, limits) for p in images
+    ]  # all decode first
     for path in images:  # names that the file names give fill the gaps
         truth, named = true_class(path, classes)
         if truth is not None and named and truth in missing:

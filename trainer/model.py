@@ -55,7 +55,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, saved: dict) -> ModelConfig:
         """A checkpoint's model config. Checkpoints from before `dropout_mode` existed were
-        trained with torch's inverted dropout, so they load as "inverted": the same function."""
+        trained with torch's inverted dropout, so they load as "inverted": the same function.
+        The shape-deciding keys every checkpoint has always had must be there (TypeError), so
+        that a damaged config is not read as the default 1000-class net."""
+        missing = [k for k in ("arch", "num_classes") if k not in saved]
+        if missing:
+            raise TypeError(f"no {' or '.join(missing)}")
         return cls(**{"dropout_mode": LEGACY_DROPOUT_MODE, **saved})
 
 
