@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader
 from tests.conftest import alexprep, alextrain
-from trainer.ablations import EXTEND, best_lr, epochs_to, ratios
+from trainer.ablations import EXTEND, best_lr, common_level, epochs_to, ratios
 
 
 def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
@@ -22,9 +22,16 @@ def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
     r = ratios({"relu": relu, "tanh": tanh})
     assert r["tanh_over_relu_at_50pct"] == {"ratio": 4.0, "bound": "="}
     assert r["tanh_over_relu_at_25pct"] == {"ratio": 4.0, "bound": ">"}  # 12 epochs and not there
-    assert ratios({"relu": {**relu, "epochs_to_25pct_train_error": None}, "tanh": tanh}) == {
-        "tanh_over_relu_at_50pct": {"ratio": 4.0, "bound": "="}
-    }
+    assert ratios({"relu": {**relu, "epochs_to_25pct_train_error": None}, "tanh": tanh})[
+        "tanh_over_relu_at_50pct"
+    ] == {"ratio": 4.0, "bound": "="}
+    # the lowest level both reached: tanh's best 0.41 (epoch 6); ReLU was at or below it at epoch 2
+    relu_err, tanh_err = [0.55, 0.40, 0.37, 0.30], [0.61, 0.50, 0.48, 0.45, 0.43, 0.41, 0.42]
+    common = common_level(relu_err, tanh_err)
+    assert common == {"level": 0.41, "relu": 2, "tanh": 6, "ratio": 3.0}
+    assert common_level(tanh_err, relu_err) == {"level": 0.41, "relu": 6, "tanh": 2, "ratio": 2 / 6}
+    both = ratios({"relu": {**relu, "train_error": relu_err}, "tanh": {**tanh, "train_error": tanh_err}})
+    assert both["tanh_over_relu_at_common_level"] == common
 
 
 def test_best_lr_is_the_lowest_training_error_and_never_a_diverged_run():

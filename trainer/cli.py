@@ -804,6 +804,12 @@ def fig1_cmd(
                 f"tanh / relu epochs to {pct}% train err: {bound}{ratio['ratio']:.2f} "
                 f"(paper, at 25%: about {PAPER_RATIO:g})"
             )
+    common = summary.get("tanh_over_relu_at_common_level")
+    if common:
+        click.echo(
+            f"tanh / relu epochs to {common['level']:.3f} train err (the lowest both reached): "
+            f"{common['tanh']} / {common['relu']} = {common['ratio']:.2f}"
+        )
     click.echo(f"wrote {out / 'ablation.json'} and {out / 'fig1.png'}")
 
 
