@@ -130,6 +130,7 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar
         assert cfg["max_drops"] == 0 and cfg["lr"] == variants[name]["lr"] and cfg["arch"] == "cifar"
     assert Image.open(tmp_path / "fig1.png").size == (600, 400)
     assert "epochs to 25% train err" in proc.stdout
+    assert "(fixed: --max-drops 0)" in proc.stdout and "plateau" not in proc.stdout  # Figure 1: one lr
     table = (tmp_path / "fig1.md").read_text()
     assert table.count("**chosen**") == 2 and f"| tanh | {variants['tanh']['lr']:g} | 3 |" in table
     # every run is on disk: a second call trains nothing and reports the same numbers

@@ -100,6 +100,7 @@ def straight(tiny, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"straight-{loader}") / "run"
             proc = alextrain("run", "--out", out, *_args(tiny, "--keep", 3, loader=loader))
             assert "global batch 16 (16 per process x 1)" in proc.stdout
+            assert "lr 0.01 (/10 on plateaus of 'test' error, at most 3 times)" in proc.stdout
             runs[loader] = out
         return runs[loader]
 

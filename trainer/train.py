@@ -562,11 +562,12 @@ def _train_locked(
 
 def _announce(cfg: TrainConfig, env: Env, steps: int, pos: Position) -> None:
     """What a user must know before a long run: the global batch, the lr and where it starts."""
-    schedule = (
-        f"plateau schedule on {cfg.val_split!r}"
-        if cfg.schedule == "plateau"
-        else f"/10 at epochs {','.join(map(str, cfg.lr_steps or []))}"
-    )
+    if cfg.schedule == "step":
+        schedule = f"/10 at epochs {','.join(map(str, cfg.lr_steps or []))}"
+    elif cfg.max_drops == 0:
+        schedule = "fixed: --max-drops 0"
+    else:
+        schedule = f"/10 on plateaus of {cfg.val_split!r} error, at most {cfg.max_drops} times"
     where = f"resuming at epoch {pos.epoch} step {pos.epoch_step}" if pos.step else "starting"
     print(
         f"{where}: global batch {cfg.batch_size * env.world} ({cfg.batch_size} per process x {env.world}), "
