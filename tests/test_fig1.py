@@ -22,6 +22,8 @@ def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
     r = ratios({"relu": relu, "tanh": tanh})
     assert r["tanh_over_relu_at_50pct"] == {"ratio": 4.0, "bound": "="}
     assert r["tanh_over_relu_at_25pct"] == {"ratio": 4.0, "bound": ">"}  # 12 epochs and not there
+    short = {**tanh, "train_error": [0] * 3}  # stopped by epoch 3, where ReLU got there: no bound
+    assert "tanh_over_relu_at_25pct" not in ratios({"relu": relu, "tanh": short})
     assert ratios({"relu": {**relu, "epochs_to_25pct_train_error": None}, "tanh": tanh})[
         "tanh_over_relu_at_50pct"
     ] == {"ratio": 4.0, "bound": "="}

@@ -230,7 +230,7 @@ def ratios(results: dict) -> dict:
         r, t = relu.get(key), tanh.get(key)
         if r and t:
             out[f"tanh_over_relu_at_{pct}pct"] = {"ratio": t / r, "bound": "="}
-        elif r and "train_error" in tanh:
+        elif r and len(tanh.get("train_error", [])) > r:  # a bound <= 1 would say nothing
             out[f"tanh_over_relu_at_{pct}pct"] = {"ratio": len(tanh["train_error"]) / r, "bound": ">"}
     return out
 
