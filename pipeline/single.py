@@ -25,6 +25,8 @@ from preprocess.image import (
     process_file,
 )
 
+LIMITS = (MAX_PIXELS, MAX_BYTES)  # alexprep shard's bounds on one source image
+
 
 class UnusableImage(ValueError):
     """The file cannot be read or decoded as an image; the message names it and says why."""
@@ -59,7 +61,7 @@ def image_input(
     ten_crop: bool,
     normalization: str = "mean-image",
     size: int = IMAGE_SIZE,
-    limits: tuple[int, int] = (MAX_PIXELS, MAX_BYTES),
+    limits: tuple[int, int] = LIMITS,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """(the stored RGB image, the network input [1, C, H, W] or [1, 10, C, H, W]);
     `limits`: (max pixels, max bytes) of the source, as `alexprep shard`'s."""

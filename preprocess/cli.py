@@ -19,6 +19,26 @@ DEFAULT_SHARD_SIZE, DEFAULT_SEED = 2500, 0
 MAX_PIXELS, MAX_BYTES = 100_000_000, 64 * 2**20
 
 
+def image_limit_options(f):  # noqa: ANN001, ANN201
+    """--max-pixels and --max-bytes, the bounds on one input image: here and on alextrain's
+    commands that read a user's image (predict, neighbors)."""
+    f = click.option(
+        "--max-bytes",
+        type=click.IntRange(1),
+        default=MAX_BYTES,
+        show_default=True,
+        help="Reject an input file larger than this many bytes.",
+    )(f)
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(1),
+        default=MAX_PIXELS,
+        show_default=True,
+        help="Reject an input whose header states more pixels than this (checked before decoding), "
+        "or whose aspect ratio would resize it to more.",
+    )(f)
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     from preprocess.shard import ShardError
     from preprocess.sources import SourceError
@@ -121,21 +141,7 @@ def main() -> None:
     show_default=True,
     help="This machine's part: shards R, R+N, R+2N, ...",
 )
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(1),
-    default=MAX_PIXELS,
-    show_default=True,
-    help="Reject an input whose header states more pixels than this (checked before decoding), "
-    "or whose aspect ratio would resize it to more.",
-)
-@click.option(
-    "--max-bytes",
-    type=click.IntRange(1),
-    default=MAX_BYTES,
-    show_default=True,
-    help="Reject an input file larger than this many bytes.",
-)
+@image_limit_options
 @click.option(
     "--redo-shard",
     "redo_shards",

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from pipeline.augment import StatsError
+from preprocess.cli import image_limit_options  # click only: --help stays fast
 from shards import layout
 from shards.reader import DatasetError
 from trainer.config import CHOICES, TrainConfig, load_config_file, parse_lr_steps
@@ -99,27 +100,6 @@ num_threads_option = click.option(
 batch_size_option = click.option(
     "--batch-size", type=click.IntRange(1), default=128, show_default=True, help=HELP["batch_size"]
 )
-
-
-def image_limit_options(f: Callable) -> Callable:
-    """--max-pixels and --max-bytes: the limits `alexprep shard` puts on an input image."""
-    from preprocess.cli import MAX_BYTES, MAX_PIXELS  # click only: --help stays fast
-
-    f = click.option(
-        "--max-bytes",
-        type=click.IntRange(1),
-        default=MAX_BYTES,
-        show_default=True,
-        help="Refuse an image file larger than this many bytes (as alexprep shard).",
-    )(f)
-    return click.option(
-        "--max-pixels",
-        type=click.IntRange(1),
-        default=MAX_PIXELS,
-        show_default=True,
-        help="Refuse an image whose header states more pixels than this, checked before decoding "
-        "(as alexprep shard).",
-    )(f)
 
 
 def json_options(f: Callable) -> Callable:
@@ -739,7 +719,7 @@ def report_cmd(run: Path, out: Path | None) -> None:
 @click.option("--num-threads", type=click.IntRange(1), default=4, show_default=True)
 @click.option(
     "--init",
-    type=click.Choice(["paper", "cuda-convnet"]),
+    type=click.Choice(CHOICES["init"]),
     default="paper",
     show_default=True,
     help="Weight init: paper (N(0, 0.01^2), section 5) or cuda-convnet (conv1 at 1e-4: layers-18pct).",

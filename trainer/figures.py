@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.augment import load_stats
-from pipeline.single import IMAGE_SIZE, UnusableImage, image_input
+from pipeline.single import IMAGE_SIZE, LIMITS, UnusableImage, image_input
 from shards import layout
 from shards.reader import load_classes
 from trainer.errors import FigureError
@@ -119,14 +119,13 @@ def load_image(
     ten_crop: bool,
     size: int = IMAGE_SIZE,
     normalization: str = "mean-image",
-    limits: tuple[int, int] | None = None,
+    limits: tuple[int, int] = LIMITS,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """(the stored RGB image, the network input): `pipeline.single.image_input`, FigureError if unusable.
 
     `limits`: (max pixels, max bytes) of the file [default: alexprep shard's]."""
     try:
-        extra = {} if limits is None else {"limits": limits}
-        return image_input(path, stats, crop, ten_crop, normalization, size, **extra)
+        return image_input(path, stats, crop, ten_crop, normalization, size, limits)
     except UnusableImage as e:
         raise FigureError(str(e)) from None
 
@@ -189,7 +188,7 @@ def predict_images(
     ten_crop: bool,
     normalization: str,
     k: int = 5,
-    limits: tuple[int, int] | None = None,
+    limits: tuple[int, int] = LIMITS,
 ) -> tuple[list[dict], list[int]]:
     """Top-k classes of each image with probabilities and names, and the true class when the
     path names one; also the indices of the shown classes that have no human-readable name."""
