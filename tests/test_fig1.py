@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader
 from tests.conftest import alexprep, alextrain
-from trainer.ablations import EXTEND, best_lr, common_level, epochs_to, ratios
+from trainer.ablations import EXTEND, best_lr, common_level, epochs_to, ratio_lines, ratios
 
 
 def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
@@ -34,6 +34,27 @@ def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
     assert common_level(tanh_err, relu_err) == {"level": 0.41, "relu": 6, "tanh": 2, "ratio": 2 / 6}
     both = ratios({"relu": {**relu, "train_error": relu_err}, "tanh": {**tanh, "train_error": tanh_err}})
     assert both["tanh_over_relu_at_common_level"] == common
+
+
+def test_the_lrn_pair_gets_its_own_ratios_and_each_ratio_one_line():
+    """relu-lrn/tanh-lrn is Figure 1 with LRN: its ratios sit beside the literal pair's, each
+    printed once (the same lines in fig1's output and fig1.md)."""
+
+    def net(to25: int | None, to50: int, epochs: int) -> dict:
+        to = {"epochs_to_25pct_train_error": to25, "epochs_to_50pct_train_error": to50}
+        return {**to, "train_error": [0.3] * epochs}
+
+    relu, tanh, relu_lrn, tanh_lrn = net(34, 2, 40), net(None, 3, 40), net(7, 2, 15), net(35, 4, 40)
+    only_literal = ratios({"relu": relu, "tanh": tanh, "relu-lrn": relu_lrn})
+    assert not any(k.startswith("tanh_lrn") for k in only_literal)  # no tanh-lrn run: no LRN pair
+    r = ratios({"relu": relu, "tanh": tanh, "relu-lrn": relu_lrn, "tanh-lrn": tanh_lrn})
+    assert r["tanh_over_relu_at_25pct"] == {"ratio": 40 / 34, "bound": ">"}
+    assert r["tanh_lrn_over_relu_lrn_at_25pct"] == {"ratio": 5.0, "bound": "="}
+    assert r["tanh_lrn_over_relu_lrn_at_50pct"] == {"ratio": 2.0, "bound": "="}
+    lines = ratio_lines({**r, "paper_ratio_at_25pct": 6.0})
+    assert "tanh / relu epochs to 25 % training error: > 1.18" in lines
+    assert "tanh-lrn / relu-lrn epochs to 25 % training error: 5.00" in lines
+    assert lines[-1] == "paper, at 25 %: about 6" and len(lines) == len(set(lines))
 
 
 def test_best_lr_is_the_lowest_training_error_and_never_a_diverged_run():
@@ -100,7 +121,7 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar
         "--tanh-epochs",
         3,
         "--variants",
-        "relu,tanh,relu-lrn",
+        "relu,tanh,relu-lrn,tanh-lrn",
         "--lrs",
         "0.001,0.01",
         "--sweep-steps",
@@ -113,7 +134,7 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar
     )
     proc = alextrain(*args)
     summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert set(summary["sweep"]["nets"]) == {"relu", "tanh"}  # relu-lrn takes relu's lr
+    assert set(summary["sweep"]["nets"]) == {"relu", "tanh"}  # relu-lrn takes relu's lr, tanh-lrn tanh's
     for net, s in summary["sweep"]["nets"].items():
         lrs = [r["lr"] for r in s["rows"]]
         assert {0.001, 0.01} <= set(lrs) and lrs == sorted(lrs) and all(r["steps"] == 3 for r in s["rows"])
@@ -124,9 +145,11 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar
         assert set(lrs) <= {0.0001, 0.0003, 0.001, 0.01, 0.03, 0.09}
         assert f"sweep {net}" in proc.stdout
     variants = summary["variants"]
-    assert [len(variants[n]["train_error"]) for n in ("relu", "tanh", "relu-lrn")] == [2, 3, 2]
-    assert variants["relu-lrn"]["lr"] == variants["relu"]["lr"] == summary["sweep"]["nets"]["relu"]["best_lr"]
-    for name, lrn in (("relu", "off"), ("tanh", "off"), ("relu-lrn", "cuda-convnet")):
+    assert [len(variants[n]["train_error"]) for n in ("relu", "tanh", "relu-lrn", "tanh-lrn")] == [2, 3, 2, 3]
+    for net in ("relu", "tanh"):
+        assert variants[f"{net}-lrn"]["lr"] == variants[net]["lr"] == summary["sweep"]["nets"][net]["best_lr"]
+    lrns = (("relu", "off"), ("tanh", "off"), ("relu-lrn", "cuda-convnet"), ("tanh-lrn", "cuda-convnet"))
+    for name, lrn in lrns:
         cfg = json.loads((tmp_path / f"{name}-lr{variants[name]['lr']:g}" / "config.json").read_text())
         assert (cfg["lrn"], cfg["weight_decay"], cfg["mirror"], cfg["lighting"]) == (lrn, 0.0, False, "off")
         assert cfg["max_drops"] == 0 and cfg["lr"] == variants[name]["lr"] and cfg["arch"] == "cifar"

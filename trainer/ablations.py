@@ -10,8 +10,11 @@ So the ReLU/tanh pair here has no weight decay, no dropout, no mirror, no PCA li
 and a fixed learning rate per net, chosen by a sweep this module runs and records: each
 candidate lr trains each net for the same few steps, and the lr with the lowest training error
 over those steps wins (a diverged run loses). Section 3.3's LRN comparison ("13% test error
-without normalization and 11% with") is a separate pair: `relu-lrn` is the ReLU net with LRN,
-otherwise the same as `relu` (its lr too), so the two differ in LRN only.
+without normalization and 11% with") is separate: `relu-lrn` is the ReLU net with LRN, otherwise
+the same as `relu` (its lr too), so the two differ in LRN only; `tanh-lrn` is the same for tanh.
+With both, the pair relu-lrn/tanh-lrn is Figure 1 read as "the paper's four-layer net had LRN"
+(Krizhevsky's own CIFAR-10 configuration of that shape did); its ratio is reported beside the
+literal one.
 
 Each run is a normal `alextrain run` (its own run directory, metrics.jsonl, checkpoints), so an
 interrupted figure resumes where it stopped; directories are named by net and lr.
@@ -38,7 +41,10 @@ NETS = {  # the Figure 1 pair
     "relu": dict(activation="relu", lrn="off"),
     "tanh": dict(activation="tanh", lrn="off"),
 }
-ABLATION = {"relu-lrn": dict(activation="relu", lrn="cuda-convnet")}  # section 3.3, vs "relu"
+ABLATION = {  # section 3.3: each differs from its net in LRN only
+    "relu-lrn": dict(activation="relu", lrn="cuda-convnet"),
+    "tanh-lrn": dict(activation="tanh", lrn="cuda-convnet"),
+}
 VARIANTS = {**NETS, **ABLATION}
 SWEEP_LRS = (0.003, 0.01, 0.03)
 EXTEND = 2  # extra sweep points past an end of the grid where the best lr lies
@@ -46,7 +52,11 @@ INIT_NOTE = {
     "paper": "every layer N(0, 0.01^2), section 5",
     "cuda-convnet": "conv1 N(0, 1e-4^2), the rest N(0, 0.01^2): cuda-convnet's layers-18pct",
 }
-LR_OF = {"relu-lrn": "relu"}  # the ablation uses the lr chosen for the net it is compared with
+LR_OF = {"relu-lrn": "relu", "tanh-lrn": "tanh"}  # an ablation uses its net's chosen lr
+PAIRS = {  # (ReLU net, tanh net) -> the key prefix of their ratios in ablation.json
+    ("relu", "tanh"): "tanh_over_relu",
+    ("relu-lrn", "tanh-lrn"): "tanh_lrn_over_relu_lrn",
+}
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -197,41 +207,50 @@ def markdown(summary: dict) -> str:
             f"| {name} | {r['lr']:g} | {n} | {r['train_error'][0]:.3f} | {r['train_error'][-1]:.3f} | "
             f"{r['test_error'][-1]:.3f} | {to[0]} | {to[1]} |"
         )
-    lines.append("")
-    for pct in ("25", "50"):
-        ratio = summary.get(f"tanh_over_relu_at_{pct}pct")
-        if ratio:
-            bound = "" if ratio["bound"] == "=" else "> "
-            lines.append(f"- tanh / ReLU epochs to {pct} % training error: {bound}{ratio['ratio']:.2f}")
-    common = summary.get("tanh_over_relu_at_common_level")
-    if common:
-        lines.append(
-            f"- at the lowest training error both reached ({common['level']:.3f}): ReLU after "
-            f"{common['relu']} epoch(s), tanh after {common['tanh']}: {common['ratio']:.2f}"
-        )
-    lines.append(f"- paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}")
+    lines += ["", *(f"- {line}" for line in ratio_lines(summary))]
     return "\n".join(lines) + "\n"
 
 
+def ratio_lines(summary: dict) -> list[str]:
+    """One line per ratio in `summary` (what fig1 prints and fig1.md lists), then the paper's."""
+    lines = []
+    for (fast, slow), key in PAIRS.items():
+        for pct in ("25", "50"):
+            ratio = summary.get(f"{key}_at_{pct}pct")
+            if ratio:
+                bound = "" if ratio["bound"] == "=" else "> "
+                lines.append(f"{slow} / {fast} epochs to {pct} % training error: {bound}{ratio['ratio']:.2f}")
+        common = summary.get(f"{key}_at_common_level")
+        if common:
+            lines.append(
+                f"{slow} / {fast} at the lowest training error both reached ({common['level']:.3f}): "
+                f"{common['tanh']} / {common['relu']} epochs = {common['ratio']:.2f}"
+            )
+    return [*lines, f"paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}"]
+
+
 def ratios(results: dict) -> dict:
-    """tanh/relu epochs to 25% (and 50%) training error; a lower bound when tanh never got there.
+    """tanh/ReLU epochs to 25% (and 50%) training error for each pair of PAIRS that ran; a lower
+    bound when the tanh net never got there, and the ratio at the lowest level both reached.
 
     When ReLU reached the target and tanh did not within its epochs, tanh needs more than its
     epoch count, so epochs_tanh / epochs_relu > that count / epochs_relu: reported with `>`.
     """
-    relu, tanh = results.get("relu", {}), results.get("tanh", {})
     out = {}
-    if relu.get("train_error") and tanh.get("train_error"):
+    for (fast, slow), key in PAIRS.items():
+        relu, tanh = results.get(fast, {}), results.get(slow, {})
+        if not (relu.get("train_error") and tanh.get("train_error")):
+            continue
         common = common_level(relu["train_error"], tanh["train_error"])
         if common:
-            out["tanh_over_relu_at_common_level"] = common
-    for pct in ("25", "50"):
-        key = f"epochs_to_{pct}pct_train_error"
-        r, t = relu.get(key), tanh.get(key)
-        if r and t:
-            out[f"tanh_over_relu_at_{pct}pct"] = {"ratio": t / r, "bound": "="}
-        elif r and len(tanh.get("train_error", [])) > r:  # a bound <= 1 would say nothing
-            out[f"tanh_over_relu_at_{pct}pct"] = {"ratio": len(tanh["train_error"]) / r, "bound": ">"}
+            out[f"{key}_at_common_level"] = common
+        for pct in ("25", "50"):
+            at = f"epochs_to_{pct}pct_train_error"
+            r, t = relu.get(at), tanh.get(at)
+            if r and t:
+                out[f"{key}_at_{pct}pct"] = {"ratio": t / r, "bound": "="}
+            elif r and len(tanh["train_error"]) > r:  # a bound <= 1 would say nothing
+                out[f"{key}_at_{pct}pct"] = {"ratio": len(tanh["train_error"]) / r, "bound": ">"}
     return out
 
 
@@ -256,7 +275,7 @@ def plot_figure1(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    styles = {"relu": "-", "tanh": "--", "relu-lrn": ":"}
+    styles = {"relu": "-", "tanh": "--", "relu-lrn": ":", "tanh-lrn": "-."}
     for name, r in summary["variants"].items():
         if not r.get("train_error"):
             continue

@@ -696,13 +696,14 @@ def report_cmd(run: Path, out: Path | None) -> None:
     "--tanh-epochs",
     type=click.IntRange(1),
     default=None,
-    help="Cap for the tanh net [default: --epochs]; a ratio is then a lower bound if tanh is short.",
+    help="Cap for the tanh nets [default: --epochs]; a ratio is then a lower bound if tanh is short.",
 )
 @click.option(
     "--variants",
     default="relu,tanh",
     show_default=True,
-    help="Comma-separated: relu, tanh (Figure 1), relu-lrn (the LRN ablation, vs relu).",
+    help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (the LRN ablation: each vs its "
+    "net, and the two as a Figure 1 pair with LRN).",
 )
 @click.option(
     "--lrs",
@@ -741,7 +742,7 @@ def fig1_cmd(
 ) -> None:
     """Figure 1 under the paper's conditions (ReLU vs tanh, each net's lr swept, no regularisation:
     epochs to 25% training error), and optionally the LRN ablation, on CIFAR-10."""
-    from trainer.ablations import PAPER_RATIO, VARIANTS, run_figure1
+    from trainer.ablations import VARIANTS, ratio_lines, run_figure1
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -753,7 +754,7 @@ def fig1_cmd(
         _fail(f"--lrs: {lrs!r} is not a comma-separated list of numbers")
     if not rates or any(not (0 < r < 10) for r in rates):
         _fail(f"--lrs: {lrs!r}: each learning rate must be in (0, 10)")
-    per_net = {n: (tanh_epochs or epochs) if n == "tanh" else epochs for n in names}
+    per_net = {n: (tanh_epochs or epochs) if n.startswith("tanh") else epochs for n in names}
     base = TrainConfig(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
     try:
         summary = run_figure1(data, out, per_net, base, names, rates, sweep_steps, progress=not quiet)
@@ -776,20 +777,8 @@ def fig1_cmd(
             f"test err {r['test_error'][-1]:.4f}  "
             f"epochs to 25% train err: {to25}; to 50%: {to50}"
         )
-    for pct in ("25", "50"):
-        ratio = summary.get(f"tanh_over_relu_at_{pct}pct")
-        if ratio:
-            bound = "" if ratio["bound"] == "=" else "more than "
-            click.echo(
-                f"tanh / relu epochs to {pct}% train err: {bound}{ratio['ratio']:.2f} "
-                f"(paper, at 25%: about {PAPER_RATIO:g})"
-            )
-    common = summary.get("tanh_over_relu_at_common_level")
-    if common:
-        click.echo(
-            f"tanh / relu epochs to {common['level']:.3f} train err (the lowest both reached): "
-            f"{common['tanh']} / {common['relu']} = {common['ratio']:.2f}"
-        )
+    for line in ratio_lines(summary):
+        click.echo(line)
     click.echo(f"wrote {out / 'ablation.json'} and {out / 'fig1.png'}")
 
 
