@@ -19,7 +19,7 @@ import multiprocessing as mp
 import os
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -150,19 +150,34 @@ def check_structure(data: Path, splits: Sequence[str]) -> None:
         raise _damaged(data, problems, bad)
 
 
-def preflight(data: Path, splits: Sequence[str], full: bool = False) -> None:
+def preflight(
+    data: Path,
+    splits: Sequence[str],
+    full: bool = False,
+    hash_files: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> None:
     """Check the shards of `splits` under `data` before training on them.
 
     Always: the structural check (fast, stat + index header). Then, with `full=True` or when
-    `alexprep verify` has not vouched for the current files, every tar and index is hashed
-    against the SHA-256 recorded when it was written. Raises DatasetError if `data` is not a
-    complete dataset or lacks a split, DamagedDataError naming every bad shard (and sample,
-    where a member could be pinned down) with how to repair it.
+    `alexprep verify` (or an earlier clean pass of this) has not vouched for the current files,
+    every tar is hashed against the SHA-256 recorded when it was written; a clean pass is
+    recorded in verified.json where `data` is writable, so the next start skips it.
+    `hash_files=False` (the other processes of a host: one hashing pass per host is enough)
+    stops after the structural check. `say` hears, before it starts, why the slow pass runs.
+    Raises DatasetError if `data` is not a complete dataset or lacks a split, DamagedDataError
+    naming every bad shard (and sample, where a member could be pinned down) with how to repair it.
     """
     check_structure(data, splits)
     meta = _checked(data, splits)
-    if not full and _verified(data, meta, splits):
+    if not hash_files or (not full and _verified(data, meta, splits)):
         return
+    before = _stamps_or_none(data, meta, splits)
+    if say:
+        size = sum(v[0] for k, v in (before or {}).items() if k.endswith(".tar"))
+        why = "--verify-data full" if full else "`alexprep verify` has not vouched for these files"
+        shards = len(before or {}) // 2  # a tar and its index each
+        say(f"{data}: hashing {shards:,} shards ({size / 1e9:.1f} GB) against their SHA-256 ({why})")
     problems, bad = [], []
     for split in splits:
         records = _records(meta, split)
@@ -175,6 +190,8 @@ def preflight(data: Path, splits: Sequence[str], full: bool = False) -> None:
                 bad.append(tar)
     if problems:
         raise _damaged(data, problems, bad)
+    if before is not None and before == _stamps_or_none(data, meta, splits):
+        _record_verified(data, meta, before)
 
 
 def check_shard(job: tuple[str, int, dict[str, tuple[str, int, bytes]]]) -> tuple[int, list[str]]:
@@ -321,8 +338,19 @@ def _stamps_or_none(out: Path, meta: dict, splits: Sequence[str]) -> dict | None
 
 
 def _record_verified(out: Path, meta: dict, stamps: dict) -> None:
-    """Note the verified files for `preflight`; a read-only OUT simply keeps no record."""
-    record = {"plan_sha256": meta.get("plan_sha256"), "verified_at": int(time.time()), "files": stamps}
+    """Note the verified files for `preflight` (beside those of other splits verified under the
+    same plan); a read-only OUT simply keeps no record."""
+    try:
+        record = layout.read_json(out / layout.VERIFIED_JSON)
+        kept = record["files"] if record.get("plan_sha256") == meta.get("plan_sha256") else {}
+        kept = kept if isinstance(kept, dict) else {}
+    except (layout.LayoutError, OSError, AttributeError, KeyError, TypeError):
+        kept = {}
+    record = {
+        "plan_sha256": meta.get("plan_sha256"),
+        "verified_at": int(time.time()),
+        "files": {**kept, **stamps},
+    }
     try:
         layout.write_json(out / layout.VERIFIED_JSON, record)
     except (OSError, layout.LayoutError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -404,6 +405,26 @@ def test_preflight_trusts_verify_only_while_the_files_are_unchanged(small_shards
     _flip(tar, m.offset)  # same size, new mtime: verified.json no longer vouches for it
     with pytest.raises(DamagedDataError, match=r"train-000000\.tar: \d+: \.cls member differs"):
         preflight(out, ["train"])
+
+
+def test_preflight_hashes_once_says_so_and_one_process_per_host_does_it(small_shards, tmp_path):
+    """Unverified shards are hashed at the first start (announced: on ImageNet it takes minutes);
+    a clean pass is remembered, so a restart (compose's restart: on-failure) does not repeat it;
+    the other processes of a host do only the structural check."""
+    out = _copy(small_shards, tmp_path)
+    (out / "verified.json").unlink(missing_ok=True)
+    said: list[str] = []
+    preflight(out, ["train"], say=said.append)
+    assert len(said) == 1 and re.search(r"hashing \d+ shards \(\d+\.\d GB\).*alexprep verify", said[0])
+    assert json.loads((out / "verified.json").read_text())["files"]
+    preflight(out, ["train"], say=said.append)
+    assert len(said) == 1  # vouched for now: no second pass
+    tar, m = _member(out, "train-000002", 1, "jpg")
+    _flip(tar, m.offset + m.size // 2)  # same size, new mtime
+    preflight(out, ["train"], hash_files=False)  # another process of this host: structure only
+    with pytest.raises(DamagedDataError, match=r"train-000002\.tar"):
+        preflight(out, ["train"], say=said.append)
+    assert len(said) == 2
 
 
 def test_redo_shard_repairs_byte_identically_and_planted_links_are_replaced(small_shards, tmp_path):

@@ -185,6 +185,22 @@ _HELP = {
     "mirror": "Random horizontal reflections in training (section 4.1).",
     "init": "paper: weights N(0, 0.01^2) (section 5); cuda-convnet: conv1 at 1e-4, the rest 0.01 "
     "(layers-18pct, Krizhevsky's CIFAR-10 net). cifar only.",
+    "arch": "alexnet: the paper's net (section 3); cifar: Figure 1's four-layer net for 32x32 images.",
+    "activation": "relu (section 3.1) or tanh (Figure 1's comparison).",
+    "pool": "overlap: 3x3 windows, stride 2 (section 3.4); nonoverlap: 2x2, stride 2.",
+    "decay_biases": "Also apply weight decay to biases (the paper's update decays weights only).",
+    "lr": "Learning rate (section 5: 0.01); not rescaled with the global batch.",
+    "momentum": "SGD momentum (section 5).",
+    "weight_decay": "L2 weight decay (section 5).",
+    "epochs": "Epochs in all (section 5: roughly 90); raise it to extend a run with --resume.",
+    "train_split": "Split to train on.",
+    "loader": "dali (the pipeline, CPU or GPU), reference (webdataset + torch), auto: dali if installed.",
+    "normalization": "mean-image: subtract the training set's mean image (section 2); "
+    "channel: per-channel mean and std (torchvision style).",
+    "seed": "Seeds the init, the data order and every random augmentation (resume is exact).",
+    "amp": "bf16 autocast on CUDA (LRN kept in float32); --no-amp: float32 throughout. CPU: float32.",
+    "channels_last": "NHWC memory layout on CUDA (faster convolutions); no effect on the CPU.",
+    "compile": "torch.compile the model (same outputs and gradients as eager; slower start).",
 }
 
 
@@ -226,7 +242,10 @@ def _config_options(f):  # noqa: ANN001, ANN202
     help="JSON or TOML file of the same settings; flags override it.",
 )
 @click.option(
-    "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same settings)."
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last checkpoint; settings not given come from its "
+    "config.json (a different one is refused, except --epochs, --data and a few others).",
 )
 @click.option(
     "--auto-resume",
@@ -241,10 +260,13 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
     try:
         values = load_config_file(config_file) if config_file else {}
         values.update({k: v for k, v in flags.items() if v is not None})
+        given = set(values)
+        if resume or auto_resume:  # what the user leaves out is what the run was started with
+            values = {**_saved_settings(values.get("out")), **values}
         cfg = TrainConfig(**values)
         if not cfg.data or not cfg.out:
             raise TrainError("--data and --out are required (flags or config file)")
-        rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=set(values))
+        rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=given)
     except _USER_ERRORS as e:
         _fail(str(e))
     if os.environ.get("RANK", "0") != "0":
@@ -258,6 +280,14 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         )
     else:
         click.echo(f"nothing to do: {cfg.out} has finished its {cfg.epochs} epochs")
+
+
+def _saved_settings(out: str | None) -> dict:
+    """The settings in OUT/config.json of the run to resume ({} when there is none yet)."""
+    saved = Path(out) / "config.json" if out else None
+    if saved is None or not saved.is_file():
+        return {}
+    return {k: v for k, v in load_config_file(saved).items() if k != "out"}
 
 
 @main.command("eval")
