@@ -228,6 +228,9 @@ def test_a_refused_run_leaves_no_folder_behind(tiny_data, tmp_path):
     )
     assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
     assert not (tmp_path / "new").exists()
+    proc = alextrain("run", "--out", tmp_path / "new", "--resume", check=False)  # settings from nowhere
+    assert proc.returncode == 2 and "no such checkpoint: no run was started in" in proc.stderr
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(

@@ -262,7 +262,10 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         values.update({k: v for k, v in flags.items() if v is not None})
         given = set(values)
         if resume or auto_resume:  # what the user leaves out is what the run was started with
-            values = {**_saved_settings(values.get("out")), **values}
+            saved = _saved_settings(values.get("out"))
+            if resume and not saved and values.get("out") and not values.get("data"):
+                raise TrainError(f"--resume: no such checkpoint: no run was started in {values['out']}")
+            values = {**saved, **values}
         cfg = TrainConfig(**values)
         if not cfg.data or not cfg.out:
             raise TrainError("--data and --out are required (flags or config file)")
