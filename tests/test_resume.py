@@ -171,7 +171,8 @@ def test_resume_refuses_other_settings_but_extends_epochs(straight, tiny, tmp_pa
     # the settings left out come from the run's config.json: no need to repeat every flag
     alextrain("run", "--out", run, "--resume", "--epochs", 3, "--quiet")
     assert [r["epoch"] for r in _rows(run)] == [0, 1, 2] and _rows(run)[:2] == _rows(straight_run)
-    assert json.loads((run / "config.json").read_text()) == {**json.loads(config), "epochs": 3, "out": str(run)}
+    resumed = json.loads((run / "config.json").read_text())
+    assert resumed == {**json.loads(config), "epochs": 3, "out": str(run)}
 
 
 @pytest.mark.slow

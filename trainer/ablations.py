@@ -27,7 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from shards import layout
+from trainer.checkpoint import config_changes
 from trainer.config import TrainConfig
+from trainer.errors import TrainError
 from trainer.metrics import METRICS, read_metrics
 from trainer.train import run
 
@@ -75,7 +77,13 @@ def _config(base: TrainConfig, data: Path, run_dir: Path, name: str, lr: float, 
 
 
 def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
+    """Train (or resume) one run to cfg.epochs; a finished run with the same settings is only
+    read back, one made with other settings (another --sweep-steps, --init, ...) is refused."""
     run_dir = Path(cfg.out)
+    saved = run_dir / "config.json"
+    changes = config_changes(layout.read_json(saved), cfg.to_dict()) if saved.is_file() else []
+    if changes:
+        raise TrainError(f"{run_dir}: made with other settings: {'; '.join(changes)}; use another --out")
     if len(_rows(run_dir)) < cfg.epochs:
         run(cfg, resume=(run_dir / "last.pt").exists(), progress=progress)
     return _rows(run_dir)[: cfg.epochs]
@@ -84,7 +92,8 @@ def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
 def _sweep_point(
     base: TrainConfig, data: Path, out: Path, name: str, lr: float, steps: int, progress: bool
 ) -> dict:
-    cfg = replace(_config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1), steps_per_epoch=steps)
+    cfg = _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1)
+    cfg = replace(cfg, steps_per_epoch=steps) if steps else cfg  # None: one whole epoch
     row = _train(cfg, progress)[0]
     finite = math.isfinite(row["train_loss"])
     return {
@@ -135,7 +144,7 @@ def run_figure1(
     base: TrainConfig,
     variants: list[str],
     lrs: list[float],
-    sweep_steps: int,
+    sweep_steps: int | None,
     progress: bool = True,
 ) -> dict:
     """The sweep, then each variant at its chosen lr for epochs[variant] epochs; ablation.json + PNG.
@@ -183,7 +192,7 @@ def markdown(summary: dict) -> str:
     lines = [f"Weights: {init} init ({INIT_NOTE[init]}).", ""]
     for net, s in summary["sweep"]["nets"].items():
         lines += [
-            f"Sweep, {net} ({summary['sweep']['steps']} steps of 128 per lr, training error over them):",
+            f"Sweep, {net} ({s['rows'][0]['steps']} steps of 128 per lr, training error over them):",
             "",
             "| lr | train err | train loss | |",
             "|---:|---:|---:|---|",

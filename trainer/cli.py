@@ -746,7 +746,10 @@ def report_cmd(run: Path, out: Path | None) -> None:
     "where the best lies; one value: no sweep.",
 )
 @click.option(
-    "--sweep-steps", type=click.IntRange(1), default=150, show_default=True, help="Steps per sweep run."
+    "--sweep-steps",
+    type=click.IntRange(1),
+    default=None,
+    help="Steps per sweep run [default: one epoch, as in docs/figures.md].",
 )
 @click.option("--crop", type=int, default=32, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")
@@ -766,7 +769,7 @@ def fig1_cmd(
     tanh_epochs: int | None,
     variants: str,
     lrs: str,
-    sweep_steps: int,
+    sweep_steps: int | None,
     crop: int,
     steps_per_epoch: int | None,
     num_threads: int,
@@ -798,7 +801,8 @@ def fig1_cmd(
             f"{r['lr']:g}: {'diverged' if r['diverged'] else format(r['train_top1_err'], '.3f')}"
             for r in s["rows"]
         )
-        click.echo(f"sweep {net:<5} train err after {sweep_steps} steps: {table} -> lr {s['best_lr']}")
+        steps = s["rows"][0]["steps"]
+        click.echo(f"sweep {net:<5} train err after {steps} steps: {table} -> lr {s['best_lr']}")
     for name, r in summary["variants"].items():
         if not r.get("train_error"):
             click.echo(f"{name:<9} {r.get('note', 'no epochs')}")
