@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from tests.conftest import CIFAR_TGZ, alexprep, alextrain
 from trainer import checkpoint
 from trainer.cli import main as cli_main
+from trainer.config import TrainConfig
 from trainer.train import DIE_ENV
 
 PER_CLASS = {"train": 24, "test": 8}
@@ -241,6 +242,14 @@ def test_settings_are_refused_up_front_with_the_key_named(tiny, tmp_path):
         assert code == 2 and message.replace('"', "'") in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
         assert not out.exists(), args  # refused before anything was written
+    # a run's own config.json holds every key, the defaults of options its arch lacks too: it is
+    # a valid --config (to repeat a run); only a value that would change something is refused
+    saved = tmp_path / "config.json"
+    repeat = TrainConfig(data=str(tmp_path / "none"), out=str(out), arch="cifar")
+    saved.write_text(json.dumps(repeat.to_dict()))
+    assert "none: no dataset.json" in _cli("--config", saved)[1]  # past every check of the settings
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "towers": 1}))
+    assert "--towers (towers): --arch cifar has one tower" in _cli("--config", saved)[1]
 
 
 @pytest.mark.slow

@@ -259,8 +259,8 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
 
     try:
         values = load_config_file(config_file) if config_file else {}
-        values.update({k: v for k, v in flags.items() if v is not None})
-        given = set(values)
+        given = {k for k, v in flags.items() if v is not None}  # a config file may hold defaults of
+        values.update({k: flags[k] for k in given})  # every key (a run's config.json): not refused
         if resume or auto_resume:  # what the user leaves out is what the run was started with
             saved = _saved_settings(values.get("out"))
             if resume and not saved and values.get("out") and not values.get("data"):
