@@ -31,7 +31,7 @@ from trainer.checkpoint import config_changes
 from trainer.config import TrainConfig
 from trainer.errors import TrainError
 from trainer.metrics import METRICS, read_metrics
-from trainer.train import run
+from trainer.train import resolve_data, run
 
 TARGET_TRAIN_ERROR = 0.25  # the paper's threshold
 SECOND_TARGET = 0.50  # reached within a short CPU budget, for a ratio even when 25% is not
@@ -81,7 +81,10 @@ def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
     read back, one made with other settings (another --sweep-steps, --init, ...) is refused."""
     run_dir = Path(cfg.out)
     saved = run_dir / "config.json"
-    changes = config_changes(layout.read_json(saved), cfg.to_dict()) if saved.is_file() else []
+    if saved.is_file():  # compared as `run` would: with what the data fills in (classes, val split)
+        changes = config_changes(layout.read_json(saved), resolve_data(replace(cfg))[0].to_dict())
+    else:
+        changes = []
     if changes:
         raise TrainError(f"{run_dir}: made with other settings: {'; '.join(changes)}; use another --out")
     if len(_rows(run_dir)) < cfg.epochs:
