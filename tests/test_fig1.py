@@ -126,6 +126,8 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar
         "0.001,0.01",
         "--sweep-steps",
         3,
+        "--sweep-epochs",
+        2,
         "--steps-per-epoch",
         4,
         "--num-threads",
@@ -137,7 +139,12 @@ def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar
     assert set(summary["sweep"]["nets"]) == {"relu", "tanh"}  # relu-lrn takes relu's lr, tanh-lrn tanh's
     for net, s in summary["sweep"]["nets"].items():
         lrs = [r["lr"] for r in s["rows"]]
-        assert {0.001, 0.01} <= set(lrs) and lrs == sorted(lrs) and all(r["steps"] == 3 for r in s["rows"])
+        assert {0.001, 0.01} <= set(lrs) and lrs == sorted(lrs)
+        assert all(r["steps"] == 6 and r["epochs"] == 2 for r in s["rows"])  # 2 epochs of 3 steps
+        for r in s["rows"]:  # judged on the last epoch's training error
+            metrics = tmp_path / "sweep" / f"{net}-lr{r['lr']:g}" / "metrics.jsonl"
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+            assert len(rows) == 2 and r["train_top1_err"] == rows[-1]["train_top1_err"]
         ok = [r for r in s["rows"] if not r["diverged"]]
         assert s["best_lr"] == min(ok, key=lambda r: r["train_top1_err"])["lr"]
         # a best at an end of the grid extends it by x3 there, up to EXTEND times

@@ -23,7 +23,7 @@ interrupted figure resumes where it stopped; directories are named by net and lr
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shards import layout
@@ -92,18 +92,30 @@ def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
     return _rows(run_dir)[: cfg.epochs]
 
 
+@dataclass(frozen=True)
+class SweepLength:
+    """How long each sweep point trains: `epochs` epochs of `steps` steps (None: whole epochs).
+    The criterion is the training error over the last of them: one epoch finds the lr that
+    starts fastest, more find the one that keeps going (closer to "fastest to 25 %")."""
+
+    steps: int | None = None
+    epochs: int = 1
+
+
 def _sweep_point(
-    base: TrainConfig, data: Path, out: Path, name: str, lr: float, steps: int, progress: bool
+    base: TrainConfig, data: Path, out: Path, name: str, lr: float, length: SweepLength, progress: bool
 ) -> dict:
-    cfg = _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, 1)
-    cfg = replace(cfg, steps_per_epoch=steps) if steps else cfg  # None: one whole epoch
-    row = _train(cfg, progress)[0]
-    finite = math.isfinite(row["train_loss"])
+    cfg = _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, length.epochs)
+    cfg = replace(cfg, steps_per_epoch=length.steps) if length.steps else cfg
+    rows = _train(cfg, progress)
+    last = rows[-1]
+    finite = all(math.isfinite(r["train_loss"]) for r in rows)
     return {
         "lr": lr,
-        "steps": row["steps"],
-        "train_loss": row["train_loss"] if finite else None,  # strict JSON: no NaN
-        "train_top1_err": row["train_top1_err"],
+        "steps": sum(r["steps"] for r in rows),
+        "epochs": len(rows),
+        "train_loss": last["train_loss"] if finite else None,  # strict JSON: no NaN
+        "train_top1_err": last["train_top1_err"],
         "diverged": not finite,
     }
 
@@ -114,18 +126,24 @@ def best_lr(rows: list[dict]) -> float | None:
 
 
 def sweep(
-    data: Path, out: Path, base: TrainConfig, nets: list[str], lrs: list[float], steps: int, progress: bool
+    data: Path,
+    out: Path,
+    base: TrainConfig,
+    nets: list[str],
+    lrs: list[float],
+    length: SweepLength,
+    progress: bool,
 ) -> dict:
-    """Train each net at each lr for `steps` steps; {net: {"rows": [...], "best_lr": lr}}.
+    """Train each net at each lr for `length`; {net: {"rows": [...], "best_lr": lr}}.
 
-    The best is the lowest training error over those steps (a diverged run never wins). When it
+    The best is the lowest training error over the last epoch (a diverged run never wins). When it
     lies at an end of the grid, the grid is extended past that end by x3 (at most EXTEND times),
     so the chosen lr is a real optimum of the sweep rather than its edge.
     """
     result = {}
     for name in nets:
         rows = sorted(
-            (_sweep_point(base, data, out, name, lr, steps, progress) for lr in sorted(set(lrs))),
+            (_sweep_point(base, data, out, name, lr, length, progress) for lr in sorted(set(lrs))),
             key=lambda r: r["lr"],
         )
         for _ in range(EXTEND):
@@ -134,7 +152,7 @@ def sweep(
                 break
             lr = float(f"{best / 3:.1g}") if best == rows[0]["lr"] else float(f"{best * 3:.1g}")
             rows = sorted(
-                [*rows, _sweep_point(base, data, out, name, lr, steps, progress)], key=lambda r: r["lr"]
+                [*rows, _sweep_point(base, data, out, name, lr, length, progress)], key=lambda r: r["lr"]
             )
         result[name] = {"rows": rows, "best_lr": best_lr(rows)}
     return result
@@ -147,7 +165,7 @@ def run_figure1(
     base: TrainConfig,
     variants: list[str],
     lrs: list[float],
-    sweep_steps: int | None,
+    length: SweepLength,
     progress: bool = True,
 ) -> dict:
     """The sweep, then each variant at its chosen lr for epochs[variant] epochs; ablation.json + PNG.
@@ -156,7 +174,7 @@ def run_figure1(
     """
     out.mkdir(parents=True, exist_ok=True)
     nets = sorted({LR_OF.get(v, v) for v in variants}, key=list(VARIANTS).index)
-    swept = sweep(data, out, base, nets, lrs, sweep_steps, progress) if len(lrs) > 1 else {}
+    swept = sweep(data, out, base, nets, lrs, length, progress) if len(lrs) > 1 else {}
     chosen = {n: (swept[n]["best_lr"] if n in swept else lrs[0]) for n in nets}
     results = {}
     for name in variants:
@@ -174,7 +192,7 @@ def run_figure1(
         }
     summary = {
         "conditions": {**PAPER_CONDITIONS, "init": base.init},
-        "sweep": {"steps": sweep_steps, "lrs": lrs, "nets": swept},
+        "sweep": {"steps": length.steps, "epochs": length.epochs, "lrs": lrs, "nets": swept},
         "epochs": epochs,
         "variants": results,
         "paper_ratio_at_25pct": PAPER_RATIO,
@@ -195,7 +213,7 @@ def markdown(summary: dict) -> str:
     lines = [f"Weights: {init} init ({INIT_NOTE[init]}).", ""]
     for net, s in summary["sweep"]["nets"].items():
         lines += [
-            f"Sweep, {net} ({s['rows'][0]['steps']} steps of 128 per lr, training error over them):",
+            f"Sweep, {net} ({_sweep_span(s['rows'][0])} per lr, training error over the last epoch):",
             "",
             "| lr | train err | train loss | |",
             "|---:|---:|---:|---|",
@@ -221,6 +239,11 @@ def markdown(summary: dict) -> str:
         )
     lines += ["", *(f"- {line}" for line in ratio_lines(summary))]
     return "\n".join(lines) + "\n"
+
+
+def _sweep_span(row: dict) -> str:
+    epochs = row.get("epochs", 1)  # ablation.json files from before sweeps had epochs
+    return f"{row['steps']} steps of 128" + (f" in {epochs} epochs" if epochs > 1 else "")
 
 
 def ratio_lines(summary: dict) -> list[str]:

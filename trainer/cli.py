@@ -749,7 +749,15 @@ def report_cmd(run: Path, out: Path | None) -> None:
     "--sweep-steps",
     type=click.IntRange(1),
     default=None,
-    help="Steps per sweep run [default: one epoch, as in docs/figures.md].",
+    help="Steps per sweep epoch [default: the whole epoch, as in docs/figures.md].",
+)
+@click.option(
+    "--sweep-epochs",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Epochs per sweep run, judged on the last: 1 finds the lr that starts fastest; more find "
+    "the one that keeps going (docs/figures.md: tanh's best lr after 1 epoch is not its fastest to 25%).",
 )
 @click.option("--crop", type=int, default=32, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")
@@ -770,6 +778,7 @@ def fig1_cmd(
     variants: str,
     lrs: str,
     sweep_steps: int | None,
+    sweep_epochs: int,
     crop: int,
     steps_per_epoch: int | None,
     num_threads: int,
@@ -778,7 +787,7 @@ def fig1_cmd(
 ) -> None:
     """Figure 1 under the paper's conditions (ReLU vs tanh, each net's lr swept, no regularisation:
     epochs to 25% training error), and optionally the LRN ablation, on CIFAR-10."""
-    from trainer.ablations import VARIANTS, ratio_lines, run_figure1
+    from trainer.ablations import VARIANTS, SweepLength, ratio_lines, run_figure1
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -793,7 +802,8 @@ def fig1_cmd(
     per_net = {n: (tanh_epochs or epochs) if n.startswith("tanh") else epochs for n in names}
     base = TrainConfig(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
     try:
-        summary = run_figure1(data, out, per_net, base, names, rates, sweep_steps, progress=not quiet)
+        length = SweepLength(sweep_steps, sweep_epochs)
+        summary = run_figure1(data, out, per_net, base, names, rates, length, progress=not quiet)
     except _USER_ERRORS as e:
         _fail(str(e))
     for net, s in summary["sweep"]["nets"].items():
@@ -801,8 +811,8 @@ def fig1_cmd(
             f"{r['lr']:g}: {'diverged' if r['diverged'] else format(r['train_top1_err'], '.3f')}"
             for r in s["rows"]
         )
-        steps = s["rows"][0]["steps"]
-        click.echo(f"sweep {net:<5} train err after {steps} steps: {table} -> lr {s['best_lr']}")
+        span = f"{s['rows'][0]['steps']} steps" + (f" ({sweep_epochs} epochs)" if sweep_epochs > 1 else "")
+        click.echo(f"sweep {net:<5} train err after {span}: {table} -> lr {s['best_lr']}")
     for name, r in summary["variants"].items():
         if not r.get("train_error"):
             click.echo(f"{name:<9} {r.get('note', 'no epochs')}")
