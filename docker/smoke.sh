@@ -147,7 +147,8 @@ check_refusal() {
 
 check_outputs() {
   local f
-  for f in shards/dataset.json shards/stats.json shards/mean_image.npy runs/smoke/last.pt runs/smoke/metrics.jsonl; do
+  # verified.json: the verify stage recorded its pass, so train skipped hashing the shards
+  for f in shards/dataset.json shards/verified.json shards/stats.json shards/mean_image.npy runs/smoke/last.pt runs/smoke/metrics.jsonl; do
     [ -s "$work/$f" ] || { echo "missing $work/$f" >&2; return 1; }
     [ "$(stat -c %u:%g "$work/$f")" = "$uid:$gid" ] || { echo "$work/$f not owned by $uid:$gid" >&2; return 1; }
   done
