@@ -83,10 +83,8 @@ def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
     saved = run_dir / "config.json"
     if saved.is_file():  # compared as `run` would: with what the data fills in (classes, val split)
         changes = config_changes(layout.read_json(saved), resolve_data(replace(cfg))[0].to_dict())
-    else:
-        changes = []
-    if changes:
-        raise TrainError(f"{run_dir}: made with other settings: {'; '.join(changes)}; use another --out")
+        if changes:
+            raise TrainError(f"{run_dir}: made with other settings: {'; '.join(changes)}; use another --out")
     if len(_rows(run_dir)) < cfg.epochs:
         run(cfg, resume=(run_dir / "last.pt").exists(), progress=progress)
     return _rows(run_dir)[: cfg.epochs]
@@ -213,7 +211,7 @@ def markdown(summary: dict) -> str:
     lines = [f"Weights: {init} init ({INIT_NOTE[init]}).", ""]
     for net, s in summary["sweep"]["nets"].items():
         lines += [
-            f"Sweep, {net} ({_sweep_span(s['rows'][0])} per lr, training error over the last epoch):",
+            f"Sweep, {net} ({sweep_span(s['rows'][0])} per lr, training error over the last epoch):",
             "",
             "| lr | train err | train loss | |",
             "|---:|---:|---:|---|",
@@ -241,9 +239,9 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sweep_span(row: dict) -> str:
-    epochs = row.get("epochs", 1)  # ablation.json files from before sweeps had epochs
-    return f"{row['steps']} steps of 128" + (f" in {epochs} epochs" if epochs > 1 else "")
+def sweep_span(row: dict) -> str:
+    """How long a sweep point trained, for fig1's output and fig1.md."""
+    return f"{row['steps']} steps of 128" + (f" in {row['epochs']} epochs" if row["epochs"] > 1 else "")
 
 
 def ratio_lines(summary: dict) -> list[str]:

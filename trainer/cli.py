@@ -259,8 +259,10 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
 
     try:
         values = load_config_file(config_file) if config_file else {}
-        given = {k for k, v in flags.items() if v is not None}  # a config file may hold defaults of
-        values.update({k: flags[k] for k in given})  # every key (a run's config.json): not refused
+        # only flags count as given: a config file (a run's config.json) may hold every key, the
+        # defaults of options its arch lacks too, and is refused only where a value would matter
+        given = {k for k, v in flags.items() if v is not None}
+        values.update({k: flags[k] for k in given})
         if resume or auto_resume:  # what the user leaves out is what the run was started with
             saved = _saved_settings(values.get("out"))
             if resume and not saved and values.get("out") and not values.get("data"):
@@ -787,7 +789,7 @@ def fig1_cmd(
 ) -> None:
     """Figure 1 under the paper's conditions (ReLU vs tanh, each net's lr swept, no regularisation:
     epochs to 25% training error), and optionally the LRN ablation, on CIFAR-10."""
-    from trainer.ablations import VARIANTS, SweepLength, ratio_lines, run_figure1
+    from trainer.ablations import VARIANTS, SweepLength, ratio_lines, run_figure1, sweep_span
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -811,8 +813,7 @@ def fig1_cmd(
             f"{r['lr']:g}: {'diverged' if r['diverged'] else format(r['train_top1_err'], '.3f')}"
             for r in s["rows"]
         )
-        span = f"{s['rows'][0]['steps']} steps" + (f" ({sweep_epochs} epochs)" if sweep_epochs > 1 else "")
-        click.echo(f"sweep {net:<5} train err after {span}: {table} -> lr {s['best_lr']}")
+        click.echo(f"sweep {net:<5} train err after {sweep_span(s['rows'][0])}: {table} -> lr {s['best_lr']}")
     for name, r in summary["variants"].items():
         if not r.get("train_error"):
             click.echo(f"{name:<9} {r.get('note', 'no epochs')}")

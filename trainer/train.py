@@ -466,8 +466,9 @@ def run(
     cfg, fingerprint = resolve_data(cfg)
     splits = [cfg.train_split, *([cfg.val_split] if cfg.val_split else [])]
     # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process
-    say = (lambda line: print(line, flush=True)) if env.local_rank == 0 else None
-    preflight(Path(cfg.data), splits, cfg.verify_data == "full", hash_files=env.local_rank == 0, say=say)
+    host_main = env.local_rank == 0
+    say = (lambda line: print(line, flush=True)) if host_main else None
+    preflight(Path(cfg.data), splits, cfg.verify_data == "full", hash_files=host_main, say=say)
     _agree(cfg, fingerprint, env)
     data, run_dir = Path(cfg.data), Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
