@@ -56,6 +56,7 @@ def main() -> None:
     alextrain bench-loader --data OUT       is the loader or the model the bottleneck?
     alextrain kernels|predict|neighbors RUN ...   the paper's Figures 3 and 4
     alextrain report RUN                    curves, and the run beside Table 2
+    alextrain demo OUT                      all of it, on images it draws (minutes, CPU)
 
     \b
     A checkpoint argument is a .pt file or a run folder (its best.pt, else last.pt).
@@ -333,12 +334,14 @@ def eval_cmd(
 
     try:
         result = evaluate_checkpoints(
-            data, list(checkpoints), split, ten_crop, batch_size, device, num_threads
+            data, list(checkpoints), split, ten_crop, batch_size, device, num_threads, progress=not as_json
         )
     except _USER_ERRORS as e:
         _fail(str(e))
 
     def table() -> None:
+        crops = "ten-crop (the paper's 10 patches, softmax averaged)" if ten_crop else "centre crop"
+        click.echo(f"split {result['split']!r} of {data}, {crops}:")
         click.echo(f"{'model':<48}{'top-1 err':>10}{'top-5 err':>10}{'samples':>9}")
         for row in result["rows"]:
             click.echo(
@@ -468,53 +471,48 @@ def bench_loader_cmd(
     )
 
 
-def _load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"):  # noqa: ANN202
-    """(model, config, data folder, checkpoint file): the model of a checkpoint or run folder on
-    the device asked for, and the data from --data or the checkpoint's config."""
-    from shards.reader import load_classes, load_dataset
-    from trainer.checkpoint import resolve
-    from trainer.inference import load_model, pick_device
-    from trainer.model import ModelConfig
+def _in_run_folder(checkpoint: Path, name: str, optional: bool = False) -> Path | None:
+    """A figure's default path: `name` in the run folder (a checkpoint file's folder), not the
+    current one. An `optional` figure (predict's, neighbors') is None without matplotlib."""
+    import importlib.util
 
-    checkpoint = resolve(checkpoint)
-    model, state = load_model(checkpoint, pick_device(device))
-    cfg = state["config"]
-    if data is None and not isinstance(cfg.get("data"), str):
-        raise CheckpointError(f"{checkpoint}: names no dataset; pass --data OUT")
-    data = data or Path(cfg["data"])
-    if not (data / layout.DATASET_JSON).is_file():
-        raise DatasetError(
-            f"{data}: not a sharded dataset; pass --data OUT (the shards the model was trained on)"
+    if optional and importlib.util.find_spec("matplotlib") is None:
+        click.echo(
+            "note: no figure: matplotlib is not installed (pip install 'alexnet2012[figures]')", err=True
         )
-    load_dataset(data)
-    classes = load_classes(data)
-    made_for = ModelConfig.from_dict(state["model_config"]).num_classes  # load_model checked it
-    if len(classes) != made_for:
-        raise CheckpointError(f"{checkpoint}: made for {made_for} classes, {data} has {len(classes)}")
-    return model, cfg, data, checkpoint
+        return None
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / name
 
 
 @main.command("kernels")
 @checkpoint_argument
-@click.option("--out", type=click.Path(path_type=Path), default=Path("fig3.png"), show_default=True)
-@click.option("--scale", type=click.IntRange(1, 32), default=4, show_default=True, help="Pixels per weight.")
-def kernels_cmd(checkpoint: Path, out: Path, scale: int) -> None:
-    """Figure 3: the conv1 kernels as an image grid, one row block per tower.
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Image file [default: fig3.png in the run folder]."
+)
+@click.option(
+    "--scale", type=click.IntRange(1, 32), help="Pixels per weight [default: ~44 px a kernel; 4 for 11x11]."
+)
+def kernels_cmd(checkpoint: Path, out: Path | None, scale: int | None) -> None:
+    """Figure 3: the conv1 kernels as an image grid, titled, one labelled block per tower.
 
     CHECKPOINT is a checkpoint file, or a run folder (its best.pt, else last.pt).
     """
+    out = out or _in_run_folder(checkpoint, "fig3.png")
     prepare_outputs(image=out, image_types=(".png", ".jpg", ".jpeg"))
 
     from trainer.checkpoint import load, resolve
-    from trainer.figures import conv1_kernels, kernel_grid, save_image
+    from trainer.figures import conv1_kernels, kernel_figure, save_image
 
     try:
-        towers = conv1_kernels(load(resolve(checkpoint)))
-        img = kernel_grid(towers, scale=scale)
+        path = resolve(checkpoint)
+        towers = conv1_kernels(load(path))
+        shape = "x".join(map(str, towers[0].shape[1:]))
+        img = kernel_figure(
+            towers, f"Figure 3: conv1, {sum(map(len, towers))} kernels of {shape} ({path.name})", scale=scale
+        )
         save_image(img, out)
     except _USER_ERRORS as e:
         _fail(str(e))
-    shape = "x".join(map(str, towers[0].shape[1:]))
     click.echo(
         f"{sum(len(t) for t in towers)} kernels ({shape}) in {len(towers)} tower(s) -> {out} "
         f"({img.width}x{img.height})"
@@ -525,7 +523,11 @@ def kernels_cmd(checkpoint: Path, out: Path, scale: int) -> None:
 @checkpoint_argument
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @data_option(required=False)
-@click.option("--out", type=click.Path(path_type=Path), help="Figure 4 (left) as an image (.png, .pdf, ...).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Figure 4 (left) as an image (.png, .pdf, ...) [default: fig4.png in the run folder].",
+)
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's 10 patches.")
 @device_option
 @image_limit_options
@@ -550,12 +552,13 @@ def predict_cmd(
     LOC_synset_mapping.txt, the devkit, or --label-from-name on `<wnid>_<name>` files), else
     DATA/class_names.json ({"n01440764": "tench", ...}), else the names image files give.
     """
+    out = out or _in_run_folder(checkpoint, "fig4.png", optional=True)
     prepare_outputs(image=out, data=json_out)
 
-    from trainer.figures import plot_predictions, predict_images
+    from trainer.figures import load_for_figures, plot_predictions, predict_images
 
     try:
-        model, cfg, data, _ = _load_for_figures(checkpoint, data, device)
+        model, cfg, data, _ = load_for_figures(checkpoint, data, device)
         results, unnamed = predict_images(
             model,
             data,
@@ -600,12 +603,19 @@ def predict_cmd(
     help="A query image; repeat for several.",
 )
 @click.option("--k", type=click.IntRange(1, 64), default=6, show_default=True, help="Neighbours per query.")
-@click.option("--split", default="train", show_default=True, help="Split to search.")
+@click.option("--split", default="train", show_default=True, help="Split to search (the paper: train).")
+@click.option(
+    "--include-self",
+    is_flag=True,
+    help="Keep the query's own copy in the split (found at distance ~0) [default: left out].",
+)
 @click.option(
     "--chunk", type=click.IntRange(1), default=65536, show_default=True, help="Bank rows per block."
 )
 @click.option(
-    "--out", type=click.Path(path_type=Path), help="Figure 4 (right) as an image (.png, .pdf, ...)."
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Figure 4 (right) as an image (.png, .pdf, ...) [default: fig4b.png in the run folder].",
 )
 @device_option
 @batch_size_option
@@ -618,6 +628,7 @@ def neighbors_cmd(
     queries: tuple[Path, ...],
     k: int,
     split: str,
+    include_self: bool,
     chunk: int,
     out: Path | None,
     device: str,
@@ -628,7 +639,8 @@ def neighbors_cmd(
     as_json: bool,
     json_out: Path | None,
 ) -> None:
-    """Figure 4 (right): the training images nearest each query in the 4096-d last hidden layer.
+    """Figure 4 (right): the images of a split (train unless --split) nearest each query in the
+    last hidden layer, with their class and file; the query's own copy in the split is left out.
 
     CHECKPOINT is a checkpoint file, or a run folder (its best.pt, else last.pt). The split's
     features are extracted once and cached beside the checkpoint, keyed on its content
@@ -636,56 +648,41 @@ def neighbors_cmd(
     the search runs in blocks of --chunk rows, so memory stays bounded. The model and the loader
     run on the one --device.
     """
+    out = out or _in_run_folder(checkpoint, "fig4b.png", optional=True)
     prepare_outputs(image=out, data=json_out)
 
-    import numpy as np
-    import torch
-
-    from pipeline.augment import load_stats
-    from trainer.figures import (
-        check_query_memory,
-        chunked_topk,
-        extract_features,
-        feature_cache,
-        load_image,
-        plot_neighbors,
-        train_images,
-    )
+    from trainer.neighbors import find_neighbors, plot_neighbors
 
     try:
-        model, cfg, data, checkpoint = _load_for_figures(checkpoint, data, device)
-        stats = load_stats(data)
-        size = layout.read_json(data / layout.DATASET_JSON)["size"]
-        norm = cfg["normalization"]
-        loaded = [
-            load_image(q, stats, cfg["crop"], False, size, norm, (max_pixels, max_bytes)) for q in queries
-        ]  # bad ones fail first
-        dev = next(model.parameters()).device
-        cache = feature_cache(checkpoint, split)
-        bank = extract_features(
-            model, data, split, cfg["crop"], cfg["normalization"], cache, batch_size, not as_json, num_threads
+        result, query_rgb, data = find_neighbors(
+            checkpoint,
+            data,
+            list(queries),
+            k,
+            split,
+            chunk,
+            device,
+            batch_size,
+            num_threads,
+            (max_pixels, max_bytes),
+            include_self,
+            progress=not as_json,
         )
-        check_query_memory(len(queries), bank.shape[1], chunk)
-        with torch.no_grad():
-            model.eval()
-            q = torch.cat([torch.cat(model.features(x.to(dev)), 1) for _, x in loaded]).float()
-        chunks = ((o, torch.from_numpy(np.array(bank[o : o + chunk]))) for o in range(0, len(bank), chunk))
-        dist, idx = chunked_topk(q, chunks, k)
-        result = [
-            {"query": str(p), "neighbors": idx[i].tolist(), "distances": dist[i].tolist()}
-            for i, p in enumerate(queries)
-        ]
         if out:
-            plot_neighbors(
-                [rgb for rgb, _ in loaded], [train_images(data, r["neighbors"], split) for r in result], out
-            )
+            plot_neighbors(result, query_rgb, data, out)
     except _USER_ERRORS as e:
         _fail(str(e))
 
     def table() -> None:
         for r in result:
-            pairs = zip(r["neighbors"], r["distances"], strict=True)
-            click.echo(f"{r['query']}: " + ", ".join(f"{n} ({d:.1f})" for n, d in pairs))
+            left_out = (
+                f"; its own copy (row {', '.join(map(str, r['excluded']))}) left out" if r["excluded"] else ""
+            )
+            click.echo(
+                f"{r['query']} ({r['query_class'] or 'class unknown'}), nearest in {r['split']}{left_out}:"
+            )
+            for n in r["neighbors"]:
+                click.echo(f"  {n['distance']:10.2f}  {n['name'][:24]:<24}  {n['source']}")
 
     emit(result, as_json, json_out, table)
     if out:
@@ -696,7 +693,8 @@ def neighbors_cmd(
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Markdown report [default: RUN/report.md].")
 def report_cmd(run: Path, out: Path | None) -> None:
-    """Curves (loss, top-1/top-5 error, lr per epoch) as PNG, and this run beside the paper's Table 2.
+    """Curves (loss, top-1/top-5 error, lr per epoch) as PNG, and the run's last epoch, beside the
+    paper's Table 2 when its data has the 1,000 ILSVRC-2012 classes (else the report says why not).
 
     RUN is a run folder (or a checkpoint in one). Its metrics.jsonl is read tolerantly: a torn
     or garbage line is skipped with a warning.
@@ -709,7 +707,7 @@ def report_cmd(run: Path, out: Path | None) -> None:
         )
     prepare_outputs(data=out)  # RUN/report.md (the default) needs no folder made
 
-    from trainer.figures import report
+    from trainer.report import report
 
     run = run.parent if run.is_file() else run
     try:
@@ -719,6 +717,7 @@ def report_cmd(run: Path, out: Path | None) -> None:
     except OSError as e:  # e.g. a read-only run folder
         _fail(f"{e.filename or run}: {e.strerror or e}")
     click.echo(f"wrote {result['markdown']} and {result['png']} ({result['epochs']} epochs)")
+    click.echo(result["why"])
 
 
 @main.command("fig1")
@@ -828,6 +827,20 @@ def fig1_cmd(
     for line in ratio_lines(summary):
         click.echo(line)
     click.echo(f"wrote {out / 'ablation.json'} and {out / 'fig1.png'}")
+
+
+@main.command("demo")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True, help="Training epochs.")
+def demo_cmd(out: Path, epochs: int) -> None:
+    """The whole chain on a small image set it draws: shard, verify, pca-stats, run, eval,
+    Figures 3 and 4, report (a few minutes on 2 CPU cores; OUT/run holds the results)."""
+    from trainer.demo import run_demo
+
+    try:
+        run_demo(out, epochs, echo=click.echo)
+    except _USER_ERRORS as e:
+        _fail(str(e))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,9 @@ class Tally:
 
 
 @torch.no_grad()
-def evaluate_many(models: list[torch.nn.Module], loader, amp: bool = False) -> list[dict]:  # noqa: ANN001
-    """One pass over `loader`: each model's results, then (for several) their average's."""
+def evaluate_many(models: list[torch.nn.Module], loader, amp: bool = False, bar=None) -> list[dict]:  # noqa: ANN001
+    """One pass over `loader`: each model's results, then (for several) their average's.
+    `bar`: a progress bar (tqdm) advanced by the images of each batch."""
     for m in models:
         m.eval()
     tallies = [Tally() for _ in range(len(models) + (len(models) > 1))]
@@ -78,6 +79,8 @@ def evaluate_many(models: list[torch.nn.Module], loader, amp: bool = False) -> l
             probs.append(torch.stack(probs).mean(0))
         for t, p in zip(tallies, probs, strict=True):
             t.add(p, y)
+        if bar is not None:
+            bar.update(len(y))
     return [t.result() for t in tallies]
 
 

@@ -1,44 +1,35 @@
-"""The paper's figures from a user's own checkpoint: Figure 3 (conv1 kernels), Figure 4 (top-5
-predictions; nearest neighbours in the last hidden layer), and a run report with curves.
+"""The paper's figures from a user's own checkpoint: Figure 3 (conv1 kernels) and Figure 4, left
+(top-5 predictions); the shared pieces of every figure command (loading a checkpoint with its
+data, class names, saving). Figure 4, right, is `trainer.neighbors`; the run report,
+`trainer.report`.
 
 Images given by the user are preprocessed exactly as the val pipeline sees them: the offline
 step (shorter side 256, centre crop, JPEG q90, as `alexprep shard` stores them), then the
 centre 224 crop (or the 10 crops) minus the mean image (`pipeline.single.image_input`).
+A figure command writes into the run folder unless told otherwise (`default_output`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import re
-import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.augment import load_stats
 from pipeline.single import IMAGE_SIZE, LIMITS, UnusableImage, image_input
 from shards import layout
-from shards.reader import load_classes
-from trainer.errors import FigureError
+from shards.reader import DatasetError, load_classes, load_dataset
+from trainer import imagenet
+from trainer.errors import CheckpointError, FigureError
 from trainer.evaluate import predict_each
-from trainer.metrics import METRICS, read_metrics
-
-# Table 2 of the paper (ILSVRC-2012): top-1 / top-5 error, val where given, else test.
-PAPER_TABLE2 = [
-    ("1 CNN", 40.7, 18.2),
-    ("5 CNNs", 38.1, 16.4),
-    ("1 CNN* (pre-trained, 6th conv)", 39.0, 16.6),
-    ("7 CNNs*", 36.7, 15.4),
-]
 
 
-def _mpl():
+def pyplot():  # noqa: ANN201
+    """matplotlib.pyplot on the Agg backend, or a FigureError naming the extra to install."""
     try:
         import matplotlib
     except ImportError:
@@ -52,11 +43,41 @@ def _mpl():
     return plt
 
 
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint argument means: the folder itself, or the file's folder."""
+    return checkpoint if checkpoint.is_dir() else checkpoint.parent
+
+
+def load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"):  # noqa: ANN201
+    """(model, config, data folder, checkpoint file): the model of a checkpoint or run folder on
+    the device asked for, and the data from `data` or the checkpoint's config, checked to fit."""
+    from trainer.checkpoint import resolve
+    from trainer.inference import load_model, pick_device
+    from trainer.model import ModelConfig
+
+    checkpoint = resolve(checkpoint)
+    model, state = load_model(checkpoint, pick_device(device))
+    cfg = state["config"]
+    if data is None and not isinstance(cfg.get("data"), str):
+        raise CheckpointError(f"{checkpoint}: names no dataset; pass --data OUT")
+    data = data or Path(cfg["data"])
+    if not (data / layout.DATASET_JSON).is_file():
+        raise DatasetError(
+            f"{data}: not a sharded dataset; pass --data OUT (the shards the model was trained on)"
+        )
+    load_dataset(data)
+    classes = load_classes(data)
+    made_for = ModelConfig.from_dict(state["model_config"]).num_classes  # load_model checked it
+    if len(classes) != made_for:
+        raise CheckpointError(f"{checkpoint}: made for {made_for} classes, {data} has {len(classes)}")
+    return model, cfg, data, checkpoint
+
+
 def save_figure(fig, path: Path) -> None:  # noqa: ANN001
     """A matplotlib figure to `path` atomically (format from the suffix), then closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png")
-    _mpl().close(fig)
+    pyplot().close(fig)
     layout.write_atomic(path, buf.getvalue())
 
 
@@ -88,8 +109,15 @@ def conv1_kernels(state: dict) -> list[np.ndarray]:
     return [w.float().numpy() for w in towers]
 
 
+def kernel_scale(k: int) -> int:
+    """Pixels per weight that make a k x k kernel about 44 px wide: AlexNet's 11x11 at 4, as
+    before; the CIFAR net's 5x5 at 9 (at 4 it was a 178x90 px thumbnail)."""
+    return max(4, -(-44 // k))
+
+
 def kernel_grid(towers: list[np.ndarray], cols: int = 8, scale: int = 4, pad: int = 2) -> Image.Image:
-    """One row block per tower, each kernel min-max contrast-normalised on its own."""
+    """The kernels alone, pixel-exact: one row block per tower, each kernel min-max
+    contrast-normalised on its own."""
     k = towers[0].shape[-1]
     cell = k * scale + pad
     rows_per = [-(-len(t) // cols) for t in towers]
@@ -107,6 +135,46 @@ def kernel_grid(towers: list[np.ndarray], cols: int = 8, scale: int = 4, pad: in
             canvas[y : y + k * scale, x : x + k * scale] = img
         y0 += rows * cell + gap
     return Image.fromarray(canvas)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: scalable
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def kernel_figure(
+    towers: list[np.ndarray], title: str, cols: int = 8, scale: int | None = None, pad: int = 2
+) -> Image.Image:
+    """Figure 3: a title, then per tower a label ("tower 1 (GPU 1): 48 kernels", as the paper's
+    caption reads the two halves) above its block of kernels (`kernel_grid`, one per tower)."""
+    k = towers[0].shape[-1]
+    scale = scale or kernel_scale(k)
+    blocks = [kernel_grid([t], cols, scale, pad) for t in towers]
+    title_font, label_font = _font(14), _font(11)
+    labels = (
+        [f"tower {i + 1} (GPU {i + 1}): {len(t)} kernels" for i, t in enumerate(towers)]
+        if len(towers) > 1
+        else [f"{len(towers[0])} kernels (one tower)"]
+    )
+    margin, title_h, label_h = 8, 24, 18
+    width = max(
+        max(b.width for b in blocks) + 2 * margin,
+        int(title_font.getlength(title)) + 2 * margin,
+        max(int(label_font.getlength(t)) for t in labels) + 2 * margin,
+    )
+    height = title_h + sum(label_h + b.height for b in blocks) + margin
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((margin, 4), title, fill="black", font=title_font)
+    y = title_h
+    for label, block in zip(labels, blocks, strict=True):
+        draw.text((margin, y + 2), label, fill=(60, 60, 60), font=label_font)
+        y += label_h
+        canvas.paste(block, (margin, y))
+        y += block.height
+    return canvas
 
 
 # ---- preprocessing of a user's image, as the val pipeline does -----------------------------------
@@ -138,8 +206,9 @@ def class_names(data: Path, classes: list[dict]) -> tuple[list[str], list[int]]:
     """A human-readable name per class, and the indices of classes that have none.
 
     Sources, first found: classes.json's `label` (from a synsets file, the devkit, or file names
-    like `n01440764_tench.JPEG`), DATA/class_names.json, then the class's own name unless it is
-    a bare wnid (a folder called `cat` is its own name; `n02422106` is not).
+    like `n01440764_tench.JPEG`), DATA/class_names.json, the ILSVRC-2012 table shipped with the
+    package (`trainer.imagenet`) for a wnid, then the class's own name unless it is a bare wnid
+    (a folder called `cat` is its own name; `n09999999` is not).
     """
     extra = {}
     if (data / CLASS_NAMES_JSON).is_file():
@@ -151,6 +220,7 @@ def class_names(data: Path, classes: list[dict]) -> tuple[list[str], list[int]]:
     for c in classes:
         key = c.get("wnid") or c.get("name")
         human = c.get("label") or extra.get(key) or extra.get(str(c.get("name")))
+        human = human or imagenet.name_of(str(key))
         if not human and c.get("name") and not _WNID.match(str(c["name"])):
             human = str(c["name"])
         if not human:
@@ -233,7 +303,7 @@ def plot_predictions(results: list[dict], path: Path) -> None:
     among the top 5. The bars are scaled to the largest probability shown (a young model's
     0.02 is visible) and each is labelled with its probability.
     """
-    plt = _mpl()
+    plt = pyplot()
     n = len(results)
     fig, axes = plt.subplots(
         2, n, figsize=(2.4 * n, 4.2), dpi=100, squeeze=False, gridspec_kw={"height_ratios": [3, 2]}
@@ -257,223 +327,3 @@ def plot_predictions(results: list[dict], path: Path) -> None:
             ax.set_xlabel(f"true: p={r['true_prob']:.2g}", fontsize=7, color="tab:red")
     fig.tight_layout()
     save_figure(fig, path)
-
-
-# ---- Figure 4 (right): nearest neighbours in the last hidden layer -------------------------------
-
-
-def chunked_topk(queries: torch.Tensor, bank_chunks, k: int) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-    """k smallest Euclidean distances from each query to a bank given in chunks.
-
-    Memory is O(queries x (chunk + k)), whatever the bank's size (1.28M x 4096 floats is 21 GB).
-    `bank_chunks` yields (offset, [n, d] tensor). Returns (distances, indices), ascending.
-    """
-    best_d = torch.full((len(queries), 0), float("inf"))
-    best_i = torch.zeros((len(queries), 0), dtype=torch.int64)
-    q = queries.float()
-    for offset, chunk in bank_chunks:
-        d = torch.cdist(q, chunk.float().to(q.device)).cpu()
-        idx = torch.arange(offset, offset + len(chunk)).expand(len(q), -1)
-        all_d, all_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
-        keep = all_d.topk(min(k, all_d.shape[1]), dim=1, largest=False)
-        best_d, best_i = keep.values, all_i.gather(1, keep.indices)
-    return best_d, best_i
-
-
-def check_query_memory(n_queries: int, dim: int, chunk: int) -> None:
-    need = n_queries * (dim + chunk) * 4 * 3  # queries, one distance block, and topk scratch
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return
-    if need > avail // 2:
-        raise FigureError(
-            f"{n_queries} queries need ~{need / 2**30:.1f} GiB for the search, "
-            f"{avail / 2**30:.1f} GiB is free: query fewer images at a time"
-        )
-
-
-def plot_neighbors(queries: list[np.ndarray], neighbours: list[list[np.ndarray]], path: Path) -> None:
-    plt = _mpl()
-    k = len(neighbours[0])
-    fig, axes = plt.subplots(
-        len(queries), k + 1, figsize=(1.3 * (k + 1), 1.3 * len(queries)), dpi=100, squeeze=False
-    )
-    for r, (q, ns) in enumerate(zip(queries, neighbours, strict=True)):
-        for c, img in enumerate([q, *ns]):
-            axes[r, c].imshow(img)
-            axes[r, c].set_axis_off()
-    axes[0, 0].set_title("query", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def train_images(data: Path, indices: list[int], split: str = "train") -> list[np.ndarray]:
-    """Stored images by their position in the split's manifest (the eval reader's order)."""
-    table = pq.read_table(data / split / layout.MANIFEST, columns=["shard", "offset", "bytes"]).to_pylist()
-    out = []
-    for i in indices:
-        row = table[i]
-        with open(data / split / row["shard"], "rb") as f:
-            f.seek(row["offset"])
-            jpeg = f.read(row["bytes"])
-        out.append(
-            cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        )
-    return out
-
-
-# ---- run report ---------------------------------------------------------------------------------
-
-
-def _column(rows: list[dict], key: str) -> list[float]:
-    """One metric per epoch; NaN where a row lacks it or holds something else (plotted as a gap)."""
-    return [
-        float(r[key])
-        if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
-        else float("nan")
-        for r in rows
-    ]
-
-
-def report(run: Path, out: Path) -> dict:
-    """Curves (PNG beside `out`) and a Markdown table of this run's last epoch beside Table 2.
-
-    metrics.jsonl is read tolerantly (`trainer.metrics.read_metrics`): a torn last line or
-    garbage is skipped with a warning, and a metric a row lacks is a gap in its curve.
-    """
-    path = run / METRICS
-    if not path.is_file():
-        raise FigureError(f"{run}: no {METRICS} (is this an alextrain run directory?)")
-    with warnings.catch_warnings(record=True) as skipped:
-        warnings.simplefilter("always")
-        rows = read_metrics(path)
-    if not rows:
-        raise FigureError(f"{path}: no readable epochs (empty, or not alextrain metrics)")
-    for w in skipped:  # some epochs are readable: say what was skipped, and go on
-        warnings.warn(w.message, stacklevel=2)
-    png = out.with_suffix(".png")
-    plt = _mpl()
-    epochs = [r["epoch"] + 1 for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), dpi=100)
-    series = [
-        (0, "train_loss", "train"),
-        (0, "val_loss", "val"),
-        (1, "train_top1_err", "train top-1"),
-        (1, "val_top1_err", "val top-1"),
-        (1, "val_top5_err", "val top-5"),
-    ]
-    for ax, key, label in series:
-        values = _column(rows, key)
-        if any(v == v for v in values):  # not all NaN
-            axes[ax].plot(epochs, values, label=label, marker="." if len(rows) < 20 else None)
-    lr = _column(rows, "lr")
-    axes[2].plot(epochs, lr, marker="." if len(rows) < 20 else None)
-    if any(v > 0 for v in lr) and all(v > 0 or v != v for v in lr):
-        axes[2].set_yscale("log")
-    for ax, title in zip(axes, ("loss", "error", "learning rate"), strict=True):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, png)
-    last = rows[-1]
-    top1, top5 = (_column([last], k)[0] for k in ("val_top1_err", "val_top5_err"))
-    pct = lambda v: "n/a" if v != v else f"{100 * v:.1f}"  # noqa: E731
-    lines = [
-        f"# Run report: {run}",
-        "",
-        f"![curves]({png.name})",
-        "",
-        "| model | top-1 err (%) | top-5 err (%) |",
-        "|---|---:|---:|",
-        f"| this run (epoch {last['epoch'] + 1}, centre crop) | {pct(top1)} | {pct(top5)} |",
-    ]
-    lines += [f"| paper: {name} | {t1} | {t5} |" for name, t1, t5 in PAPER_TABLE2]
-    layout.write_atomic(out, ("\n".join(lines) + "\n").encode())
-    return {"epochs": len(rows), "last": last, "png": str(png), "markdown": str(out)}
-
-
-def feature_cache(checkpoint: Path, split: str) -> Path:
-    """Where `neighbors` caches a split's features: beside the checkpoint, keyed on its content.
-
-    The key is a hash of the checkpoint's bytes, so a checkpoint overwritten by a later epoch
-    (same name, new weights) never reuses the old features.
-    """
-    with open(checkpoint, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-    return checkpoint.parent / f"features-{checkpoint.stem}-{split}-{digest}.npy"
-
-
-def extract_features(
-    model,
-    data: Path,
-    split: str,
-    crop: int,
-    normalization: str,
-    cache: Path,  # noqa: ANN001
-    batch_size: int = 128,
-    progress: bool = True,
-    num_threads: int = 4,
-) -> np.ndarray:
-    """The last hidden layer (fc7, after ReLU; dropout off) of every sample, cached as .npy.
-
-    Rows follow the split's manifest order (the eval reader's order on one rank). The loader
-    runs on the device the model is on (a CUDA loader feeding a CPU model crashed). `cache`
-    names the checkpoint's content (`feature_cache`): an existing file is reused as is; a new
-    one is written atomically (fsync, rename) and older caches of the same checkpoint file and
-    split are removed.
-    """
-    from tqdm import tqdm
-
-    from pipeline.loader import EvalLoader, LoaderOptions
-
-    if cache.is_file():
-        try:
-            cached = np.load(cache, mmap_mode="r")  # no pickles
-            if cached.ndim == 2 and cached.dtype == np.float32:
-                return cached
-        except (OSError, ValueError, EOFError):  # truncated or garbage: it is only a cache
-            pass
-        warnings.warn(f"{cache}: damaged feature cache; computing it again", stacklevel=2)
-    device = next(model.parameters()).device
-    opt = LoaderOptions(
-        batch_size=batch_size,
-        crop=crop,
-        normalization=normalization,
-        lighting="off",
-        rank=0,
-        world=1,
-        device=device.type,
-        num_threads=num_threads,
-    )
-    loader = EvalLoader(data, opt, split=split)
-    n = loader.s.written
-    tmp = layout.tmp_path(cache)
-    bank = None
-    row = 0
-    model.eval()
-    with torch.no_grad():
-        for x, _ in tqdm(
-            loader, total=-(-n // batch_size), unit="batch", disable=not progress, desc="features"
-        ):
-            feats = torch.cat([f.float().cpu() for f in model.features(x.to(device))], 1).numpy()
-            if bank is None:
-                bank = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, feats.shape[1]))
-            bank[row : row + len(feats)] = feats
-            row += len(feats)
-    if bank is None or row != n:
-        raise FigureError(f"{data}/{split}: the loader gave {row} samples, the manifest says {n}")
-    bank.flush()
-    del bank
-    try:
-        layout.commit(tmp, cache)
-    except OSError as e:  # e.g. a folder at the cache's name
-        tmp.unlink(missing_ok=True)
-        raise FigureError(f"{cache}: cannot write the feature cache ({e.strerror})") from None
-    stem = cache.name.rsplit("-", 1)[0]
-    for old in cache.parent.glob(f"{stem}-{'[0-9a-f]' * 16}.npy"):
-        if old != cache:
-            old.unlink(missing_ok=True)
-    return np.load(cache, mmap_mode="r")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from pipeline.loader import EvalLoader, LoaderOptions
 from shards.reader import default_val_split, load_classes, load_dataset
@@ -64,8 +65,12 @@ def evaluate_checkpoints(
     batch_size: int,
     device: str,
     num_threads: int | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Top-1/top-5 error of each checkpoint (file or run folder) and, for several, their average."""
+    """Top-1/top-5 error of each checkpoint (file or run folder) and, for several, their average.
+
+    `progress`: a bar on stderr naming the split and crop mode (ten-crop on ImageNet's val takes
+    a while, and a silent command looks hung)."""
     meta = load_dataset(data)
     split = split or default_val_split(meta)
     if split is None or split not in meta["splits"]:
@@ -92,5 +97,9 @@ def evaluate_checkpoints(
     )
     loader = EvalLoader(data, opt, split=split, ten_crop=ten_crop)
     names = [str(p) for p in paths] + ([f"average of {len(models)}"] if len(models) > 1 else [])
-    rows = [{"model": n, **r} for n, r in zip(names, evaluate_many(models, loader), strict=True)]
+    total = sum(f.get("samples", 0) for f in meta["splits"][split].get("files", {}).values()) or None
+    mode = "ten-crop" if ten_crop else "centre crop"
+    with tqdm(total=total, desc=f"eval {split} ({mode})", unit="img", disable=not progress) as bar:
+        results = evaluate_many(models, loader, bar=bar)
+    rows = [{"model": n, **r} for n, r in zip(names, results, strict=True)]
     return {"split": split, "ten_crop": ten_crop, "rows": rows}
