@@ -132,3 +132,39 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The demo's drawn images, small (10 classes x 12 train + 4 val; preprocess.demo), sharded at
+    32 px with pca-stats: a labelled set with real structure that needs nothing from ../shared."""
+    from click.testing import CliRunner
+
+    from preprocess.cli import main
+    from preprocess.demo import make_images
+
+    root = tmp_path_factory.mktemp("demo")
+    make_images(root / "images", 12, 4, seed=1)
+    shards = root / "shards"
+    for args in (
+        ["shard", root / "images", shards, "--size", 32, "--shard-size", 60, "--workers", 1, "--quiet"],
+        ["pca-stats", shards, "--workers", 1, "--quiet"],
+    ):
+        result = CliRunner().invoke(main, list(map(str, args)), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_data) -> Path:
+    """Two epochs of the small CIFAR net on `demo_data` (in this process: one torch import)."""
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    run = demo_data / "run"
+    args = ["run", "--data", demo_data / "shards", "--out", run, "--arch", "cifar", "--epochs", 2]
+    args += ["--batch-size", 16, "--lr", 0.003, "--num-threads", 1, "--quiet"]
+    result = CliRunner().invoke(main, list(map(str, args)), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return run

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from tests.conftest import alexprep, alextrain
 from trainer.cli import HELP, main
 
-CLASSES = ("cat", "dog", "n01440764")  # the last is a bare wnid: no human-readable name known
+CLASSES = ("cat", "dog", "n09999999")  # the last is a bare wnid in no table: no human-readable name known
 
 
 @pytest.fixture(scope="module")
@@ -271,19 +271,19 @@ def test_predict_names_truth_and_figure(tiny, tiny_run, tmp_path):
     from PIL import Image
 
     src = tiny / "src" / "val"
-    images = [src / "cat" / "0000.jpg", src / "n01440764" / "0001.jpg"]
-    named = tmp_path / "n01440764_tench.jpg"  # ImageNet's naming gives the wnid class a name
-    named.write_bytes((src / "n01440764" / "0002.jpg").read_bytes())
+    images = [src / "cat" / "0000.jpg", src / "n09999999" / "0001.jpg"]
+    named = tmp_path / "n09999999_tench.jpg"  # ImageNet's naming gives the wnid class a name
+    named.write_bytes((src / "n09999999" / "0002.jpg").read_bytes())
     proc = cli("predict", tiny_run, *images, "--json-out", tmp_path / "p.json", "--out", tmp_path / "p.png")
     result = json.loads((tmp_path / "p.json").read_text())
-    assert [r["true_name"] for r in result] == ["cat", "n01440764"]  # truth from the class folder
+    assert [r["true_name"] for r in result] == ["cat", "n09999999"]  # truth from the class folder
     assert all(len(r["top"]) == 3 and abs(sum(t["prob"] for t in r["top"]) - 1) < 1e-4 for r in result)
     assert "no human-readable name for 1 class(es)" in proc.stderr and "class_names.json" in proc.stderr
     assert Image.open(tmp_path / "p.png").size == (480, 420)
     proc = cli("predict", tiny_run, named, "--json")
     (r,) = json.loads(proc.stdout)
     assert r["true_name"] == "tench" and "no human-readable" not in proc.stderr
-    (tiny / "class_names.json").write_text(json.dumps({"n01440764": "tench, Tinca tinca"}))
+    (tiny / "class_names.json").write_text(json.dumps({"n09999999": "tench, Tinca tinca"}))
     try:
         (r,) = json.loads(cli("predict", tiny_run, images[1], "--json").stdout)
         (tiny / "class_names.json").write_text('["not", "an object"]')
@@ -364,19 +364,19 @@ def test_neighbors_cache_follows_the_checkpoints_content(tiny, tiny_run, tmp_pat
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     query = tiny / "src" / "train" / "dog" / "0003.jpg"
-    args = ("neighbors", run, "--query", query, "--k", 3, "--num-threads", 1, "--json")
-    first = json.loads(cli(*args).stdout)[0]
+    args = ("neighbors", run, "--query", query, "--k", 3, "--num-threads", 1, "--include-self", "--json")
+    first = [n["distance"] for n in json.loads(cli(*args).stdout)[0]["neighbors"]]
     caches = list(run.glob("features-best-train-*.npy"))
-    assert len(caches) == 1 and first["distances"][0] < 1e-2 * first["distances"][1]  # itself first
+    assert len(caches) == 1 and first[0] < 1e-2 * first[1]  # itself first
     cli(*args)
     assert list(run.glob("features-best-train-*.npy")) == caches  # same weights: reused
     state = torch.load(run / "best.pt", weights_only=True)
     state["model"] = {k: v * 2 if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(state, run / "best.pt")  # a later, better epoch overwrote best.pt
-    second = json.loads(cli(*args).stdout)[0]
+    second = [n["distance"] for n in json.loads(cli(*args).stdout)[0]["neighbors"]]
     now = list(run.glob("features-best-train-*.npy"))
     assert len(now) == 1 and now != caches  # re-extracted, the stale cache removed
-    assert second["distances"] != first["distances"]
+    assert second != first
 
 
 # ---- packaging: optional extras say what to install --------------------------------------------
@@ -417,8 +417,8 @@ def test_feature_loader_follows_the_models_device(tiny, tiny_run, tmp_path, monk
     Here the host claims a GPU (as a careless `torch.cuda.is_available()` check would see it);
     the model is on the CPU, so the features must be extracted on the CPU, and work.
     """
-    from trainer.figures import extract_features
     from trainer.inference import load_model, pick_device
+    from trainer.neighbors import extract_features
 
     model, state = load_model(tiny_run, torch.device("cpu"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -447,6 +447,6 @@ def test_predict_and_neighbors_use_the_runs_normalization(tiny, tiny_run, tmp_pa
     ]
     assert probs[0] != pytest.approx(probs[1], abs=1e-6)
     # the query and the bank go through the same transform: the image still finds itself
-    args = ("--query", tiny / "src" / "train" / "cat" / "0001.jpg", "--k", 2, "--num-threads", 1, "--json")
-    (r,) = json.loads(cli("neighbors", run, *args).stdout)
-    assert r["distances"][0] < 1e-2 * r["distances"][1]
+    args = ("--query", tiny / "src" / "train" / "cat" / "0001.jpg", "--k", 2, "--num-threads", 1)
+    (r,) = json.loads(cli("neighbors", run, *args, "--include-self", "--json").stdout)
+    assert r["neighbors"][0]["distance"] < 1e-2 * r["neighbors"][1]["distance"]
