@@ -314,7 +314,7 @@ def test_a_damaged_feature_cache_is_computed_again_and_a_folder_in_its_place_is_
     assert proc.returncode == 2 and "cannot write the feature cache (Is a directory)" in proc.stderr, (
         proc.stderr
     )
-    assert sorted(p.name for p in run.iterdir()) == [cache.name, "last.pt"]  # no temporary left
+    assert sorted(p.name for p in run.iterdir()) == [cache.name, "fig4b.png", "last.pt"]  # no temporary left
 
 
 @pytest.mark.parametrize("where", [".", "train", "val/run"])
