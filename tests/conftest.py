@@ -167,4 +167,5 @@ def demo_run(demo_data) -> Path:
     args += ["--batch-size", 16, "--lr", 0.003, "--num-threads", 1, "--quiet"]
     result = CliRunner().invoke(main, list(map(str, args)), catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    (demo_data / "run.log").write_text(result.output)  # what the user saw (tests/test_report.py)
     return run

@@ -831,14 +831,13 @@ def fig1_cmd(
 
 @main.command("demo")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Training epochs.")
-def demo_cmd(out: Path, epochs: int) -> None:
+def demo_cmd(out: Path) -> None:
     """The whole chain on a small image set it draws: shard, verify, pca-stats, run, eval,
     Figures 3 and 4, report (about a minute on 2 CPU cores; OUT/run holds the results)."""
     from trainer.demo import run_demo
 
     try:
-        run_demo(out, epochs, echo=click.echo)
+        run_demo(out, echo=click.echo)
     except _USER_ERRORS as e:
         _fail(str(e))
 

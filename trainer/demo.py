@@ -119,7 +119,10 @@ def run_demo(out: Path, epochs: int = EPOCHS, echo: Callable[[str], None] = prin
     """Make the images, run every step, and say what was made where; returns the timings."""
     t0 = time.perf_counter()
     echo(f"== making the demo images: {len(CLASSES)} classes ({', '.join(CLASSES)})")
-    made = make_images(out / "images", TRAIN_PER_CLASS, VAL_PER_CLASS)
+    try:
+        made = make_images(out / "images", TRAIN_PER_CLASS, VAL_PER_CLASS)
+    except OSError as e:  # a read-only or full disk, a file where a folder must be
+        raise DemoError(f"{e.filename or out}: cannot write the demo images ({e.strerror or e})") from None
     counts = ", ".join(f"{n} {split}" for split, n in made["images"].items())
     echo(f"{out / 'images'}: {counts} JPEGs in an ImageFolder tree (<split>/<class>/*.jpg)")
     timings = {"images": time.perf_counter() - t0}
