@@ -55,7 +55,7 @@ def main() -> None:
     alextrain summary [--arch alexnet|cifar]   layers, neurons, parameters
     alextrain bench-loader --data OUT       is the loader or the model the bottleneck?
     alextrain kernels|predict|neighbors RUN ...   the paper's Figures 3 and 4
-    alextrain report RUN                    curves, and the run beside Table 2
+    alextrain report RUN                    curves; the run beside Table 2 if ImageNet-1k
     alextrain demo OUT                      all of it, on images it draws (minutes, CPU)
 
     \b
@@ -550,7 +550,8 @@ def predict_cmd(
     CHECKPOINT is a checkpoint file, or a run folder (its best.pt, else last.pt). Class names are
     the human-readable ones where known: classes.json's labels (shard with --synsets
     LOC_synset_mapping.txt, the devkit, or --label-from-name on `<wnid>_<name>` files), else
-    DATA/class_names.json ({"n01440764": "tench", ...}), else the names image files give.
+    DATA/class_names.json ({"n01440764": "tench", ...}), else the ILSVRC-2012 name of a wnid
+    (a table shipped with the package), else the names image files give.
     """
     out = out or _in_run_folder(checkpoint, "fig4.png", optional=True)
     prepare_outputs(image=out, data=json_out)
