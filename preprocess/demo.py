@@ -172,7 +172,8 @@ def make_images(root: Path, train_per_class: int = 160, val_per_class: int = 40,
             for i in range(n):
                 quality = int(rng.integers(80, 96))
                 ok, jpeg = cv2.imencode(".jpg", draw(name, rng), [cv2.IMWRITE_JPEG_QUALITY, quality])
-                assert ok, "OpenCV failed to encode a drawn image"
+                if not ok:  # OpenCV built without JPEG support: nothing the demo can do
+                    raise layout.LayoutError(f"{folder}: OpenCV could not encode a JPEG")
                 (folder / f"{name}-{i:04d}.jpg").write_bytes(jpeg.tobytes())
         counts[split] = n * len(CLASSES)
     made = {"params": params, "classes": list(CLASSES), "images": counts}
