@@ -41,13 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.bench import Epochs, sync  # noqa: E402
-from pipeline.loader import LoaderOptions, TrainLoader  # noqa: E402
+from pipeline.loader import Feed, LoaderConfig, TrainLoader  # noqa: E402
 from shards.reader import load_dataset  # noqa: E402
 from trainer.bench import train_rate  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
+from trainer.distributed import Env  # noqa: E402
 from trainer.metrics import METRICS, read_metrics  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.train import Env, resolve_data  # noqa: E402
+from trainer.train import resolve_data  # noqa: E402
 
 ROWS: list[tuple[str, str]] = []
 
@@ -138,8 +139,8 @@ def epochs(a: argparse.Namespace, device: torch.device) -> Epochs:
     """The training loader's batches as one stream (one DALI pipeline per epoch: on the small
     check set, a few steps an epoch, those starts fall inside the timed window, and each row
     says how many did)."""
-    opt = LoaderOptions(batch_size=a.batch, device=device.type, num_threads=a.threads, rank=0, world=1)
-    return Epochs(TrainLoader(a.data, opt))
+    feed = Feed(batch_size=a.batch, device=device.type, rank=0, world=1)
+    return Epochs(TrainLoader(a.data, LoaderConfig(num_threads=a.threads), feed))
 
 
 @check("DALI decode + augmentation")
@@ -156,16 +157,19 @@ def check_augment(a: argparse.Namespace, device: torch.device) -> None:
 
 def bench_config(a: argparse.Namespace, device: torch.device, **kw) -> TrainConfig:  # noqa: ANN003
     """The run's config as `alextrain run` resolves it against the data (classes, crop, val split)."""
-    cfg = TrainConfig(data=str(a.data), batch_size=a.batch, num_threads=a.threads, device=device.type, **kw)
+    cfg = TrainConfig.of(
+        data=str(a.data), global_batch=a.batch, num_threads=a.threads, device=device.type, **kw
+    )
     return resolve_data(cfg)[0]
 
 
 @check("AlexNet training, synthetic vs DALI input")
 def check_train(a: argparse.Namespace, device: torch.device) -> None:
     cfg = bench_config(a, device)
-    env = Env(0, 1, 0, [device])
-    x = torch.randn(a.batch, 3, cfg.crop, cfg.crop, device=device) * 60
-    y = torch.randint(0, cfg.num_classes, (a.batch,), device=device)
+    env = Env(0, 1, 0, [device], batch=a.batch)
+    crop = cfg.model.input_size
+    x = torch.randn(a.batch, 3, crop, crop, device=device) * 60
+    y = torch.randint(0, cfg.model.classes, (a.batch,), device=device)
     synthetic = train_rate(cfg, env, itertools.repeat((x, y)), 5, a.steps).img_per_s
     timed = train_rate(cfg, env, epochs(a, device), 5, a.steps)
     dali = timed.img_per_s
@@ -228,19 +232,18 @@ def check_run(a: argparse.Namespace, device: torch.device) -> None:
 
 @check("two towers, model parallel on one device")
 def check_towers(a: argparse.Namespace, device: torch.device) -> None:
-    cfg = bench_config(a, device, model_parallel=2, amp=False)
+    cfg = bench_config(a, device, model_parallel=2)
+    crop = cfg.model.input_size
     torch.manual_seed(0)
-    single = build_model(cfg.model_config()).to(device).eval()
+    single = build_model(cfg.model).to(device).eval()
     placed = copy.deepcopy(single).place([device, device]).eval()
-    x = torch.randn(8, 3, cfg.crop, cfg.crop, device=device) * 60
+    x = torch.randn(8, 3, crop, crop, device=device) * 60
     with torch.no_grad():
         diff = (single(x) - placed(x)).abs().max().item()
-    env = Env(0, 1, 0, [device, device])
-    y = torch.randint(0, cfg.num_classes, (a.batch,), device=device)
-    xb = torch.randn(a.batch, 3, cfg.crop, cfg.crop, device=device) * 60
-    rate = train_rate(
-        TrainConfig(**{**cfg.to_dict(), "amp": True}), env, itertools.repeat((xb, y)), 3, a.steps
-    ).img_per_s
+    env = Env(0, 1, 0, [device, device], batch=a.batch)
+    y = torch.randint(0, cfg.model.classes, (a.batch,), device=device)
+    xb = torch.randn(a.batch, 3, crop, crop, device=device) * 60
+    rate = train_rate(cfg.replace(precision="bf16"), env, itertools.repeat((xb, y)), 3, a.steps).img_per_s
     row("two towers placed on [dev, dev]", f"max |diff| vs one device {diff:.2e}; train {rate:,.0f} img/s")
 
 

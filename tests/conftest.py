@@ -132,3 +132,15 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def opts(**kw: object) -> tuple:
+    """(LoaderConfig, Feed) from one set of keywords: `TrainLoader(data, *opts(batch_size=4, ...))`."""
+    from dataclasses import fields
+
+    from pipeline.loader import Feed, LoaderConfig
+
+    feed = {f.name for f in fields(Feed)}
+    return LoaderConfig(**{k: v for k, v in kw.items() if k not in feed}), Feed(
+        **{k: v for k, v in kw.items() if k in feed}
+    )

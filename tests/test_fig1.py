@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader
-from tests.conftest import alexprep, alextrain
+from pipeline.loader import EvalLoader, TrainLoader
+from tests.conftest import alexprep, alextrain, opts
 from trainer.ablations import EXTEND, best_lr, common_level, epochs_to, ratio_lines, ratios
 
 
@@ -82,14 +82,26 @@ def test_no_mirror_and_no_lighting_train_batches_are_the_plain_images(backend, c
     out = tmp_path / "shards"
     alexprep("shard", tmp_path / "src", out, "--size", 32, "--quiet")
     alexprep("pca-stats", out, "--quiet")
-    opt = LoaderOptions(
-        batch_size=32, backend=backend, crop=32, lighting="off", num_threads=1, rank=0, world=1
-    )
-    plain = set(_digests(EvalLoader(out, opt, split="train")))
+    opt = opts(batch_size=32, backend=backend, crop=32, lighting="off", num_threads=1, rank=0, world=1)
+    plain = set(_digests(EvalLoader(out, *opt, split="train")))
     assert len(plain) == 64
-    off = _digests(TrainLoader(out, LoaderOptions(**{**opt.__dict__, "mirror": False})).epoch(0))
+    off = _digests(
+        TrainLoader(
+            out,
+            *opts(
+                batch_size=32,
+                backend=backend,
+                crop=32,
+                lighting="off",
+                num_threads=1,
+                rank=0,
+                world=1,
+                mirror=False,
+            ),
+        ).epoch(0)
+    )
     assert len(off) == 64 and set(off) <= plain
-    on = _digests(TrainLoader(out, opt).epoch(0))
+    on = _digests(TrainLoader(out, *opt).epoch(0))
     assert 10 < len(set(on) - plain) < 54  # mirrored ones: Binomial(64, 1/2)
 
 

@@ -13,7 +13,7 @@ from trainer import checkpoint
 from trainer.finetune import FineTuneError, init_from
 from trainer.model import AlexNet, ModelConfig, build_model
 
-CIFAR = dict(arch="cifar", input_size=32)
+CIFAR = dict(arch="cifar", crop=32)
 
 
 def _save(model: torch.nn.Module, cfg: ModelConfig, path: Path) -> Path:
@@ -68,7 +68,7 @@ def test_incompatible_sources_are_refused_by_name(tmp_path):
     path = _save(build_model(cifar_cfg), cifar_cfg, tmp_path / "c.pt")
     with pytest.raises(FineTuneError, match="needs the same arch"):
         init_from(AlexNet(ModelConfig(towers=1)), path, ModelConfig(towers=1))
-    small = ModelConfig(num_classes=10, arch="cifar", input_size=24)  # fc's input differs
+    small = ModelConfig(num_classes=10, arch="cifar", crop=24)  # fc's input differs
     with pytest.raises(FineTuneError, match=r"fc.weight has shape \(10, 576\), this model needs \(10, 256\)"):
         init_from(build_model(small), path, small)
     with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):

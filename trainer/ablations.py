@@ -23,12 +23,11 @@ interrupted figure resumes where it stopped; directories are named by net and lr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from shards import layout
-from trainer.checkpoint import config_changes
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, config_changes
 from trainer.errors import TrainError
 from trainer.metrics import METRICS, read_metrics
 from trainer.train import resolve_data, run
@@ -71,23 +70,23 @@ def epochs_to(rows: list[dict], target: float) -> int | None:
 
 
 def _config(base: TrainConfig, data: Path, run_dir: Path, name: str, lr: float, epochs: int) -> TrainConfig:
-    return replace(
-        base, data=str(data), out=str(run_dir), lr=lr, epochs=epochs, **PAPER_CONDITIONS, **VARIANTS[name]
+    return base.replace(
+        data=str(data), out=str(run_dir), lr=lr, epochs=epochs, **PAPER_CONDITIONS, **VARIANTS[name]
     )
 
 
 def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
     """Train (or resume) one run to cfg.epochs; a finished run with the same settings is only
     read back, one made with other settings (another --sweep-steps, --init, ...) is refused."""
-    run_dir = Path(cfg.out)
+    run_dir = Path(cfg.run.out)
     saved = run_dir / "config.json"
     if saved.is_file():  # compared as `run` would: with what the data fills in (classes, val split)
-        changes = config_changes(layout.read_json(saved), resolve_data(replace(cfg))[0].to_dict())
+        changes = config_changes(layout.read_json(saved), resolve_data(cfg)[0])
         if changes:
             raise TrainError(f"{run_dir}: made with other settings: {'; '.join(changes)}; use another --out")
-    if len(_rows(run_dir)) < cfg.epochs:
+    if len(_rows(run_dir)) < cfg.optim.epochs:
         run(cfg, resume=(run_dir / "last.pt").exists(), progress=progress)
-    return _rows(run_dir)[: cfg.epochs]
+    return _rows(run_dir)[: cfg.optim.epochs]
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def _sweep_point(
     base: TrainConfig, data: Path, out: Path, name: str, lr: float, length: SweepLength, progress: bool
 ) -> dict:
     cfg = _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, length.epochs)
-    cfg = replace(cfg, steps_per_epoch=length.steps) if length.steps else cfg
+    cfg = cfg.replace(steps_per_epoch=length.steps) if length.steps else cfg
     rows = _train(cfg, progress)
     last = rows[-1]
     finite = all(math.isfinite(r["train_loss"]) for r in rows)
@@ -189,7 +188,7 @@ def run_figure1(
             "epochs_to_50pct_train_error": epochs_to(rows, SECOND_TARGET),
         }
     summary = {
-        "conditions": {**PAPER_CONDITIONS, "init": base.init},
+        "conditions": {**PAPER_CONDITIONS, "init": base.model.init},
         "sweep": {"steps": length.steps, "epochs": length.epochs, "lrs": lrs, "nets": swept},
         "epochs": epochs,
         "variants": results,

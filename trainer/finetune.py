@@ -39,7 +39,7 @@ def init_from(model: nn.Module, source: str | Path, model_config: ModelConfig) -
         raise FineTuneError(f"{path}: not an alextrain checkpoint (no model / model_config table)")
     try:
         saved = ModelConfig.from_dict(state["model_config"])
-    except TypeError as e:  # a key unknown to this version
+    except (TypeError, ValueError) as e:  # a key unknown to this version
         raise FineTuneError(f"{path}: malformed model_config ({e})") from None
     for key in MUST_MATCH:
         if getattr(saved, key) != getattr(model_config, key):

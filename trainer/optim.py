@@ -18,15 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.paper import (  # noqa: F401 (re-exported: the recipe's numbers, section 5)
-    BATCH_SIZE,
-    EPOCHS,
-    LEARNING_RATE,
-    LR_DROP,
-    MAX_DROPS,
-    MOMENTUM,
-    WEIGHT_DECAY,
-)
+from preprocess.paper import LEARNING_RATE, LR_DROP, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
 
 
 class PaperSGD(torch.optim.Optimizer):
