@@ -112,7 +112,8 @@ def check_section(section: object) -> None:
     for f in fields(section):
         value, meta = getattr(section, f.name), f.metadata
         if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{flag_name(key(f))} = {value!r}: not one of {', '.join(map(str, meta['choices']))}")
+            allowed = ", ".join(map(str, meta["choices"]))
+            raise ConfigError(f"{flag_name(key(f))} = {value!r}: not one of {allowed}")
         if meta.get("check") and not meta["check"](value):
             raise ConfigError(f"{flag_name(key(f))} = {value!r}: {meta['rule']}")
 
