@@ -160,7 +160,8 @@ _HELP = {
     "batch_size": HELP["batch_size"],
     "out": "Run directory: checkpoints, metrics.jsonl, config.json. Required.",
     "num_classes": "Must match the dataset [default: from its classes.json].",
-    "lrn": "cuda-convnet: torch LRN alpha=1e-4 (Krizhevsky's code); paper: the printed formula (5x).",
+    "lrn": "cuda-convnet: torch LRN alpha=1e-4 (Krizhevsky's code); paper: the printed formula (5x); "
+    "scale: only LRN's constant gain 2^-0.75 (Figure 1's control).",
     "lighting": "PCA lighting convention (see pipeline/augment.py); off to disable.",
     "crop": "alexnet: 224 (conv1 padded by 2) or 227 (Caffe) [default: 224; cifar: the stored size].",
     "towers": "2: the paper's net; 1: one GPU with half the kernels (section 3.2). alexnet only.",
@@ -724,42 +725,36 @@ def report_cmd(run: Path, out: Path | None) -> None:
 @main.command("fig1")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="CIFAR-10 shards (--size 32).")
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Folder for the runs, JSON and PNG."
-)
-@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Epochs per net.")
-@click.option(
-    "--tanh-epochs",
-    type=click.IntRange(1),
-    default=None,
-    help="Cap for the tanh nets [default: --epochs]; a ratio is then a lower bound if tanh is short.",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the runs, JSON, Markdown and PNG.",
 )
 @click.option(
-    "--variants",
-    default="relu,tanh",
+    "--nets",
+    default="relu,tanh,relu-lrn,tanh-lrn,relu-scale",  # trainer.ablations.DEFAULT_NETS (start-up time)
     show_default=True,
-    help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (the LRN ablation: each vs its "
-    "net, and the two as a Figure 1 pair with LRN).",
+    help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (with LRN); relu-scale, "
+    "tanh-scale (LRN's constant gain alone: the control).",
 )
 @click.option(
     "--lrs",
-    default="0.003,0.01,0.03",  # trainer.ablations.SWEEP_LRS (not imported: start-up time)
+    default="0.001,0.00316,0.01,0.0316",  # trainer.ablations.GRID
     show_default=True,
-    help="Learning rates to sweep per net (the paper tuned each net's), extended x3 past an end "
-    "where the best lies; one value: no sweep.",
-)
-@click.option(
-    "--sweep-steps",
-    type=click.IntRange(1),
-    default=None,
-    help="Steps per sweep epoch [default: the whole epoch, as in docs/figures.md].",
+    help="The lr grid each net is swept on (steps of at most sqrt(10); extended past an end that "
+    "wins); one value: no sweep.",
 )
 @click.option(
     "--sweep-epochs",
     type=click.IntRange(1),
-    default=1,
+    default=10,
     show_default=True,
-    help="Epochs per sweep run, judged on the last: 1 finds the lr that starts fastest; more find "
-    "the one that keeps going (docs/figures.md: tanh's best lr after 1 epoch is not its fastest to 25%).",
+    help="Budget per sweep point: the lr that reaches 25% training error soonest within it wins "
+    "(none or a tie: the lowest error at its end).",
+)
+@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True, help="Epochs per final run.")
+@click.option(
+    "--seeds", type=click.IntRange(1), default=3, show_default=True, help="Final runs per net (seeds 1..N)."
 )
 @click.option("--crop", type=int, default=32, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")
@@ -771,63 +766,37 @@ def report_cmd(run: Path, out: Path | None) -> None:
     show_default=True,
     help="Weight init: paper (N(0, 0.01^2), section 5) or cuda-convnet (conv1 at 1e-4: layers-18pct).",
 )
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars (each run is still named).")
 def fig1_cmd(
     data: Path,
     out: Path,
-    epochs: int,
-    tanh_epochs: int | None,
-    variants: str,
+    nets: str,
     lrs: str,
-    sweep_steps: int | None,
     sweep_epochs: int,
+    epochs: int,
+    seeds: int,
     crop: int,
     steps_per_epoch: int | None,
     num_threads: int,
     init: str,
     quiet: bool,
 ) -> None:
-    """Figure 1 under the paper's conditions (ReLU vs tanh, each net's lr swept, no regularisation:
-    epochs to 25% training error), and optionally the LRN ablation, on CIFAR-10."""
-    from trainer.ablations import VARIANTS, SweepLength, ratio_lines, run_figure1, sweep_span
+    """Figure 1, settled (docs/figures.md): each net's lr swept by the caption's criterion, then
+    several seeds per net; epochs to 25% training error with ranges, ratios, curves with bands."""
+    from trainer.ablations import Plan, parse_list, run_figure1
+    from trainer.fig1_report import lines
 
-    names = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        _fail(f"--variants: unknown or none {unknown}; choose from {sorted(VARIANTS)}")
     try:
-        rates = [float(v) for v in lrs.split(",") if v.strip()]
-    except ValueError:
-        _fail(f"--lrs: {lrs!r} is not a comma-separated list of numbers")
-    if not rates or any(not (0 < r < 10) for r in rates):
-        _fail(f"--lrs: {lrs!r}: each learning rate must be in (0, 10)")
-    per_net = {n: (tanh_epochs or epochs) if n.startswith("tanh") else epochs for n in names}
-    base = TrainConfig(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
-    try:
-        length = SweepLength(sweep_steps, sweep_epochs)
-        summary = run_figure1(data, out, per_net, base, names, rates, length, progress=not quiet)
+        base = TrainConfig(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
+        plan = Plan(
+            parse_list(nets, "--nets"), parse_list(lrs, "--lrs", float), sweep_epochs, epochs, seeds, base
+        )
+        summary = run_figure1(plan, data, out, say=click.echo, progress=not quiet)
     except _USER_ERRORS as e:
         _fail(str(e))
-    for net, s in summary["sweep"]["nets"].items():
-        table = ", ".join(
-            f"{r['lr']:g}: {'diverged' if r['diverged'] else format(r['train_top1_err'], '.3f')}"
-            for r in s["rows"]
-        )
-        click.echo(f"sweep {net:<5} train err after {sweep_span(s['rows'][0])}: {table} -> lr {s['best_lr']}")
-    for name, r in summary["variants"].items():
-        if not r.get("train_error"):
-            click.echo(f"{name:<9} {r.get('note', 'no epochs')}")
-            continue
-        n = len(r["train_error"])
-        to25, to50 = (r[f"epochs_to_{p}pct_train_error"] or f"not within {n}" for p in ("25", "50"))
-        click.echo(
-            f"{name:<9} lr {r['lr']:g}  train err {r['train_error'][-1]:.4f}  "
-            f"test err {r['test_error'][-1]:.4f}  "
-            f"epochs to 25% train err: {to25}; to 50%: {to50}"
-        )
-    for line in ratio_lines(summary):
+    for line in lines(summary):
         click.echo(line)
-    click.echo(f"wrote {out / 'ablation.json'} and {out / 'fig1.png'}")
+    click.echo(f"wrote {out / 'ablation.json'}, {out / 'fig1.md'} and {out / 'fig1.png'}")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class ConfigError(ValueError):
 CHOICES = {
     "arch": ("alexnet", "cifar"),
     "activation": ("relu", "tanh"),
-    "lrn": ("cuda-convnet", "paper", "off"),
+    "lrn": ("cuda-convnet", "paper", "off", "scale"),
     "pool": ("overlap", "nonoverlap"),
     "loader": ("auto", "dali", "reference"),
     "lighting": LIGHTING_CONVENTIONS,

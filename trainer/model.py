@@ -39,7 +39,8 @@ class ModelConfig:
     arch: str = "alexnet"  # "alexnet" or "cifar" (the small net of Figure 1)
     num_classes: int = 1000
     activation: str = "relu"  # "relu" or "tanh" (Figure 1's comparison)
-    lrn: str = "cuda-convnet"  # "cuda-convnet" (torch alpha = 1e-4), "paper" (5x stronger), "off"
+    lrn: str = "cuda-convnet"  # "cuda-convnet" (torch alpha = 1e-4), "paper" (5x stronger), "off",
+    # or "scale": LRN's constant part alone, x k^-beta = 2^-0.75 (Figure 1's control, docs/model.md)
     pool: str = "overlap"  # "overlap" (3/2) or "nonoverlap" (2/2), section 3.4's ablation
     towers: int = 2  # 2: the paper's net; 1: one GPU with half the kernels (section 3.2)
     extra_conv: bool = False  # a sixth conv layer after pool5 ("1 CNN*", Table 2)
@@ -85,10 +86,31 @@ class Float32LRN(nn.LocalResponseNorm):
             return super().forward(x.float())
 
 
+class ConstantScale(nn.Module):
+    """x * k^-beta (= 2^-0.75 ~ 0.59): what LRN does to a unit whose neighbours are quiet.
+
+    With k = 2 the LRN's adaptive term is ~0.005 next to k at init, so most of what LRN does
+    early on is this fixed rescaling. `--lrn scale` puts it where LRN would be, so that a run
+    with it separates LRN's normalisation (the adaptive term) from its constant gain.
+    """
+
+    def __init__(self, factor: float = LRN_K**-LRN_BETA):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:.6f}"
+
+
 def _lrn(cfg: ModelConfig) -> nn.Module:
     """cuda-convnet divides alpha by n, as torch does; the paper's printed formula does not."""
     if cfg.lrn == "off":
         return nn.Identity()
+    if cfg.lrn == "scale":
+        return ConstantScale()
     alpha = {"cuda-convnet": LRN_ALPHA, "paper": LRN_ALPHA * LRN_SIZE}[cfg.lrn]
     return Float32LRN(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
 

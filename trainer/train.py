@@ -47,7 +47,7 @@ from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
 from trainer.metrics import METRICS
 from trainer.model import build_model
-from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups, set_lr
+from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, describe_drop, param_groups, set_lr
 
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
 DIE_ENV = "ALEXTRAIN_TEST_DIE"  # tests only: "step:K" or "save:K" -> SIGKILL self (see _maybe_die)
@@ -547,6 +547,8 @@ def _train_locked(
             ev = evaluate([net], val, cfg.amp)
             row.update({f"val_{k}": v for k, v in ev.items()})
             row["lr_dropped"] = schedule.update(ev["top1_err"])
+            if row["lr_dropped"]:  # why, with the val errors that triggered it
+                row["lr_drop"] = schedule.last_drop
             best = pos.best_top1_err is None or ev["top1_err"] < pos.best_top1_err
             if best:
                 pos.best_top1_err = ev["top1_err"]
@@ -588,4 +590,6 @@ def _line(row: dict) -> str:
     ]
     if "val_top1_err" in row:
         parts += [f"val top-1 err {row['val_top1_err']:.4f}", f"top-5 err {row['val_top5_err']:.4f}"]
+    if row.get("lr_drop"):
+        parts.append(describe_drop(row["lr_drop"]))
     return " | ".join(parts)
