@@ -9,7 +9,8 @@ import pytest
 
 from trainer import fig1_stats as stats
 from trainer.ablations import PAIRS, net_result, ratios
-from trainer.fig1_report import common_text, ratio_text, spread_text
+from trainer.fig1_report import common_text, figure, ratio_text, spread_text
+from trainer.figures import _mpl
 
 
 def _point(lr: float, curve: list[float], flag: str | None = None) -> dict:
@@ -103,3 +104,21 @@ def test_each_pair_gets_its_ratios_and_the_control_is_one_of_them():
     control = r["relu_scale_over_relu_lrn"]
     assert control["at_25pct"] == {"ratio": 4.5 / 4, "min": 1.0, "max": 5 / 4, "bound": ">"}
     assert control["question"] == dict((k, q) for _, _, k, q in PAIRS)["relu_scale_over_relu_lrn"]
+
+
+def test_the_curves_have_seed_bands_and_markers_only_on_short_runs():
+    def net(epochs: int, seeds: int) -> dict:
+        runs = [
+            {"seed": s, "train_error": [0.9 - 0.01 * e - 0.02 * s for e in range(epochs)]}
+            for s in range(seeds)
+        ]
+        return {"lr": 0.01, "runs": runs}
+
+    summary = {"nets": {"relu": net(3, 3), "tanh": net(40, 1)}, "conditions": {"init": "paper"}}
+    fig = figure(summary)
+    relu, tanh = fig.axes[0].lines[:2]
+    assert relu.get_marker() == "o" and tanh.get_marker() == "None"  # 3 epochs: marked; 40: a line
+    assert list(relu.get_ydata()) == pytest.approx([0.88, 0.87, 0.86])  # the mean of seeds 0-2
+    (band,) = fig.axes[0].collections  # only the net with several seeds has a band
+    assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(0.84)  # down to the best seed
+    _mpl().close(fig)

@@ -102,9 +102,9 @@ def markdown(summary: dict) -> str:
         f"lr criterion: {proto['criterion']} (budget {proto['budget_epochs']} epochs, seed "
         f"{proto['sweep_seed']}; grid {', '.join(f'{x:g}' for x in proto['grid'])}, steps of at most "
         f"sqrt(10), extended past an end that wins). Final runs: seeds "
-        f"{', '.join(map(str, proto['seeds']))}, {proto['epochs']} epochs each"
+        f"{', '.join(map(str, proto['seeds']))} ({proto['epochs']} epochs each"
         + (f", {proto['steps_per_epoch']} steps per epoch" if proto["steps_per_epoch"] else "")
-        + ".",
+        + ").",
         "",
     ]
     for net, s in summary["sweep"].items():
@@ -144,9 +144,10 @@ def markdown(summary: dict) -> str:
     lines_ += [
         "",
         f"Common level: {cl['margin']:g} above the higher of the two nets' floors (the minimum of "
-        f"each seed-mean curve smoothed by a centred mean over {cl['smooth_epochs']} epochs), read where each smoothed "
-        "curve first reaches it, not at a plateau's minimum. Ranges: over seeds (min slow / max fast "
-        'to max slow / min fast); "> ": a seed did not get there within its epochs.',
+        f"each seed-mean curve, smoothed by a centred mean over {cl['smooth_epochs']} epochs), read "
+        "where each smoothed curve first reaches it, not at a plateau's minimum. Ranges: over "
+        'seeds (min slow / max fast to max slow / min fast); "> ": a seed did not get there within '
+        "its epochs.",
         f"Paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}.",
     ]
     if not summary["complete"]:
@@ -155,6 +156,10 @@ def markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
+    save_figure(figure(summary), path)
+
+
+def figure(summary: dict):  # noqa: ANN201 (a matplotlib Figure; matplotlib is imported lazily)
     """Each net's seed-mean training error, with a band from its lowest to its highest seed."""
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -181,9 +186,10 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xlabel("epochs")
     ax.set_ylabel("training error rate")
     ax.set_ylim(0, 1)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     init = summary["conditions"]["init"]
     ax.set_title(f"Figure 1: CIFAR-10, four-layer CNN, no regularisation, {init} init", fontsize=10)
     if summary["nets"]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
+    return fig
