@@ -199,3 +199,13 @@ def test_fig1_user_errors_are_one_line_before_any_work(tmp_path):
         result = CliRunner().invoke(cli_main, args)
         assert result.exit_code == 2 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_fig1_without_matplotlib_stops_before_training(tmp_path, monkeypatch):
+    """Hours of training and then no figure: refused at once, naming the extra."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    args = ["fig1", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "matplotlib is not installed; pip install 'alexnet2012[figures]'" in result.stderr
+    assert not (tmp_path / "o").exists()
