@@ -50,8 +50,6 @@ NETS = {
     "relu-scale": dict(activation="relu", lrn="scale"),  # the control: LRN's gain, no normalising
     "tanh-scale": dict(activation="tanh", lrn="scale"),
 }
-DEFAULT_NETS = ("relu", "tanh", "relu-lrn", "tanh-lrn", "relu-scale")
-GRID = (0.001, 0.00316, 0.01, 0.0316)  # half-decades: each step sqrt(10)
 EXTEND = 2  # grid steps added past an end where the winner lies
 SWEEP_SEED = 0
 # (fast net, slow net, key in ablation.json, the question the ratio answers)
@@ -69,11 +67,11 @@ class Plan:
     """What `fig1` trains: the nets, the lr grid, the sweep's budget, the final runs' length
     and seed count, and the settings every run shares (crop, threads, init, a step cap)."""
 
-    nets: tuple[str, ...] = DEFAULT_NETS
-    grid: tuple[float, ...] = GRID
-    budget: int = 10  # epochs per sweep point
-    epochs: int = 40  # epochs per final run
-    seeds: int = 3
+    nets: tuple[str, ...] = stats.DEFAULT_NETS
+    grid: tuple[float, ...] = stats.GRID
+    budget: int = stats.BUDGET_EPOCHS  # epochs per sweep point
+    epochs: int = stats.EPOCHS  # epochs per final run
+    seeds: int = stats.SEEDS
     base: TrainConfig = field(default_factory=lambda: TrainConfig(crop=32))
 
     def check(self) -> None:

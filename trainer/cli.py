@@ -22,6 +22,7 @@ from pipeline.augment import StatsError
 from preprocess.cli import image_limit_options  # click only: --help stays fast
 from shards import layout
 from shards.reader import DatasetError
+from trainer import fig1_stats  # torch-free: fig1's defaults
 from trainer.config import CHOICES, TrainConfig, load_config_file, parse_lr_steps
 from trainer.errors import CheckpointError, FigureError, TrainError
 
@@ -732,14 +733,14 @@ def report_cmd(run: Path, out: Path | None) -> None:
 )
 @click.option(
     "--nets",
-    default="relu,tanh,relu-lrn,tanh-lrn,relu-scale",  # trainer.ablations.DEFAULT_NETS (start-up time)
+    default=",".join(fig1_stats.DEFAULT_NETS),
     show_default=True,
     help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (with LRN); relu-scale, "
     "tanh-scale (LRN's constant gain alone: the control).",
 )
 @click.option(
     "--lrs",
-    default="0.001,0.00316,0.01,0.0316",  # trainer.ablations.GRID
+    default=",".join(f"{lr:g}" for lr in fig1_stats.GRID),
     show_default=True,
     help="The lr grid each net is swept on (steps of at most sqrt(10); extended past an end that "
     "wins); one value: no sweep.",
@@ -747,14 +748,24 @@ def report_cmd(run: Path, out: Path | None) -> None:
 @click.option(
     "--sweep-epochs",
     type=click.IntRange(1),
-    default=10,
+    default=fig1_stats.BUDGET_EPOCHS,
     show_default=True,
     help="Budget per sweep point: the lr that reaches 25% training error soonest within it wins "
     "(none or a tie: the lowest error at its end).",
 )
-@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True, help="Epochs per final run.")
 @click.option(
-    "--seeds", type=click.IntRange(1), default=3, show_default=True, help="Final runs per net (seeds 1..N)."
+    "--epochs",
+    type=click.IntRange(1),
+    default=fig1_stats.EPOCHS,
+    show_default=True,
+    help="Epochs per final run.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(1),
+    default=fig1_stats.SEEDS,
+    show_default=True,
+    help="Final runs per net (seeds 1..N).",
 )
 @click.option("--crop", type=int, default=32, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")

@@ -1,6 +1,6 @@
 """Figure 1's numbers from training curves: the lr criterion, spreads over seeds, ratios and
-the common level. Pure functions of lists of per-epoch training errors (no torch), so each rule
-is tested on curves with known answers.
+the common level; and the protocol's defaults. Pure functions of lists of per-epoch training
+errors (no torch), so each rule is tested on curves with known answers.
 
 A curve is a list of training errors, one per epoch (index 0 = epoch 1). "Epochs to a level"
 is the first 1-based epoch whose error is at or below it, as the paper reads Figure 1.
@@ -18,6 +18,12 @@ MAX_GRID_STEP = math.sqrt(10)  # the lr grid's largest allowed ratio between nei
 SMOOTH_EPOCHS = 3  # the common level reads a trailing mean over this many epochs
 COMMON_MARGIN = 0.02  # the common level sits this far above the higher of the two floors
 CHANCE_MARGIN = 0.01  # a sweep point this close to chance error (or above) has not learned
+# The protocol's defaults (here, torch-free, so that `alextrain fig1 --help` shows them at once)
+DEFAULT_NETS = ("relu", "tanh", "relu-lrn", "tanh-lrn", "relu-scale")
+GRID = (0.001, 0.00316, 0.01, 0.0316)  # half-decades: each step sqrt(10)
+BUDGET_EPOCHS = 10  # per sweep point
+EPOCHS = 40  # per final run
+SEEDS = 3
 
 
 def epochs_to(curve: list[float], level: float) -> int | None:
