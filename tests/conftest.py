@@ -106,6 +106,7 @@ def _in_process(module: str, args: tuple, check: bool) -> CompletedProcess:
 
     main = importlib.import_module(module).main
     argv = [str(a) for a in args]
+
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 

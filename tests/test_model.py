@@ -9,8 +9,13 @@ import torch
 from torch import nn
 
 from trainer.model import (
+    LRN_ALPHA,
+    LRN_BETA,
+    LRN_K,
+    LRN_SIZE,
     AlexNet,
     CifarNet,
+    ConstantScale,
     Float32LRN,
     ModelConfig,
     PaperDropout,
@@ -176,3 +181,21 @@ def test_init_is_refused_for_alexnet_and_a_changed_init_is_refused_on_resume():
     assert config_changes(now.to_dict(), now.replace(init="cuda-convnet")) == [
         "init (checkpoint 'paper', now 'cuda-convnet')"
     ]
+
+
+def test_lrn_scale_is_lrns_constant_gain_without_its_normalisation():
+    """`--lrn scale` (Figure 1's control): x * 2^-0.75 where LRN would be. LRN equals it for quiet
+    units and departs from it for loud ones; a ReLU net with zero biases is positively
+    homogeneous, so two scalings give its logits exactly x 2^-1.5."""
+    c = LRN_K**-LRN_BETA
+    lrn, scale = Float32LRN(LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K), ConstantScale()
+    quiet, loud = torch.full((1, 8, 2, 2), 0.01), torch.full((1, 8, 2, 2), 100.0)
+    assert torch.allclose(lrn(quiet), scale(quiet), rtol=1e-6) and torch.equal(scale(quiet), quiet * c)
+    assert (scale(loud) / lrn(loud)).min() > 1.1  # LRN divides loud neighbourhoods by more
+    torch.manual_seed(0)
+    off = CifarNet(ModelConfig(arch="cifar", num_classes=10, crop=32, lrn="off"))
+    torch.manual_seed(0)
+    scaled = CifarNet(ModelConfig(arch="cifar", num_classes=10, crop=32, lrn="scale"))
+    assert [type(m) for m in scaled.body].count(ConstantScale) == 2
+    x = torch.randn(4, 3, 32, 32) * 60
+    assert torch.allclose(scaled(x), off(x) * c**2, rtol=1e-4, atol=1e-7)

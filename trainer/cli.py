@@ -21,6 +21,7 @@ from pipeline.augment import StatsError
 from preprocess.cli import image_limit_options  # click only: --help stays fast
 from shards import layout
 from shards.reader import DatasetError
+from trainer import fig1_stats  # torch-free: fig1's defaults
 from trainer.config import TrainConfig, load_config_file
 from trainer.errors import CheckpointError, FigureError, TrainError
 from trainer.options import option, run_options
@@ -632,104 +633,82 @@ def report_cmd(run: Path, out: Path | None) -> None:
 @main.command("fig1")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="CIFAR-10 shards (--size 32).")
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Folder for the runs, JSON and PNG."
-)
-@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Epochs per net.")
-@click.option(
-    "--tanh-epochs",
-    type=click.IntRange(1),
-    default=None,
-    help="Cap for the tanh nets [default: --epochs]; a ratio is then a lower bound if tanh is short.",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the runs, JSON, Markdown and PNG.",
 )
 @click.option(
-    "--variants",
-    default="relu,tanh",
+    "--nets",
+    default=",".join(fig1_stats.DEFAULT_NETS),
     show_default=True,
-    help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (the LRN ablation: each vs its "
-    "net, and the two as a Figure 1 pair with LRN).",
+    help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (with LRN); relu-scale, "
+    "tanh-scale (LRN's constant gain alone: the control).",
 )
 @click.option(
     "--lrs",
-    default="0.003,0.01,0.03",  # trainer.ablations.SWEEP_LRS (not imported: start-up time)
+    default=",".join(f"{lr:g}" for lr in fig1_stats.GRID),
     show_default=True,
-    help="Learning rates to sweep per net (the paper tuned each net's), extended x3 past an end "
-    "where the best lies; one value: no sweep.",
-)
-@click.option(
-    "--sweep-steps",
-    type=click.IntRange(1),
-    default=None,
-    help="Steps per sweep epoch [default: the whole epoch, as in docs/figures.md].",
+    help="The lr grid each net is swept on (steps of at most sqrt(10); extended past an end that "
+    "wins); one value: no sweep.",
 )
 @click.option(
     "--sweep-epochs",
     type=click.IntRange(1),
-    default=1,
+    default=fig1_stats.BUDGET_EPOCHS,
     show_default=True,
-    help="Epochs per sweep run, judged on the last: 1 finds the lr that starts fastest; more find "
-    "the one that keeps going (docs/figures.md: tanh's best lr after 1 epoch is not its fastest to 25%).",
+    help="Budget per sweep point: the lr that reaches 25% training error soonest within it wins "
+    "(none or a tie: the lowest error at its end).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=fig1_stats.EPOCHS,
+    show_default=True,
+    help="Epochs per final run.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(1),
+    default=fig1_stats.SEEDS,
+    show_default=True,
+    help="Final runs per net (seeds 1..N).",
 )
 @click.option("--crop", type=int, default=32, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")
 @click.option("--num-threads", type=click.IntRange(1), default=4, show_default=True)
 @option("init")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bars (each run is still named).")
 def fig1_cmd(
     data: Path,
     out: Path,
-    epochs: int,
-    tanh_epochs: int | None,
-    variants: str,
+    nets: str,
     lrs: str,
-    sweep_steps: int | None,
     sweep_epochs: int,
+    epochs: int,
+    seeds: int,
     crop: int,
     steps_per_epoch: int | None,
     num_threads: int,
     init: str,
     quiet: bool,
 ) -> None:
-    """Figure 1 under the paper's conditions (ReLU vs tanh, each net's lr swept, no regularisation:
-    epochs to 25% training error), and optionally the LRN ablation, on CIFAR-10."""
-    from trainer.ablations import VARIANTS, SweepLength, ratio_lines, run_figure1, sweep_span
+    """Figure 1, settled (docs/figures.md): each net's lr swept by the caption's criterion, then
+    several seeds per net; epochs to 25% training error with ranges, ratios, curves with bands."""
+    from trainer.ablations import Plan, parse_list, run_figure1
+    from trainer.fig1_report import lines
 
-    names = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        _fail(f"--variants: unknown or none {unknown}; choose from {sorted(VARIANTS)}")
     try:
-        rates = [float(v) for v in lrs.split(",") if v.strip()]
-    except ValueError:
-        _fail(f"--lrs: {lrs!r} is not a comma-separated list of numbers")
-    if not rates or any(not (0 < r < 10) for r in rates):
-        _fail(f"--lrs: {lrs!r}: each learning rate must be in (0, 10)")
-    per_net = {n: (tanh_epochs or epochs) if n.startswith("tanh") else epochs for n in names}
-    base = TrainConfig.of(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
-    try:
-        length = SweepLength(sweep_steps, sweep_epochs)
-        summary = run_figure1(data, out, per_net, base, names, rates, length, progress=not quiet)
+        base = TrainConfig.of(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
+        plan = Plan(
+            parse_list(nets, "--nets"), parse_list(lrs, "--lrs", float), sweep_epochs, epochs, seeds, base
+        )
+        summary = run_figure1(plan, data, out, say=click.echo, progress=not quiet)
     except _USER_ERRORS as e:
         _fail(str(e))
-    for net, s in summary["sweep"]["nets"].items():
-        table = ", ".join(
-            f"{r['lr']:g}: {'diverged' if r['diverged'] else format(r['train_top1_err'], '.3f')}"
-            for r in s["rows"]
-        )
-        click.echo(f"sweep {net:<5} train err after {sweep_span(s['rows'][0])}: {table} -> lr {s['best_lr']}")
-    for name, r in summary["variants"].items():
-        if not r.get("train_error"):
-            click.echo(f"{name:<9} {r.get('note', 'no epochs')}")
-            continue
-        n = len(r["train_error"])
-        to25, to50 = (r[f"epochs_to_{p}pct_train_error"] or f"not within {n}" for p in ("25", "50"))
-        click.echo(
-            f"{name:<9} lr {r['lr']:g}  train err {r['train_error'][-1]:.4f}  "
-            f"test err {r['test_error'][-1]:.4f}  "
-            f"epochs to 25% train err: {to25}; to 50%: {to50}"
-        )
-    for line in ratio_lines(summary):
+    for line in lines(summary):
         click.echo(line)
-    click.echo(f"wrote {out / 'ablation.json'} and {out / 'fig1.png'}")
+    click.echo(f"wrote {out / 'ablation.json'}, {out / 'fig1.md'} and {out / 'fig1.png'}")
 
 
 if __name__ == "__main__":

@@ -73,8 +73,9 @@ class ModelConfig:
     )
     lrn: str = setting(
         "cuda-convnet",
-        "cuda-convnet: torch LRN alpha=1e-4 (Krizhevsky's code); paper: the printed formula (5x); off.",
-        choices=("cuda-convnet", "paper", "off"),
+        "cuda-convnet: torch LRN alpha=1e-4 (Krizhevsky's code); paper: the printed formula (5x); off; "
+        "scale: LRN's constant part alone, x 2^-0.75 (Figure 1's control, docs/model.md).",
+        choices=("cuda-convnet", "paper", "off", "scale"),
     )
     pool: str = setting(
         "overlap",

@@ -52,10 +52,31 @@ class Float32LRN(nn.LocalResponseNorm):
             return super().forward(x.float())
 
 
+class ConstantScale(nn.Module):
+    """x * k^-beta (= 2^-0.75 ~ 0.59): what LRN does to a unit whose neighbours are quiet.
+
+    With k = 2 the LRN's adaptive term is ~0.005 next to k at init, so most of what LRN does
+    early on is this fixed rescaling. `--lrn scale` puts it where LRN would be, so that a run
+    with it separates LRN's normalisation (the adaptive term) from its constant gain.
+    """
+
+    def __init__(self, factor: float = LRN_K**-LRN_BETA):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:.6f}"
+
+
 def _lrn(cfg: ModelConfig) -> nn.Module:
     """cuda-convnet divides alpha by n, as torch does; the paper's printed formula does not."""
     if cfg.lrn == "off":
         return nn.Identity()
+    if cfg.lrn == "scale":
+        return ConstantScale()
     alpha = {"cuda-convnet": LRN_ALPHA, "paper": LRN_ALPHA * LRN_SIZE}[cfg.lrn]
     return Float32LRN(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
 

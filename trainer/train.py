@@ -32,7 +32,7 @@ from trainer.evaluate import autocast, evaluate
 from trainer.faults import maybe_die
 from trainer.metrics import MetricsWriter
 from trainer.model import build_model
-from trainer.optim import set_lr
+from trainer.optim import describe_drop, set_lr
 from trainer.runstate import Position, Sums, Trainer, start
 
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
@@ -259,6 +259,8 @@ def _train_locked(
             ev = evaluate([net], val, r.precision)
             row.update({f"val_{k}": v for k, v in ev.items()})
             row["lr_dropped"] = schedule.update(ev["top1_err"])
+            if row["lr_dropped"]:  # why, with the val errors that triggered it
+                row["lr_drop"] = schedule.last_drop
             best = pos.best_top1_err is None or ev["top1_err"] < pos.best_top1_err
             if best:
                 pos.best_top1_err = ev["top1_err"]
@@ -311,4 +313,6 @@ def _line(row: dict) -> str:
     ]
     if "val_top1_err" in row:
         parts += [f"val top-1 err {row['val_top1_err']:.4f}", f"top-5 err {row['val_top5_err']:.4f}"]
+    if row.get("lr_drop"):
+        parts.append(describe_drop(row["lr_drop"]))
     return " | ".join(parts)
