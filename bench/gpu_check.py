@@ -229,6 +229,25 @@ def check_decode(s: Setup) -> None:
         name = f"decode, hw_decoder_load {load}" if s.gpu else "decode (CPU: no hardware decoder)"
         row(name, f"{rate:,.0f} img/s")
         del pipe
+    if s.gpu:
+        row("hardware JPEG decoder decodes", hardware_decoder(tars[0]))
+
+
+def hardware_decoder(tar_path: str) -> str:
+    """Does nvImageCodec's hardware-only JPEG backend decode one stored JPEG? (If not, the
+    rows above with a share > 0 ran on CUDA cores: `video` missing from the container's
+    NVIDIA_DRIVER_CAPABILITIES, or a card without the engine.)"""
+    import tarfile
+
+    try:
+        from nvidia import nvimgcodec
+    except ImportError as e:
+        return f"unknown ({e})"
+    with tarfile.open(tar_path) as tar:
+        member = next(m for m in tar if m.name.endswith(".jpg"))
+        jpeg = tar.extractfile(member).read()
+    decoder = nvimgcodec.Decoder(backends=[nvimgcodec.Backend(nvimgcodec.HW_GPU_ONLY)])
+    return "yes" if decoder.decode(jpeg) is not None else "no (is `video` in NVIDIA_DRIVER_CAPABILITIES?)"
 
 
 @check("training loader")

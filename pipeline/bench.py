@@ -23,8 +23,9 @@ import torch
 class Epochs:
     """A loader's batches, epoch after epoch, as one stream; `starts` counts the epochs begun.
 
-    The training loader builds one DALI pipeline (or forks its DataLoader workers) per epoch, so
-    an epoch start is a cost: `starts` lets a caller say how many fell inside a timed window.
+    The training loader builds one DALI pipeline (or forks its DataLoader workers) per epoch,
+    started while the previous epoch runs (`pipeline.ahead`): `starts` lets a caller say how many
+    epoch starts fell inside a timed window (their builds ran beside the timed batches).
     Anything with `.epoch(e)` works (TrainLoader, EvalLoader-like test loaders).
     """
 
