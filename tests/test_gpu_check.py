@@ -51,7 +51,7 @@ def toy(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-@pytest.mark.slow  # ~40 s on 2 cores: three `alextrain` processes
+@pytest.mark.slow  # ~40 s on 2 cores: three `alextrain` processes, a bench set, two trainings
 def test_the_gpu_check_dry_run_prints_every_row(toy, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "GPU_DATA": str(toy), "OUT": str(out), "PYTHON": sys.executable}
