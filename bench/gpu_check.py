@@ -36,6 +36,7 @@ import hashlib
 import importlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -376,20 +377,27 @@ def check_lrn(s: Setup) -> None:
         raise AssertionError("Float32LRN loses LRN's adaptive term under bf16")
 
 
+CHILDREN: list = []  # the running `alextrain` process, for the timeout handler to end
+
+
 def alextrain(s: Setup, *args: str, env: dict | None = None):  # noqa: ANN201
+    """`alextrain ARGS` in its own process, as a user runs it; its output appended to the log."""
     import subprocess
 
-    proc = subprocess.run(
+    child = subprocess.Popen(
         [sys.executable, "-m", "trainer.cli", *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
         env={**os.environ, **(env or {})},
     )
+    CHILDREN.append(child)
+    stdout, stderr = child.communicate()
+    CHILDREN.remove(child)
     with (s.out / "alextrain.log").open("a") as log:
-        log.write(f"$ alextrain {' '.join(args)}  -> exit {proc.returncode}\n{proc.stdout}{proc.stderr}\n")
-    return proc
+        log.write(f"$ alextrain {' '.join(args)}  -> exit {child.returncode}\n{stdout}{stderr}\n")
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
 
 
 @check("alextrain run, killed mid-epoch, resumed; eval")
@@ -502,15 +510,30 @@ def main() -> None:
         f"{meta['splits']['train']['written']} train in {shards} shards at {meta['size']}px, made in "
         f"{time.perf_counter() - start:.0f} s; batch {s.batch}, {s.warm} + {s.steps} steps, {s.arch}",
     )
+
+    def stopped(_signum: int, _frame: object) -> None:  # the shell's `timeout`: the table so far
+        for child in CHILDREN:  # a run left going would hold the GPU after the check
+            child.kill()
+        row("total", f"STOPPED after {time.perf_counter() - start:.0f} s (GPU_CHECK_TIMEOUT)")
+        print("\n" + table(a.out), flush=True)
+        os._exit(124)
+
+    signal.signal(signal.SIGTERM, stopped)
     for fn in (check_decode, check_loader, check_train, check_towers, check_lrn, check_run):
         fn(s)
+        table(a.out)  # on disk after every check, whatever stops the run later
     row("total", f"{time.perf_counter() - start:.0f} s")
-    width = max(len(n) for n, _ in ROWS) + 2
-    table = "\n".join(f"{n:<{width}}{v}" for n, v in ROWS)
-    (a.out / "table.txt").write_text(table + "\n")
-    print("\n" + table)
+    print("\n" + table(a.out))
     if any(v.startswith(("FAILED", "WRONG")) for _, v in ROWS):
         sys.exit(1)
+
+
+def table(out: Path) -> str:
+    """The rows so far as one table, also written to OUT/table.txt."""
+    width = max(len(n) for n, _ in ROWS) + 2
+    text = "\n".join(f"{n:<{width}}{v}" for n, v in ROWS)
+    (out / "table.txt").write_text(text + "\n")
+    return text
 
 
 if __name__ == "__main__":
