@@ -95,6 +95,35 @@ def _shift_neg(alpha, lighting: np.ndarray | None, channel_mean: np.ndarray | No
     return fn.reshape(shift, shape=[3])
 
 
+def _random_crop_decode(jpg, cfg: LoaderConfig, size: int, crop: int, gpu: bool, draws):  # noqa: ANN001, ANN202
+    """The training graph's decode: a random crop x crop window of each JPEG, decoded alone
+    (`image_crop`), and the draws (x, y, flip, lighting alpha) the rest of the graph uses."""
+    if draws is None:
+        steps = size - crop
+        positions = [i / steps for i in range(steps + 1)] if steps else [0.0]  # whole pixels
+        x = fn.random.uniform(values=positions)
+        y = fn.random.uniform(values=positions)
+        flip = fn.random.coin_flip(probability=0.5 if cfg.mirror else 0.0)
+        alpha = fn.random.normal(shape=[1, 3], stddev=LIGHTING_STD)
+    else:
+        x, y, flip, alpha = fn.external_source(source=draws, num_outputs=4, batch=True)
+    window = _window(crop, x, y)
+    images = fn.decoders.image_crop(
+        jpg, output_type=types.RGB, **window, **_decoder(gpu, cfg.hw_decoder_load)
+    )
+    return images, (x, y, flip, alpha)
+
+
+@pipeline_def(enable_conditionals=False)
+def crop_decode_pipeline(
+    tars: list[str], idxs: list[str], *, cfg: LoaderConfig, size: int, crop: int, gpu: bool
+):
+    """The training graph's read and random-crop decode alone: bench/gpu_check.py's decode rates
+    (with and without the hardware decoder: `cfg.hw_decoder_load`) are the training graph's."""
+    jpg, _cls = _read(tars, idxs, 0, 1, True, cfg.shuffle_buffer, cfg.mmap)
+    return _random_crop_decode(jpg, cfg, size, crop, gpu, None)[0]
+
+
 @pipeline_def(enable_conditionals=False)
 def train_pipeline(
     tars: list[str],
@@ -118,19 +147,8 @@ def train_pipeline(
     an in-place torch subtraction of a strided view a fraction of that. The GPU graph keeps it.
     """
     jpg, cls = _read(tars, idxs, *part, True, cfg.shuffle_buffer, cfg.mmap)
-    if draws is None:
-        steps = size - crop
-        positions = [i / steps for i in range(steps + 1)] if steps else [0.0]  # whole pixels
-        x = fn.random.uniform(values=positions)
-        y = fn.random.uniform(values=positions)
-        flip = fn.random.coin_flip(probability=0.5 if cfg.mirror else 0.0)
-        alpha = fn.random.normal(shape=[1, 3], stddev=LIGHTING_STD)
-    else:
-        x, y, flip, alpha = fn.external_source(source=draws, num_outputs=4, batch=True)
+    images, (x, y, flip, alpha) = _random_crop_decode(jpg, cfg, size, crop, gpu, draws)
     window = _window(crop, x, y)
-    images = fn.decoders.image_crop(
-        jpg, output_type=types.RGB, **window, **_decoder(gpu, cfg.hw_decoder_load)
-    )
     out = _normalize(
         images,
         _shift_neg(alpha, lighting, norm.channel_mean),

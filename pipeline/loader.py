@@ -7,10 +7,13 @@ Epoch accounting, the part that silently goes wrong in data-parallel training:
   by seed and epoch, the same on every rank: `pipeline.order`), gives rank r the r-th of `world`
   contiguous sample ranges of it, and builds a fresh pipeline seeded by (seed, epoch, rank): the
   ranks' parts are disjoint and cover the split, every epoch has a fresh order, and a resumed
-  run replays epoch e exactly (`epoch(e, start_step=k)`).
+  run replays epoch e exactly (`epoch(e, start_step=k)`). Epoch e + 1 is started while epoch e
+  runs (`pipeline.ahead`), so a boundary costs about one batch, not a pipeline build.
 - Eval: the readers split the samples into `world` disjoint parts (DALI: contiguous sample
   ranges; reference: whole shards); the DALI reader pads its last batch and the iterator trims
   the padding, so every sample is seen exactly once across all ranks, whatever the batch size.
+  The eval pipeline (reference: its workers) is built once and reset after each whole pass
+  (the same part in the same order), not rebuilt per pass.
 
 Rank and world come from torch.distributed when it is initialised, else 0 and 1.
 """
@@ -21,10 +24,12 @@ import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from pipeline.ahead import Retired, Started, drain
 from pipeline.augment import Normalization, lighting_matrix, load_stats
 from pipeline.config import LoaderConfig
 from pipeline.errors import DamagedSampleError
@@ -32,6 +37,9 @@ from pipeline.order import shard_order, shard_sizes
 from preprocess.paper import BATCH_SIZE, CROP_SIZE
 from shards import layout
 from shards.reader import load_dataset, shard_paths
+
+if TYPE_CHECKING:
+    from pipeline.host import MeanWindows
 
 __all__ = ["DamagedSampleError", "EvalLoader", "Feed", "LoaderConfig", "TrainLoader"]
 
@@ -199,18 +207,72 @@ def _dali_iter(pipe, policy_name: str):
     )
 
 
+def _dali_epoch(
+    s: _Split,
+    seed: int,
+    order: list[int],
+    steps: int,
+    host: MeanWindows | None,
+    draws: Callable | None,
+    retired: Retired | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of the DALI training graph over the shards in `order` (`host`: the CPU graph's
+    mean-image windows, subtracted in torch; None: the graph subtracts the mean itself)."""
+    from pipeline.dali import train_pipeline
+
+    pipe = train_pipeline(
+        [s.tars[i] for i in order],
+        [s.idxs[i] for i in order],
+        size=s.size,
+        lighting=s.lighting,
+        draws=draws,
+        mean_on_host=host is not None,
+        **s.dali_kwargs(seed),
+    )
+    pipe.build()
+    # steps <= the rank's part: one pass, never wraps
+    if host is not None:
+        from pipeline.host import host_batches
+
+        yield from host_batches(pipe, steps, host)
+        finished = [pipe]
+    else:
+        it = _dali_iter(pipe, "FILL")
+        for _ in range(steps):
+            batch = next(it)[0]
+            yield batch["data"], batch["label"]
+        finished = [it, pipe]
+    if retired is not None:  # a teardown holds the GIL for ~10 ms: not here, at the boundary
+        retired.add(*finished)
+
+
 class TrainLoader:
-    """`for x, y in loader.epoch(e)`: exactly `steps_per_epoch` augmented batches."""
+    """`for x, y in loader.epoch(e)`: exactly `steps_per_epoch` augmented batches.
+
+    Once epoch e's first batch is out, epoch e + 1 is started (`pipeline.ahead`), unless `ahead`
+    is off (the old way: a build at each epoch's start) or e + 1 == `epochs` (the run's length,
+    when known); a different epoch asked for drops it.
+    """
 
     def __init__(
-        self, data: Path, cfg: LoaderConfig, feed: Feed, split: str = "train", draws: Callable | None = None
+        self,
+        data: Path,
+        cfg: LoaderConfig,
+        feed: Feed,
+        split: str = "train",
+        draws: Callable | None = None,
+        epochs: int | None = None,
+        ahead: bool = True,
     ):
         self.s = _Split(data, split, cfg, feed, need_lighting=True)
         self.draws = draws
+        self.epochs = epochs
+        self._ahead: Started | None = None
+        self._retired = Retired() if ahead else None  # finished epochs, for the next start to drop
         self._sizes: list[int] | None = None  # samples per shard (reference backend)
         # CPU graph: the mean image is subtracted in torch (pipeline/host.py); the GPU graph does it
         self.mean_on_host = feed.device == "cpu" and self.s.norm.mean_image is not None
-        self._means = None
+        self._means: MeanWindows | None = None
         self.steps_per_epoch = self.s.written // (self.s.world * feed.batch_size)
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -222,57 +284,72 @@ class TrainLoader:
         """Epoch `epoch`'s batches from step `start_step` on (mid-epoch resume).
 
         An epoch is a pure function of (seed, epoch, rank, world): resuming at step k yields
-        bit-identical tensors to the tail of an uninterrupted epoch.
+        bit-identical tensors to the tail of an uninterrupted epoch, started ahead or not.
         """
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step {start_step} not in 0..{self.steps_per_epoch}")
-        for step, (x, y) in enumerate(_named_errors(self._epoch(epoch), self.s)):
+        for step, (x, y) in enumerate(self._take(epoch)):
             if step >= start_step:  # skipped batches never reach the device
                 yield self.s.finish(x, y)
+            if step == 0:  # once the first batch is out: the boundary is not kept waiting
+                self._start_ahead(epoch + 1)
 
-    def _epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _take(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch`'s batches: the ones started ahead if they are this epoch's, else new."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead.key == epoch:
+                return ahead.take()
+            ahead.close()
+        return self._start(epoch)
+
+    def _start(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch` begun: DataLoader workers forked now; a DALI pipeline built when first asked."""
         s, feed = self.s, self.s.feed
         seed = epoch_seed(feed.seed, epoch, s.rank)
         order = shard_order(len(s.tars), feed.seed, epoch)  # the same on every rank
+        steps = self.steps_per_epoch
+        if s.backend == "reference":
+            return _named_errors(drain(self._reference(seed, order), steps, self._retired), s)
         if self.mean_on_host and self._means is None:
             from pipeline.host import MeanWindows
 
             self._means = MeanWindows(s.norm.mean_image, feed.crop, s.scale)
-        if s.backend == "reference":
-            yield from self._reference(seed, order)
+        host = self._means if self.mean_on_host else None
+        return _named_errors(_dali_epoch(s, seed, order, steps, host, self.draws, self._retired), s)
+
+    def _start_ahead(self, epoch: int) -> None:
+        """Begin `epoch` in the background (not with test `draws`: one callback, one pipeline)."""
+        if self._retired is None or self.draws is not None:
             return
-        from pipeline.dali import train_pipeline
+        if self.epochs is not None and epoch >= self.epochs:
+            self._retired.drop()  # the run's last epoch: nothing to build, only a teardown
+            return
+        retired, start = self._retired, self._start
 
-        pipe = train_pipeline(
-            [s.tars[i] for i in order],
-            [s.idxs[i] for i in order],
-            size=s.size,
-            lighting=s.lighting,
-            draws=self.draws,
-            mean_on_host=self.mean_on_host,
-            **s.dali_kwargs(seed),
-        )
-        pipe.build()
-        # steps_per_epoch <= the rank's part: one pass, never wraps
-        if self.mean_on_host:
-            from pipeline.host import host_batches
+        def begin() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            retired.drop()  # the finished epoch's teardown, here, off the boundary
+            return start(epoch)
 
-            yield from host_batches(pipe, self.steps_per_epoch, self._means)
-        else:
-            it = _dali_iter(pipe, "FILL")
-            for _ in range(self.steps_per_epoch):
-                batch = next(it)[0]
-                yield batch["data"], batch["label"]
-            del it
-        del pipe
+        dali = self.s.backend == "dali"
+        self._ahead = Started(epoch, begin, background=dali, device=self.s.device())
+
+    def close(self) -> None:
+        """Drop the epoch started ahead and finished pipelines (waits for a build to end)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.close()
+        if self._retired is not None:
+            self._retired.drop()
 
     def _reference(self, seed: int, order: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's DataLoader iterator: its workers are forked by this call."""
         from pipeline.reference import train_loader
 
         s = self.s
         if self._sizes is None:
             self._sizes = shard_sizes(s.idxs)
-        yield from train_loader(
+        loader = train_loader(
             s.tars,
             self._sizes,
             order,
@@ -285,15 +362,26 @@ class TrainLoader:
             shuffle_buffer=s.cfg.shuffle_buffer,
             seed=seed,
         )
+        return iter(loader)
 
 
 class EvalLoader:
     """Every sample of this rank's part exactly once; x is [B, C, H, W] or [B, 10, C, H, W]."""
 
-    def __init__(self, data: Path, cfg: LoaderConfig, feed: Feed, split: str = "val", ten_crop: bool = False):
+    def __init__(
+        self,
+        data: Path,
+        cfg: LoaderConfig,
+        feed: Feed,
+        split: str = "val",
+        ten_crop: bool = False,
+        keep: bool = True,
+    ):
         self.s = _Split(data, split, cfg.eval(), feed, need_lighting=False)
         self.ten_crop = ten_crop
         self.split = split
+        self.keep = keep  # the pipeline (reference: the DataLoader's workers) kept between passes
+        self._kept = None  # the DALI iterator or the DataLoader, between whole passes
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in _named_errors(self._batches(), self.s):
@@ -301,22 +389,29 @@ class EvalLoader:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s = self.s
-        if s.backend == "reference":
+        it, self._kept = self._kept, None  # held by this pass; kept again only if it ends whole
+        if it is None and s.backend == "reference":
             from pipeline.reference import reference_loader
 
-            aug = s.augment(train=False, ten_crop=self.ten_crop, seed=s.feed.seed)
-            yield from reference_loader(
+            it = reference_loader(
                 s.tars,
-                aug,
+                s.augment(train=False, ten_crop=self.ten_crop, seed=s.feed.seed),
                 batch_size=s.feed.batch_size,
                 rank=s.rank,
                 world=s.world,
                 workers=min(s.cfg.num_threads, len(s.tars)),
+                persistent=self.keep,  # the same workers for every pass
             )
-            return
-        from pipeline.dali import eval_pipeline
+        if it is None:
+            from pipeline.dali import eval_pipeline
 
-        pipe = eval_pipeline(s.tars, s.idxs, ten_crop=self.ten_crop, **s.dali_kwargs(s.feed.seed))
-        pipe.build()
-        for batch in _dali_iter(pipe, "PARTIAL"):  # one epoch: padding trimmed, then StopIteration
-            yield batch[0]["data"], batch[0]["label"]
+            pipe = eval_pipeline(s.tars, s.idxs, ten_crop=self.ten_crop, **s.dali_kwargs(s.feed.seed))
+            pipe.build()
+            it = _dali_iter(pipe, "PARTIAL")
+        if s.backend == "reference":
+            yield from it
+        else:
+            for batch in it:  # one epoch: padding trimmed, then StopIteration (and a reset)
+                yield batch[0]["data"], batch[0]["label"]
+        if self.keep:  # DALI: reset to the start of this rank's part, prefetching: keep it
+            self._kept = it

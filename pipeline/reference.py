@@ -168,8 +168,10 @@ def reference_loader(
     rank: int,
     world: int,
     workers: int,
+    persistent: bool = False,
 ) -> DataLoader:
-    """One eval pass over this rank's shards, in stored order."""
+    """Eval passes over this rank's shards, in stored order (`persistent`: the workers are kept
+    between passes; each pass re-reads the same shards in the same order)."""
     _before_fork()
     ds = wds.WebDataset(
         urls,
@@ -183,6 +185,6 @@ def reference_loader(
         ds,
         batch_size=batch_size,
         num_workers=workers,
-        persistent_workers=False,
+        persistent_workers=persistent and workers > 0,
         pin_memory=torch.cuda.is_available(),
     )

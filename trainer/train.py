@@ -225,7 +225,7 @@ def _train_locked(
 ) -> list[dict]:
     """The run itself, under the --out lock."""
     data, run_dir, r = Path(cfg.run.data), Path(cfg.run.out), cfg.run
-    train = TrainLoader(data, cfg.loader, feed(cfg, env), split=r.train_split)
+    train = TrainLoader(data, cfg.loader, feed(cfg, env), split=r.train_split, epochs=cfg.optim.epochs)
     val = EvalLoader(data, cfg.loader, feed(cfg, env), split=r.val_split) if r.val_split else None
     steps = min(r.steps_per_epoch or train.steps_per_epoch, train.steps_per_epoch)
 
