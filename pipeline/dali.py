@@ -26,6 +26,10 @@ from pipeline.augment import LIGHTING_STD, eval_windows
 LABEL_BYTES = 8  # `.cls` holds the class index as text; up to 8 digits
 READER_NAME = "Reader"
 DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
+# How the readers reach the tars, for every pipeline this process builds (set by `alextrain run`
+# from --mmap/--no-mmap): DALI memory-maps them by default, which is slow on NFS/Lustre; plain
+# reads (dont_use_mmap) give the same bytes, so the same batches.
+READER_IO: dict[str, bool] = {"dont_use_mmap": False}
 
 
 def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
@@ -41,6 +45,7 @@ def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
         pad_last_batch=not train,  # eval: pad instead of wrapping, the iterator trims the pad
         stick_to_shard=not train,
         name=READER_NAME,
+        **READER_IO,
     )
 
 

@@ -75,17 +75,27 @@ def test_compose_file_is_valid():
     assert train["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "shm_size" in train and "--auto-resume" in train["command"]
     assert services["shard"]["volumes"][0].endswith(":ro")
-    # a config error must not restart forever; a one-off stage never restarts
-    assert train["restart"] == "on-failure:3" and services["tensorboard"]["restart"] == "on-failure:3"
+    # restarts are the job's (Docker never resets the count): a budget for many crashes, not 3;
+    # a one-off stage never restarts
+    assert train["restart"] == "on-failure:${RESTARTS:-20}" and services["tensorboard"]["restart"] == "on-failure:3"
     assert services["shard"]["restart"] == "no"
+    # the rendezvous cannot mis-elect: static, keyed by NODE_RANK, node 0 holds the store; whole-job
+    # restarts (a crashed host's fresh torchrun could not match its peers' worker restarts)
+    command = train["command"]
+    assert "--rdzv-backend=static" in command and "--node-rank=${NODE_RANK:-0}" in command
+    assert "--master-addr=${MASTER_ADDR:-127.0.0.1}" in command and "--max-restarts=0" in command
+    assert not any(a.startswith("--rdzv-endpoint") for a in command)
+    # a GPU host whose GPUs torch cannot use stops instead of training on the CPU
+    assert "--device=${DEVICE:-cuda}" in command
     # nvJPEG's hardware decoder needs the driver's `video` capability
     for name in ("train", "eval"):
         assert "video" in services[name]["environment"]["NVIDIA_DRIVER_CAPABILITIES"].split(",")
-    # no interface is imposed on NCCL/Gloo (bare metal has no eth0): passed through only when set
-    for var in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
-        assert train["environment"][var] is None
+    # no interface is imposed (bare metal has no eth0); NCCL is kept off bridges it would not skip
+    assert train["environment"]["GLOO_SOCKET_IFNAME"] is None
+    assert train["environment"]["NCCL_SOCKET_IFNAME"] == "${NCCL_SOCKET_IFNAME:-^lo,docker,br-,virbr,veth}"
     ib = yaml.safe_load((ROOT / "docker" / "compose.ib.yaml").read_text())["services"]["train"]
     assert ib["ulimits"]["memlock"] == -1 and "/dev/infiniband:/dev/infiniband" in ib["devices"]
+    assert ib["environment"]["NCCL_NET"] == "IB"  # IB or a failure, never a silent TCP fallback
     # every stage runs as the host user from docker/.env, and writes only where it checks it can
     for name, service in services.items():
         assert service["user"] == "${UID:-1000}:${GID:-1000}", name

@@ -48,7 +48,7 @@ KEYS = frozenset(
     }
 )
 # Settings a resumed run may change: none of them touches the arithmetic or the data order.
-RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data"})
+RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data", "mmap"})
 # settings added after checkpoints were first written, with what those checkpoints used
 ADDED_SETTINGS = {"init": "paper"}
 _STEP_FILE = re.compile(r"step-(\d{8,})\.pt")

@@ -197,6 +197,8 @@ _HELP = {
     "loader": "dali (the pipeline, CPU or GPU), reference (webdataset + torch), auto: dali if installed.",
     "normalization": "mean-image: subtract the training set's mean image (section 2); "
     "channel: per-channel mean and std (torchvision style).",
+    "mmap": "DALI memory-maps the shards (fast on local disks); --no-mmap: plain reads, for shards "
+    "on NFS/Lustre, where mapping is slow. Same batches either way.",
     "seed": "Seeds the init, the data order and every random augmentation (resume is exact).",
     "amp": "bf16 autocast on CUDA (LRN kept in float32); --no-amp: float32 throughout. CPU: float32.",
     "channels_last": "NHWC memory layout on CUDA (faster convolutions); no effect on the CPU.",
@@ -264,7 +266,9 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         given = {k for k, v in flags.items() if v is not None}
         values.update({k: flags[k] for k in given})
         if resume or auto_resume:  # what the user leaves out is what the run was started with
-            saved = _saved_settings(values.get("out"))
+            from trainer.hosts import run_settings  # rank 0's, on hosts that do not share --out
+
+            saved = run_settings(values.get("out"), _saved_settings)
             if resume and not saved and values.get("out") and not values.get("data"):
                 raise TrainError(f"--resume: no such checkpoint: no run was started in {values['out']}")
             values = {**saved, **values}

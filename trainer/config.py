@@ -62,6 +62,7 @@ class TrainConfig:
     lighting_scale_div: float = 1.0  # cuda-convnet: 1.1 (divide after colour noise; docs/model.md)
     normalization: str = "mean-image"
     num_threads: int = 4
+    mmap: bool = True  # DALI memory-maps the tars; False: plain reads (NFS, Lustre)
     seed: int = 0
     steps_per_epoch: int | None = None  # cap, for smoke tests and quick ablations
     # checkpoints

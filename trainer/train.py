@@ -41,7 +41,7 @@ from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
 from shards import layout
 from shards.reader import default_val_split, load_classes, load_dataset
 from shards.verify import preflight
-from trainer import checkpoint, finetune
+from trainer import checkpoint, finetune, hosts
 from trainer.config import TrainConfig
 from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
@@ -66,12 +66,16 @@ class Env:
 
 
 def setup(cfg: TrainConfig) -> Env:
-    """Devices and (under torchrun) the process group."""
+    """This process's devices (the process group comes after the shard check: see run())."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda, but no CUDA GPU is visible")
+        raise TrainError(
+            f"--device cuda, but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: "
+            "check `nvidia-smi` here (the driver must support that CUDA version; in a container, "
+            "the GPU reservation and the NVIDIA Container Toolkit); --device cpu to train on the CPU"
+        )
     per_proc = cfg.model_parallel
     if want_cuda:
         need = (local + 1) * per_proc
@@ -87,8 +91,6 @@ def setup(cfg: TrainConfig) -> Env:
         if per_proc > 1 and cfg.device != "cpu":
             raise TrainError(f"--model-parallel {per_proc} needs {per_proc} GPUs; none is visible")
         devices = [torch.device("cpu")] * per_proc
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
     return Env(rank, world, local, devices)
 
 
@@ -395,7 +397,7 @@ def _agree(cfg: TrainConfig, fingerprint: dict, env: Env) -> None:
     """Every rank checks, before any work, that its settings and data are rank 0's."""
     if env.world == 1:
         return
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out")}
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out", "mmap")}  # per host
     mine["dataset"] = fingerprint
     everyone: list[dict] = [{}] * env.world
     dist.all_gather_object(everyone, mine)
@@ -465,12 +467,27 @@ def run(
     env = setup(cfg)
     cfg, fingerprint = resolve_data(cfg)
     splits = [cfg.train_split, *([cfg.val_split] if cfg.val_split else [])]
-    # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process
+    data, run_dir = Path(cfg.data), Path(cfg.out)
+    _check_out(data, run_dir)
+    # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process,
+    # and its clean result is kept beside the run too (shards mounted read-only keep no record)
     host_main = env.local_rank == 0
     say = (lambda line: print(line, flush=True)) if host_main else None
-    preflight(Path(cfg.data), splits, cfg.verify_data == "full", hash_files=host_main, say=say)
+    keep = hosts.verified_record(run_dir)
+    preflight(data, splits, cfg.verify_data == "full", hash_files=host_main, say=say, keep=keep)
+    hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
+    hosts.init_group(env.devices[0].type == "cuda")
     _agree(cfg, fingerprint, env)
-    data, run_dir = Path(cfg.data), Path(cfg.out)
+    if loader_options(cfg, env).backend == "dali":
+        from pipeline import dali
+
+        dali.READER_IO["dont_use_mmap"] = not cfg.mmap  # --no-mmap: plain reads (network filesystems)
+    with _run_lock(run_dir, env):
+        return _train_locked(cfg, env, fingerprint, data, run_dir, resume, auto_resume, progress)
+
+
+def _check_out(data: Path, run_dir: Path) -> None:
+    """--out is a folder of its own, not the dataset or one of its splits."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir}: exists and is not a folder")
     data_real, out_real = data.resolve(), run_dir.resolve()
@@ -480,8 +497,6 @@ def run(
         raise TrainError(
             f"--out {run_dir}: is the dataset folder or one of its splits; use a folder of its own"
         )
-    with _run_lock(run_dir, env):
-        return _train_locked(cfg, env, fingerprint, data, run_dir, resume, auto_resume, progress)
 
 
 @contextlib.contextmanager
