@@ -106,13 +106,16 @@ EOF
   done
 }
 
-make_shards() { # once, as the product's own stages do it; then each host gets its own copy
+write_prep_env() { # the shard and pca-stats stages, run once on one "host"
   {
     common_env
     echo "IMAGENET_DIR=$work/src"
     echo "SHARDS_DIR=$work/shards"
     echo "RUNS_DIR=$work/shards"
   } > "$work/prep.env"
+}
+
+make_shards() { # once, as the product's own stages do it; then each host gets its own copy
   rm -rf "$work/shards" && mkdir -p "$work/shards" && chown "$uid:$gid" "$work/shards"
   prep run --rm --no-deps shard
   prep run --rm --no-deps pca-stats
@@ -257,6 +260,7 @@ hash_seconds() { # from the timestamps of the hashing line and the next "shards 
 prepare_build
 mkdir -p "$work"
 step "CIFAR-10 subset ($per_class/class)" make_source "$work/src" "$per_class" "$cifar"
+write_prep_env
 step "build (offline, base $base)" prep build train
 step "shard + pca-stats, a copy per host" make_shards
 step "network $network ($subnet.0/24)" make_network

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -77,7 +78,8 @@ def test_compose_file_is_valid():
     assert services["shard"]["volumes"][0].endswith(":ro")
     # restarts are the job's (Docker never resets the count): a budget for many crashes, not 3;
     # a one-off stage never restarts
-    assert train["restart"] == "on-failure:${RESTARTS:-20}" and services["tensorboard"]["restart"] == "on-failure:3"
+    assert train["restart"] == "on-failure:${RESTARTS:-20}"
+    assert services["tensorboard"]["restart"] == "on-failure:3"
     assert services["shard"]["restart"] == "no"
     # the rendezvous cannot mis-elect: static, keyed by NODE_RANK, node 0 holds the store; whole-job
     # restarts (a crashed host's fresh torchrun could not match its peers' worker restarts)
@@ -257,6 +259,24 @@ def test_entrypoint_names_an_unwritable_folder(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert f"{locked} is not writable by uid:gid 65534:65534 (owner: 0:0)" in proc.stderr
         assert "UID" in proc.stderr and "GID" in proc.stderr
+
+
+def test_a_restarted_container_waits_before_torchrun(tmp_path):
+    """The restart policy starts the same container again (its /tmp kept): that start waits
+    ALEX_RESTART_DELAY, so every host's old torchrun (and node 0's old store) is gone first."""
+    env = {**os.environ, "ALEX_RESTART_DELAY": "1", "TMPDIR": str(tmp_path)}
+    cmd = ["sh", str(ROOT / "docker" / "entrypoint.sh"), "echo", "ran"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert first.returncode == 0 and first.stdout == "ran\n"
+    start = time.monotonic()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert time.monotonic() - start >= 1
+    assert again.returncode == 0 and again.stdout.splitlines() == [
+        "alexnet2012: restarted; waiting 1 s for every host's previous torchrun to stop",
+        "ran",
+    ]
+    train = yaml.safe_load(COMPOSE.read_text())["services"]["train"]
+    assert train["environment"]["ALEX_RESTART_DELAY"] == "${RESTART_DELAY:-30}"
 
 
 def test_shell_scripts_parse():
