@@ -181,7 +181,7 @@ steps() { grep -ao '[0-9]* steps per epoch, [0-9]* epochs' "$work/logs/$1-node0.
 ckpt_mtime() { stat -c %Y.%y "$work/node0/runs/$1/last.pt" 2>/dev/null || echo none; }
 
 crash_run() { # crash_run RUN NODE LETTER: MASTER_ADDR as node 0's hostname; kill NODE mid-epoch 1
-  local run=$1 victim=$2 t=$SECONDS seen=0 last=none now pids killed_at c
+  local run=$1 victim=$2 t=$SECONDS seen=0 last=none now pids killed_at kill_time c back
   start_run "$run" "$hostname0"
   # the 4th checkpoint is step 20 (steps 5, 10, epoch 0's end at 15, 20): 5 steps into epoch 1
   while [ "$seen" -lt 4 ] && [ $((SECONDS - t)) -lt "$limit" ]; do
@@ -193,7 +193,7 @@ crash_run() { # crash_run RUN NODE LETTER: MASTER_ADDR as node 0's hostname; kil
   sleep 1
   c=$(container "$victim")
   mapfile -t pids < <(docker top "$c" -eo pid | tail -n +2)
-  killed_at=$SECONDS
+  killed_at=$SECONDS kill_time=$(date +%s.%N)
   kill -9 "${pids[@]}" # every process of the "host" at once, from outside; not `docker stop`
   echo "   killed node $victim (${#pids[@]} processes: ${pids[*]}) at $((killed_at - t)) s"
   wait_done "$run"
@@ -201,8 +201,10 @@ crash_run() { # crash_run RUN NODE LETTER: MASTER_ADDR as node 0's hostname; kil
   resumed=$(grep -ao 'resuming at epoch [0-9]* step [0-9]*' "$work/logs/$run-node0.log" | tail -1)
   [ -n "$resumed" ] || { echo "node 0 never resumed in $run" >&2; return 1; }
   restarts0=$(status "$(container 0)" | cut -d: -f3) restarts1=$(status "$(container 1)" | cut -d: -f3)
+  back=$(grep -a 'resuming at epoch' "$work/logs/$run-node0.log" | tail -1 | cut -d' ' -f1)
+  back=$(python3 -c 'import sys; print(f"{float(sys.argv[1]) - float(sys.argv[2]):.0f}")' "$(date -d "$back" +%s.%N)" "$kill_time")
   note "(b) MASTER_ADDR=$hostname0 (a hostname): run $run, $(steps "$run")"
-  note "($3) node $victim killed -9 at $((killed_at - t)) s: $resumed; restarts node0 $restarts0, node1 $restarts1; finished $((SECONDS - killed_at)) s after the kill"
+  note "($3) node $victim killed -9 at $((killed_at - t)) s: $resumed; training again $back s after the kill (RESTART_DELAY 30 s of it); restarts: node0 $restarts0, node1 $restarts1; run done $((SECONDS - killed_at)) s after the kill"
 }
 
 compare_weights() { # compare_weights RUN LETTER: final weights of RUN vs the reference, exactly
@@ -215,7 +217,8 @@ assert a["model"].keys() == b["model"].keys()
 diff = max((a["model"][k].double() - b["model"][k].double()).abs().max().item() for k in a["model"])
 rows = [(r["epoch"], r["train_loss"], r.get("val_top1_err")) for r in a["history"]]
 same = rows == [(r["epoch"], r["train_loss"], r.get("val_top1_err")) for r in b["history"]]
-print(f"{len(a[\"model\"])} tensors, max abs diff {diff:g}; step {b[\"step\"]} vs {a[\"step\"]}; metrics rows identical: {same}")
+n, sa, sb = len(a["model"]), a["step"], b["step"]
+print(f"{n} tensors, max abs diff {diff:g}; step {sb} vs {sa}; metrics rows identical: {same}")
 sys.exit(0 if diff == 0 and same and a["step"] == b["step"] else 1)
 ' "$1")
   note "($2) $1 vs ref: $out"
@@ -254,7 +257,7 @@ hash_seconds() { # from the timestamps of the hashing line and the next "shards 
   awk '/against their SHA-256/ {a = $1} a && /shards checked; waiting/ {b = $1; exit} END {
     cmd = "date -d " a " +%s.%N"; cmd | getline x; close(cmd)
     cmd = "date -d " b " +%s.%N"; cmd | getline y; close(cmd)
-    printf "%.1f", y - x }' "$1"
+    printf "%.2f", y - x }' "$1"
 }
 
 prepare_build
