@@ -141,6 +141,38 @@ def test_docker_compose_accepts_both_files():
         assert ("deploy" in services["train"]) == ("compose.cpu.yaml" not in files)
 
 
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    if shutil.which("docker")
+    else True,
+    reason="no docker compose v2 here",
+)
+def test_two_node_override_makes_a_host_of_its_own():
+    """docker/two-node.sh's override: no host network or IPC, a hostname resolvable by the peer."""
+    files = ["compose.yaml", "compose.cpu.yaml", "compose.two-node.yaml"]
+    args = [a for f in files for a in ("-f", str(ROOT / "docker" / f))]
+    env = {**os.environ, "NODE_HOSTNAME": "host-b", "NODE_IP": "172.30.77.10", "CLUSTER_NETWORK": "net"}
+    proc = subprocess.run(
+        [
+            "docker",
+            "compose",
+            *args,
+            "--env-file",
+            str(ROOT / "docker" / ".env.example"),
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    train = json.loads(proc.stdout)["services"]["train"]
+    assert "network_mode" not in train and "ipc" not in train and train["hostname"] == "host-b"
+    assert train["networks"]["cluster"] == {"ipv4_address": "172.30.77.10", "aliases": ["host-b"]}
+
+
 def test_every_compose_command_parses():
     data = yaml.safe_load(_env_defaults(COMPOSE.read_text()))
     seen = 0
