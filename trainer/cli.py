@@ -175,7 +175,9 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         given = {k for k, v in flags.items() if v is not None}
         values.update({k: flags[k] for k in given})
         if resume or auto_resume:  # what the user leaves out is what the run was started with
-            saved = _saved_settings(values.get("out"))
+            from trainer.hosts import run_settings  # rank 0's, on hosts that do not share --out
+
+            saved = run_settings(values.get("out"), _saved_settings)
             if resume and not saved and values.get("out") and not values.get("data"):
                 raise TrainError(f"--resume: no such checkpoint: no run was started in {values['out']}")
             values = {**saved, **values}

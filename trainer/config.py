@@ -280,7 +280,9 @@ SECTIONS = {"model": ModelConfig, "loader": LoaderConfig, "optim": OptimConfig, 
 WHERE: dict[str, tuple[str, str]] = {key(f): (s, f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
 FIELDS = {key(f): f for cls in SECTIONS.values() for f in fields(cls)}
 # settings a resumed run may change (the rest must match its checkpoint)
-RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data"})
+RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data", "mmap"})
+# settings each host may choose for itself (not compared across ranks): how it reads its disk
+PER_HOST = frozenset({"data", "out", "mmap"})
 ARCH_IGNORES = {
     "cifar": {
         "towers": "--arch cifar has one tower",

@@ -3,8 +3,9 @@
 torchrun starts one process per GPU (or per pair of GPUs with `--model-parallel 2`, the paper's
 layout: tower 0 on GPU 2r, tower 1 on GPU 2r+1) and sets RANK, WORLD_SIZE and LOCAL_RANK;
 without torchrun a process is rank 0 of 1. Data parallelism is DDP over all processes (NCCL on
-GPUs, gloo on CPUs). The global batch (section 5: 128, all processes together) is split evenly
-among the processes here, so every later step reads `env.batch`.
+GPUs, gloo on CPUs; the group is created after the shard check, trainer/hosts.py). The global
+batch (section 5: 128, all processes together) is split evenly among the processes here, so
+every later step reads `env.batch`.
 """
 
 from __future__ import annotations
@@ -55,14 +56,19 @@ def set_precision(cfg: TrainConfig) -> None:
 
 
 def setup(cfg: TrainConfig) -> Env:
-    """Devices and (under torchrun) the process group, after every refusal that needs no data."""
+    """This process's devices and batch share, after every refusal that needs no data. The process
+    group comes later, after the shard check (trainer/hosts.py: `init_group`)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     batch = per_process_batch(cfg.optim.global_batch, world)
     device, per_proc = cfg.run.device, cfg.run.model_parallel
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda, but no CUDA GPU is visible (driver too old for this torch?)")
+        raise TrainError(
+            f"--device cuda, but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: "
+            "check `nvidia-smi` here (the driver must support that CUDA version; in a container, "
+            "the GPU reservation and the NVIDIA Container Toolkit); --device cpu to train on the CPU"
+        )
     if want_cuda:
         need, have = (local + 1) * per_proc, torch.cuda.device_count()
         if need > have:
@@ -77,8 +83,6 @@ def setup(cfg: TrainConfig) -> Env:
             raise TrainError(f"--model-parallel {per_proc} needs {per_proc} GPUs; none is visible")
         devices = [torch.device("cpu")] * per_proc
     set_precision(cfg)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
     return Env(rank, world, local, devices, batch)
 
 

@@ -24,8 +24,8 @@ from pipeline.loader import EvalLoader, Feed, TrainLoader, epoch_seed
 from shards import layout
 from shards.reader import default_val_split, load_classes, load_dataset
 from shards.verify import preflight
-from trainer import checkpoint, finetune
-from trainer.config import TrainConfig
+from trainer import checkpoint, finetune, hosts
+from trainer.config import PER_HOST, TrainConfig
 from trainer.distributed import Env, agree, setup
 from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
@@ -183,12 +183,23 @@ def run(
     cfg, fingerprint = resolve_data(cfg)
     r = cfg.run
     splits = [r.train_split, *([r.val_split] if r.val_split else [])]
-    # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process
+    data, run_dir = Path(r.data), Path(r.out)
+    _check_out(data, run_dir)
+    # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process,
+    # and its clean result is kept beside the run too (shards mounted read-only keep no record)
     host_main = env.local_rank == 0
     say = (lambda line: print(line, flush=True)) if host_main else None
-    preflight(Path(r.data), splits, r.verify_data == "full", hash_files=host_main, say=say)
-    agree({**{k: v for k, v in cfg.flat().items() if k not in ("data", "out")}, "dataset": fingerprint}, env)
-    data, run_dir = Path(r.data), Path(r.out)
+    keep = hosts.verified_record(run_dir)
+    preflight(data, splits, r.verify_data == "full", hash_files=host_main, say=say, keep=keep)
+    hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
+    hosts.init_group(env.cuda)
+    agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, "dataset": fingerprint}, env)
+    with _run_lock(run_dir, env):
+        return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
+
+
+def _check_out(data: Path, run_dir: Path) -> None:
+    """--out is a folder of its own, not the dataset or one of its splits."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir}: exists and is not a folder")
     data_real, out_real = data.resolve(), run_dir.resolve()
@@ -198,8 +209,6 @@ def run(
         raise TrainError(
             f"--out {run_dir}: is the dataset folder or one of its splits; use a folder of its own"
         )
-    with _run_lock(run_dir, env):
-        return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
 
 
 @contextlib.contextmanager
