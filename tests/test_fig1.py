@@ -21,6 +21,7 @@ from pipeline.loader import EvalLoader, TrainLoader
 from tests.conftest import CIFAR_TGZ, alexprep, alextrain, opts
 from trainer import fig1_stats as stats
 from trainer.cli import main as cli_main
+from trainer.config import flatten
 
 
 def _digests(batches) -> list[str]:  # noqa: ANN001
@@ -126,7 +127,7 @@ def test_each_net_is_swept_by_the_criterion_then_trained_for_each_seed(straight,
         assert result["lr"] == sweep["chosen_lr"] and [r["seed"] for r in result["runs"]] == [1, 2]
         for r in result["runs"]:
             run = out / net / f"lr{result['lr']:g}-seed{r['seed']}"
-            cfg = json.loads((run / "config.json").read_text())
+            cfg = flatten(json.loads((run / "config.json").read_text()))
             assert (cfg["lrn"], cfg["activation"], cfg["seed"], cfg["lr"]) == (
                 lrn,
                 "relu",

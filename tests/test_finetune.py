@@ -140,7 +140,7 @@ def test_fine_tuning_a_two_class_run_from_a_ten_class_run_starts_better(cifar_ru
     assert tuned["train_top1_err"] < scratch["train_top1_err"]
     state = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)
     assert state["model_config"]["num_classes"] == 2
-    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == str(cifar_run)
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["run"]["init_from"] == str(cifar_run)
     # the new run's own optimiser state: the velocities of these 8 steps, not the source's
     mine = state["optimizer"]["state"]
     theirs = torch.load(cifar_run / "last.pt", weights_only=True)["optimizer"]["state"]
