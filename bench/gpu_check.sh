@@ -3,10 +3,10 @@
 # preinstalled, no network). Nothing to set up: PYTHONPATH is set here; DALI is taken from the
 # environment, else installed from carried wheels (/root/whl or .gpu/whl, see
 # ../shared/docs/GPU.md); the data is .gpu/data/imagenet, made beforehand on a machine with
-# ../shared by `bash bench/gpu_data.sh`. Ends inside 5 minutes; the table and logs go to $OUT
-# (or ./gpu-out). Rows: see bench/gpu_check.py.
+# ../shared by `bash bench/gpu_data.sh`. Its first line says whether every module imports;
+# it ends inside 5 minutes; the table and logs go to $OUT (or ./gpu-out). Rows: bench/gpu_check.py.
 #   bash bench/gpu_check.sh                  # on the GPU machine
-#   bash bench/gpu_check.sh --device cpu     # dry run of every code path, on any machine
+#   bash bench/gpu_check.sh --device cpu     # dry run of every code path at toy sizes (tests/test_gpu_check.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -27,18 +27,6 @@ if ! "$py" -c 'import nvidia.dali, webdataset' 2>/dev/null; then
     fi
   done
 fi
-# The DALI build must match the driver's CUDA major (13 on the lent machines: nvidia-dali-cuda130).
-"$py" - <<'PY' || exit 1
-import importlib.metadata as md, sys
-try:
-    import torch, nvidia.dali  # noqa: F401
-except ImportError as e:
-    sys.exit(f"gpu_check: {e}: carry DALI's wheels as ../shared/docs/GPU.md says")
-dali = [d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].startswith("nvidia-dali-cuda")]
-cuda = torch.version.cuda
-if cuda and dali and not any(n.endswith(cuda.split(".")[0] + "0") for n in dali):
-    print(f"gpu_check: warning: {dali} with torch built for CUDA {cuda}", file=sys.stderr)
-PY
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt"
 timeout "${GPU_CHECK_TIMEOUT:-290}" "$py" bench/gpu_check.py --data "$data" --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
 exit "${PIPESTATUS[0]}"

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.bench import cpu_efficiency, measure
-from pipeline.loader import LoaderOptions, TrainLoader
+from pipeline.loader import Feed, LoaderConfig, TrainLoader
 from preprocess.pca import pca_stats
 from preprocess.shard import Options, shard
 from preprocess.sources import discover
@@ -43,8 +43,8 @@ def make_bench_data(dest: Path, copies: int = 4) -> Path:
     return out
 
 
-def images_per_second(data: Path, opt: LoaderOptions, batches: int, warmup: int) -> float:
-    return measure(TrainLoader(data, opt), batches, warmup)["img_per_s"]
+def images_per_second(data: Path, opt: tuple[LoaderConfig, Feed], batches: int, warmup: int) -> float:
+    return measure(TrainLoader(data, *opt), batches, warmup)["img_per_s"]
 
 
 def main() -> None:
@@ -59,15 +59,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.data is None:
         args.data = make_bench_data(Path(tempfile.mkdtemp(prefix="alexnet-bench-")))
-    common = dict(batch_size=args.batch_size, num_threads=args.workers, device=args.device)
+    feed = Feed(batch_size=args.batch_size, device=args.device)
     names = {"reference": "reference (DataLoader + OpenCV)", "dali": "DALI"}
     wall: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(args.repeats):  # interleaved
         for backend in names:
-            opt = LoaderOptions(backend=backend, **common)
+            opt = (LoaderConfig(backend=backend, num_threads=args.workers), feed)
             wall[backend].append(images_per_second(args.data, opt, args.batches, args.warmup))
-            cpu[backend].append(cpu_efficiency(TrainLoader(args.data, opt))["img_per_cpu_s"])
+            cpu[backend].append(cpu_efficiency(TrainLoader(args.data, *opt))["img_per_cpu_s"])
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
         f"device {args.device}; batch {args.batch_size}; {args.workers} workers; "

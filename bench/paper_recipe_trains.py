@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.loader import LoaderOptions, TrainLoader
+from pipeline.loader import Feed, LoaderConfig, TrainLoader
 from shards.reader import load_classes
 from trainer.model import AlexNet, ModelConfig
 from trainer.optim import PaperSGD, param_groups
@@ -29,7 +29,9 @@ def run(data: Path, normalization: str, steps: int, batch: int, classes: int) ->
     torch.manual_seed(0)
     model = AlexNet(ModelConfig(num_classes=classes))
     opt = PaperSGD(param_groups(model, 0.0005, False), lr=0.01)
-    loader = TrainLoader(data, LoaderOptions(batch_size=batch, num_threads=2, normalization=normalization))
+    loader = TrainLoader(
+        data, LoaderConfig(num_threads=2, normalization=normalization), Feed(batch_size=batch)
+    )
     losses, logit_std, epoch = [], None, 0
     while len(losses) < steps:
         for x, y in loader.epoch(epoch):

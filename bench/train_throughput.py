@@ -40,7 +40,8 @@ from pipeline.loader import TrainLoader  # noqa: E402
 from shards.reader import DatasetError, load_classes, load_dataset  # noqa: E402
 from trainer.bench import Rate, train_rate  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.train import Env, loader_options  # noqa: E402
+from trainer.distributed import Env  # noqa: E402
+from trainer.train import feed  # noqa: E402
 
 INPUTS = ("synthetic", "dali", "reference")
 
@@ -64,20 +65,20 @@ def main() -> None:
     except (DatasetError, OSError, ValueError) as e:
         ap.error(str(e))
     crop = 224 if args.arch == "alexnet" else min(32, meta["size"])
-    cfg = TrainConfig(
+    cfg = TrainConfig.of(
         data=str(args.data),
         arch=args.arch,
         num_classes=classes,
         crop=crop,
-        batch_size=args.batch_size,
+        global_batch=args.batch_size,
         num_threads=args.threads,
         device=args.device,
     )
     dev = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
-    env = Env(0, 1, 0, [dev])
-    configs = {name: TrainConfig(**{**cfg.to_dict(), "loader": name}) for name in ("dali", "reference")}
+    env = Env(0, 1, 0, [dev], batch=args.batch_size)
+    configs = {name: cfg.replace(loader=name) for name in ("dali", "reference")}
     try:
-        loaders = {name: TrainLoader(args.data, loader_options(c, env)) for name, c in configs.items()}
+        loaders = {name: TrainLoader(args.data, c.loader, feed(c, env)) for name, c in configs.items()}
     except (DatasetError, OSError, ValueError) as e:  # e.g. fewer samples than one batch
         ap.error(str(e))
     per_epoch = loaders["dali"].steps_per_epoch

@@ -22,94 +22,21 @@ per_class=${SMOKE_PER_CLASS:-200}
 cifar=${CIFAR_TGZ:-$repo/../shared/data/cifar10-jpeg.tar.gz}
 image=alexnet2012:smoke
 project=alexnet2012-smoke
-timings=()
-current=
-t0=$(date +%s)
-
-step() { # step NAME COMMAND...: run under set -e (a failing command anywhere in it ends the
-  # script, and the EXIT trap reports the step), and time it
-  local start
-  current=$1
-  shift
-  echo "== $current: $*"
-  start=$(date +%s)
-  "$@"
-  timings+=("$(printf '%-34s %5ss  ok' "$current" "$(($(date +%s) - start))")")
-  current=
-}
+# shellcheck source=docker/lib.sh
+source docker/lib.sh
 
 report() {
   local rc=$?
   [ -n "${compose_ready:-}" ] && compose down --remove-orphans >/dev/null 2>&1 || true
-  [ -n "${current:-}" ] && timings+=("$(printf '%-34s %5s   FAILED (exit %s)' "$current" "" "$rc")")
   echo
-  echo "smoke: base $base, image $image, uid:gid $uid:$gid, $(nproc) cores"
-  printf '%s\n' "${timings[@]}"
-  printf '%-34s %5ss  %s\n' "total" "$(($(date +%s) - t0))" "$([ $rc = 0 ] && echo PASSED || echo FAILED)"
+  echo "smoke: base ${base:-?}, image $image, uid:gid $uid:$gid, $(nproc) cores"
+  print_steps "$rc"
 }
 trap report EXIT
-
-# --- the engine: Debian's docker.io, dockerd started by hand when no init system runs it
-ensure_engine() {
-  if ! command -v dockerd >/dev/null; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io
-  fi
-  if ! docker info >/dev/null 2>&1; then
-    mkdir -p "$work"
-    setsid dockerd >"$work/dockerd.log" 2>&1 < /dev/null &
-    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-    docker info >/dev/null || { tail -20 "$work/dockerd.log" >&2; return 1; }
-  fi
-}
-
-# --- Compose v2 (the plugin): Ubuntu's docker-compose-v2, or Debian's docker-compose when it
-# is v2 (trixie on), or on bookworm (whose docker-compose is the retired v1) trixie's package,
-# whose Go binary needs only libc >= 2.34.
-ensure_compose() {
-  docker compose version >/dev/null 2>&1 && return 0
-  apt-get update -q
-  if apt-cache show docker-compose-v2 >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose-v2
-  elif apt-cache policy docker-compose | grep -q 'Candidate: 2\.'; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose
-  else
-    local d
-    d=$(mktemp -d)
-    echo "deb ${DEBIAN_MIRROR:-http://deb.debian.org/debian} trixie main" > "$d/sources.list"
-    mkdir -p "$d/lists/partial"
-    local o=(-o "Dir::Etc::SourceList=$d/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$d/lists")
-    apt-get "${o[@]}" update -q
-    (cd "$d" && apt-get "${o[@]}" download docker-compose)
-    dpkg -i "$d"/docker-compose_*.deb
-    rm -rf "$d"
-  fi
-  docker compose version
-}
 
 compose() {
   docker compose -p "$project" -f docker/compose.yaml -f docker/compose.cpu.yaml --env-file "$work/smoke.env" "$@"
 }
-
-# The CIFAR-10 subset as an ImageFolder tree (train/ and test/ per class), made once.
-make_source() {
-  local src=$work/src
-  [ -f "$src/.complete" ] && return 0
-  rm -rf "$src" "$work/cifar10" && mkdir -p "$src"
-  tar -xzf "$cifar" -C "$work"
-  local split dir n
-  for split in train test; do
-    n=$per_class
-    [ "$split" = test ] && n=$((per_class / 4))
-    for dir in "$work/cifar10/$split"/*/; do
-      mkdir -p "$src/$split/$(basename "$dir")"
-      find "$dir" -name '*.jpg' | sort | awk -v n="$n" 'NR <= n' | xargs cp -t "$src/$split/$(basename "$dir")"
-    done
-  done
-  rm -rf "$work/cifar10"
-  touch "$src/.complete"
-}
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 write_env() {
   cat > "$work/smoke.env" <<EOF
@@ -125,7 +52,7 @@ SHARD_SIZE=1000
 ARCH=cifar
 CROP=32
 EPOCHS=1
-BATCH_SIZE=64
+GLOBAL_BATCH=64
 DEVICE=cpu
 MODEL_PARALLEL=1
 PROCS_PER_NODE=1
@@ -169,28 +96,17 @@ tensorboard_answers() {
   return 1
 }
 
-step "engine (docker.io, dockerd)" ensure_engine
-step "compose v2" ensure_compose
-if [ -n "${BASE_IMAGE:-}" ]; then
-  base=$BASE_IMAGE
-  docker image inspect "$base" >/dev/null
-else
-  base=alexnet2012-base:bookworm
-  step "base image (debootstrap, cached)" bash docker/base-image.sh "$base"
-fi
-py=$(docker run --rm "$base" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo 3.12)
-step "wheelhouse (CPython $py)" bash docker/wheelhouse.sh "$py"
+prepare_build
 
 # Fresh host folders owned by the (non-root) user; the source stays cached between runs.
 mkdir -p "$work"
-step "CIFAR-10 subset ($per_class/class)" make_source
+step "CIFAR-10 subset ($per_class/class)" make_source "$work/src" "$per_class" "$cifar"
 rm -rf "$work/shards" "$work/runs" "$work/root-owned"
 mkdir -p "$work/shards" "$work/runs"
 chown -R "$uid:$gid" "$work/shards" "$work/runs"
 write_env
 compose_ready=1
 
-export BASE_IMAGE=$base DOCKER_BUILDKIT=0 # the classic builder: Debian's engine has no buildx
 step "build (offline, base $base)" compose build train
 step "refuses an unwritable folder" check_refusal
 step "shard" compose run --rm --no-deps shard

@@ -26,14 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import LIGHTING_CONVENTIONS, NORMALIZATIONS
+from preprocess.paper import CROP_SIZE, LIGHTING_STD, TEN_CROP_POS  # noqa: F401 (section 4.1)
 from shards import layout
-
-CROP_SIZE = 224  # section 4.1: random 224x224 patches of the 256x256 images
-LIGHTING_STD = 0.1  # section 4.1: alpha_i ~ N(0, 0.1)
-LIGHTING_CONVENTIONS = ("cuda-convnet", "paper", "fbresnet", "off")
-NORMALIZATIONS = ("mean-image", "channel")
-# Test-time patches (section 4.1): 4 corners + centre, as relative (x, y); each is also mirrored.
-TEN_CROP_POS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))
 
 
 class StatsError(Exception):
@@ -73,6 +68,38 @@ def load_stats(out: Path) -> Stats:
     return Stats(v["mean_rgb"], v["std_rgb"], v["eigval"], v["eigvec"], mean)
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """What is subtracted (and divided) per pixel: built once from the dataset's statistics and
+    used alike by the DALI graphs, the reference loader and single images.
+
+    mean-image (section 2): the per-pixel mean image of the training set; channel: per-channel
+    mean and std (torchvision style). Unused parts are None.
+    """
+
+    mean_image: np.ndarray | None = None  # (S, S, 3) float32
+    channel_mean: np.ndarray | None = None  # (3,)
+    channel_std: np.ndarray | None = None  # (3,)
+
+    @classmethod
+    def of(cls, stats: Stats, mode: str) -> Normalization:
+        if mode == "mean-image":
+            return cls(mean_image=stats.mean_image)
+        if mode == "channel":
+            return cls(channel_mean=stats.mean_rgb, channel_std=stats.std_rgb)
+        raise ValueError(f"normalization {mode!r} not in {NORMALIZATIONS}")
+
+    def apply(self, f: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+        """float32 HWC image (+ the lighting shift) -> normalised, as every loader computes it."""
+        if self.mean_image is not None:
+            f = f - self.mean_image
+        if shift is not None:
+            f = f + shift.astype(np.float32)
+        if self.channel_mean is not None:
+            f = (f - self.channel_mean.astype(np.float32)) / self.channel_std.astype(np.float32)
+        return f
+
+
 def lighting_matrix(stats: Stats, convention: str) -> np.ndarray:
     """M (3x3, 0-255 pixel scale) such that the per-image RGB shift is M @ alpha."""
     v, lam = stats.eigvec, np.clip(stats.eigval, 0, None)
@@ -103,9 +130,7 @@ def crop_origin(pos: float, size: int, crop: int) -> int:
 
 def reference_augment(
     image: np.ndarray,
-    mean_image: np.ndarray | None,
-    channel_mean: np.ndarray | None,
-    channel_std: np.ndarray | None,
+    norm: Normalization,
     x: int,
     y: int,
     crop: int,
@@ -117,29 +142,16 @@ def reference_augment(
 
     (image - mean image) + lighting shift, cropped at (x, y), mirrored: or, with channel
     normalisation, ((image + shift) - mean_rgb) / std_rgb, cropped and mirrored; either times
-    `scale` (cuda-convnet's 1 / 1.1 after colour noise, `LoaderOptions.lighting_scale_div`).
+    `scale` (cuda-convnet's 1 / 1.1 after colour noise, `LoaderConfig.lighting_scale_div`).
     """
-    f = image.astype(np.float32)
-    if mean_image is not None:
-        f = f - mean_image
-    f = f + shift.astype(np.float32)
-    if channel_mean is not None:
-        f = (f - channel_mean.astype(np.float32)) / channel_std.astype(np.float32)
+    f = norm.apply(image.astype(np.float32), shift)
     f = f[y : y + crop, x : x + crop] * np.float32(scale)
     if flip:
         f = f[:, ::-1]
     return np.ascontiguousarray(f.transpose(2, 0, 1))
 
 
-def eval_crops(
-    rgb: np.ndarray,
-    *,
-    mean_image: np.ndarray | None,
-    channel_mean: np.ndarray | None,
-    channel_std: np.ndarray | None,
-    crop: int,
-    ten_crop: bool,
-) -> np.ndarray:
+def eval_crops(rgb: np.ndarray, norm: Normalization, *, crop: int, ten_crop: bool) -> np.ndarray:
     """The test-time crops of one stored image, [N, C, crop, crop] float32, N = 1 or 10."""
     h, w = rgb.shape[:2]
     zero = np.zeros(3)
@@ -147,9 +159,7 @@ def eval_crops(
         [
             reference_augment(
                 rgb,
-                mean_image,
-                channel_mean,
-                channel_std,
+                norm,
                 crop_origin(px, w, crop),
                 crop_origin(py, h, crop),
                 crop,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import resource
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,9 @@ import torch
 class Epochs:
     """A loader's batches, epoch after epoch, as one stream; `starts` counts the epochs begun.
 
-    The training loader builds one DALI pipeline (or forks its DataLoader workers) per epoch, so
-    an epoch start is a cost: `starts` lets a caller say how many fell inside a timed window.
+    The training loader builds one DALI pipeline (or forks its DataLoader workers) per epoch,
+    started while the previous epoch runs (`pipeline.ahead`): `starts` lets a caller say how many
+    epoch starts fell inside a timed window (their builds ran beside the timed batches).
     Anything with `.epoch(e)` works (TrainLoader, EvalLoader-like test loaders).
     """
 
@@ -106,3 +108,56 @@ def cpu_efficiency(loader, epochs: int = 1) -> dict:  # noqa: ANN001
             images += x.shape[0]
     cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
     return {"images": images, "cpu_seconds": cpu, "img_per_cpu_s": images / cpu, "img_per_s": images / wall}
+
+
+def epoch_boundaries(loader, epochs: int) -> dict:  # noqa: ANN001
+    """The gap at each epoch boundary against the steady batch time, from one run of `epochs` epochs.
+
+    `loader`: anything with `.epoch(e)` (a TrainLoader, made with `epochs=epochs` so nothing is
+    started after the last). A batch's time is when it reaches the consumer (device work
+    waited for). Steady: the median interval between consecutive batches of one epoch. Gap:
+    from the last batch of epoch e to the first of e + 1 — what a boundary costs training.
+    Epoch: the median span from an epoch's first batch to its last, so that work moved out of
+    the gap into the epoch (a build in the background on busy cores) shows up there.
+    """
+    if epochs < 2:
+        raise ValueError(f"epochs {epochs} must be >= 2 (a boundary needs two epochs)")
+    arrivals: list[list[float]] = []
+    start = time.perf_counter()
+    for e in range(epochs):
+        times = []
+        for x, _y in loader.epoch(e):
+            sync(x.device)
+            times.append(time.perf_counter())
+        arrivals.append(times)
+    intervals = [b - a for times in arrivals for a, b in itertools.pairwise(times)]
+    gaps = [arrivals[e + 1][0] - arrivals[e][-1] for e in range(epochs - 1)]
+    steady = statistics.median(intervals) if intervals else float("nan")
+    return {
+        "steps_per_epoch": len(arrivals[0]),
+        "first_batch_s": arrivals[0][0] - start,
+        "steady_s": steady,
+        "gaps_s": gaps,
+        "gap_s": statistics.median(gaps),
+        "gap_max_s": max(gaps),
+        "gap_in_batches": statistics.median(gaps) / steady,
+        "epoch_s": statistics.median(times[-1] - times[0] for times in arrivals),
+    }
+
+
+def pass_starts(loader, passes: int) -> dict:  # noqa: ANN001
+    """Time to the first batch of each of `passes` passes over an eval loader, and a pass's length."""
+    firsts, spans = [], []
+    for _ in range(passes):
+        start = first = time.perf_counter()
+        for i, (x, _y) in enumerate(loader):
+            sync(x.device)
+            if i == 0:
+                first = time.perf_counter()
+        firsts.append(first - start)
+        spans.append(time.perf_counter() - start)
+    return {
+        "first_batch_s": firsts,
+        "later_first_s": statistics.median(firsts[1:] or firsts),
+        "pass_s": statistics.median(spans),
+    }

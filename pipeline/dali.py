@@ -21,14 +21,14 @@ from collections.abc import Callable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from pipeline.augment import LIGHTING_STD, eval_windows
+from pipeline.augment import LIGHTING_STD, Normalization, eval_windows
+from pipeline.config import LoaderConfig
 
 LABEL_BYTES = 8  # `.cls` holds the class index as text; up to 8 digits
 READER_NAME = "Reader"
-DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
 
 
-def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
+def _read(tars, idxs, shard_id, num_shards, train, initial_fill, mmap: bool):
     return fn.readers.webdataset(
         paths=tars,
         index_paths=idxs,
@@ -40,6 +40,7 @@ def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
         num_shards=num_shards,
         pad_last_batch=not train,  # eval: pad instead of wrapping, the iterator trims the pad
         stick_to_shard=not train,
+        dont_use_mmap=not mmap,  # NFS/Lustre, or shards that may change under a run: no SIGBUS
         name=READER_NAME,
     )
 
@@ -70,7 +71,7 @@ def _mean_image(mean_image: np.ndarray, gpu: bool):
     )
 
 
-def _normalize(images, shift_neg, mean_image, channel_std, gpu: bool, window: dict, **cmn):
+def _normalize(images, shift_neg, mean_image, channel_std, gpu: bool, window: dict, **cmn):  # noqa: ANN001
     """(image + shift - mean) / std, mirrored, CHW, cast: one `crop_mirror_normalize`.
 
     `images` is already the crop window (train) or the whole image with `window` the crop to
@@ -80,12 +81,10 @@ def _normalize(images, shift_neg, mean_image, channel_std, gpu: bool, window: di
     std = [1.0, 1.0, 1.0] if channel_std is None else [float(v) for v in channel_std]
     if mean_image is None:
         return fn.crop_mirror_normalize(images, mean=shift_neg, std=std, **cmn, **window.get("image", {}))
-    dtype = cmn.pop("dtype")  # subtract in float32: DALI's CPU arithmetic has no float16
     image = window.get("image", {})
-    out = fn.crop_mirror_normalize(images, mean=shift_neg, std=std, dtype=types.FLOAT, **cmn, **image)
-    mean = fn.crop_mirror_normalize(_mean_image(mean_image, gpu), dtype=types.FLOAT, **cmn, **window["mean"])
-    out = out - mean
-    return out if dtype == types.FLOAT else fn.cast(out, dtype=dtype)
+    out = fn.crop_mirror_normalize(images, mean=shift_neg, std=std, **cmn, **image)
+    mean = fn.crop_mirror_normalize(_mean_image(mean_image, gpu), **cmn, **window["mean"])
+    return out - mean
 
 
 def _shift_neg(alpha, lighting: np.ndarray | None, channel_mean: np.ndarray | None):
@@ -96,26 +95,48 @@ def _shift_neg(alpha, lighting: np.ndarray | None, channel_mean: np.ndarray | No
     return fn.reshape(shift, shape=[3])
 
 
+def _random_crop_decode(jpg, cfg: LoaderConfig, size: int, crop: int, gpu: bool, draws):  # noqa: ANN001, ANN202
+    """The training graph's decode: a random crop x crop window of each JPEG, decoded alone
+    (`image_crop`), and the draws (x, y, flip, lighting alpha) the rest of the graph uses."""
+    if draws is None:
+        steps = size - crop
+        positions = [i / steps for i in range(steps + 1)] if steps else [0.0]  # whole pixels
+        x = fn.random.uniform(values=positions)
+        y = fn.random.uniform(values=positions)
+        flip = fn.random.coin_flip(probability=0.5 if cfg.mirror else 0.0)
+        alpha = fn.random.normal(shape=[1, 3], stddev=LIGHTING_STD)
+    else:
+        x, y, flip, alpha = fn.external_source(source=draws, num_outputs=4, batch=True)
+    window = _window(crop, x, y)
+    images = fn.decoders.image_crop(
+        jpg, output_type=types.RGB, **window, **_decoder(gpu, cfg.hw_decoder_load)
+    )
+    return images, (x, y, flip, alpha)
+
+
+@pipeline_def(enable_conditionals=False)
+def crop_decode_pipeline(
+    tars: list[str], idxs: list[str], *, cfg: LoaderConfig, size: int, crop: int, gpu: bool
+):
+    """The training graph's read and random-crop decode alone: bench/gpu_check.py's decode rates
+    (with and without the hardware decoder: `cfg.hw_decoder_load`) are the training graph's."""
+    jpg, _cls = _read(tars, idxs, 0, 1, True, cfg.shuffle_buffer, cfg.mmap)
+    return _random_crop_decode(jpg, cfg, size, crop, gpu, None)[0]
+
+
 @pipeline_def(enable_conditionals=False)
 def train_pipeline(
     tars: list[str],
     idxs: list[str],
     *,
-    shard_id: int,
-    num_shards: int,
+    part: tuple[int, int],
+    cfg: LoaderConfig,
+    norm: Normalization,
+    lighting: np.ndarray | None,
     size: int,
     crop: int,
-    lighting: np.ndarray | None,
-    scale: float,
-    mean_image: np.ndarray | None,
-    channel_mean: np.ndarray | None,
-    channel_std: np.ndarray | None,
-    dtype: str,
     gpu: bool,
-    hw_decoder_load: float,
-    initial_fill: int,
     draws: Callable | None = None,
-    mirror: bool = True,
     mean_on_host: bool = False,
 ):
     """Random crop + mirror + PCA lighting + mean subtraction (paper, section 4.1), times `scale`.
@@ -125,28 +146,19 @@ def train_pipeline(
     in torch: DALI's CPU arithmetic on a per-sample cropped constant costs ~30 % of this graph,
     an in-place torch subtraction of a strided view a fraction of that. The GPU graph keeps it.
     """
-    jpg, cls = _read(tars, idxs, shard_id, num_shards, True, initial_fill)
-    if draws is None:
-        steps = size - crop
-        positions = [i / steps for i in range(steps + 1)] if steps else [0.0]  # whole pixels
-        x = fn.random.uniform(values=positions)
-        y = fn.random.uniform(values=positions)
-        flip = fn.random.coin_flip(probability=0.5 if mirror else 0.0)
-        alpha = fn.random.normal(shape=[1, 3], stddev=LIGHTING_STD)
-    else:
-        x, y, flip, alpha = fn.external_source(source=draws, num_outputs=4, batch=True)
+    jpg, cls = _read(tars, idxs, *part, True, cfg.shuffle_buffer, cfg.mmap)
+    images, (x, y, flip, alpha) = _random_crop_decode(jpg, cfg, size, crop, gpu, draws)
     window = _window(crop, x, y)
-    images = fn.decoders.image_crop(jpg, output_type=types.RGB, **window, **_decoder(gpu, hw_decoder_load))
     out = _normalize(
         images,
-        _shift_neg(alpha, lighting, channel_mean),
-        None if mean_on_host else mean_image,
-        channel_std,
+        _shift_neg(alpha, lighting, norm.channel_mean),
+        None if mean_on_host else norm.mean_image,
+        norm.channel_std,
         gpu,
         {"mean": window},
         mirror=flip,
-        scale=scale,
-        dtype=types.FLOAT if mean_on_host else DALI_DTYPES[dtype],
+        scale=1.0 / cfg.lighting_scale_div,
+        dtype=types.FLOAT,
         output_layout="CHW",
     )
     if mean_on_host:
@@ -159,31 +171,27 @@ def eval_pipeline(
     tars: list[str],
     idxs: list[str],
     *,
-    shard_id: int,
-    num_shards: int,
+    part: tuple[int, int],
+    cfg: LoaderConfig,
+    norm: Normalization,
     crop: int,
     ten_crop: bool,
-    mean_image: np.ndarray | None,
-    channel_mean: np.ndarray | None,
-    channel_std: np.ndarray | None,
-    dtype: str,
     gpu: bool,
-    hw_decoder_load: float,
 ):
     """Centre crop, or the paper's 10 crops (4 corners + centre, each mirrored) as [10, C, H, W]."""
-    jpg, cls = _read(tars, idxs, shard_id, num_shards, False, 1)
-    images = fn.decoders.image(jpg, output_type=types.RGB, **_decoder(gpu, hw_decoder_load))
-    mean = [0.0, 0.0, 0.0] if channel_mean is None else [float(v) for v in channel_mean]
+    jpg, cls = _read(tars, idxs, *part, False, 1, cfg.mmap)
+    images = fn.decoders.image(jpg, output_type=types.RGB, **_decoder(gpu, cfg.hw_decoder_load))
+    mean = [0.0, 0.0, 0.0] if norm.channel_mean is None else [float(v) for v in norm.channel_mean]
     crops = [
         _normalize(
             images,
             mean,
-            mean_image,
-            channel_std,
+            norm.mean_image,
+            norm.channel_std,
             gpu,
             {"image": _window(crop, x, y), "mean": _window(crop, x, y)},
             mirror=int(m),
-            dtype=DALI_DTYPES[dtype],
+            dtype=types.FLOAT,
             output_layout="CHW",
         )
         for x, y, m in eval_windows(ten_crop)

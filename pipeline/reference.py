@@ -30,7 +30,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.augment import LIGHTING_STD, eval_crops, reference_augment
+from pipeline.augment import LIGHTING_STD, Normalization, eval_crops, reference_augment
+from pipeline.errors import DamagedSampleError
 from pipeline.order import rank_shards
 from shards import layout
 from shards.index import Member, read_index
@@ -49,7 +50,6 @@ def _before_fork() -> None:
 
 def _decode(sample: dict) -> tuple[np.ndarray, int]:
     """RGB pixels and label of a stored sample; DamagedSampleError naming shard and key if not."""
-    from pipeline.loader import DamagedSampleError
 
     where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
     try:
@@ -72,9 +72,7 @@ class Augment:
         size: int,
         crop: int,
         lighting: np.ndarray | None,
-        mean_image: np.ndarray | None,
-        channel_mean: np.ndarray | None,
-        channel_std: np.ndarray | None,
+        norm: Normalization,
         ten_crop: bool,
         scale: float = 1.0,
         seed: int,
@@ -82,23 +80,11 @@ class Augment:
     ):
         self.mirror = mirror
         self.train, self.size, self.crop, self.ten_crop, self.seed = train, size, crop, ten_crop, seed
-        self.lighting, self.mean_image = lighting, mean_image
-        self.channel_mean, self.channel_std = channel_mean, channel_std
+        self.lighting, self.norm = lighting, norm
         self.scale = scale
 
     def _one(self, rgb: np.ndarray, x: int, y: int, flip: bool, shift: np.ndarray) -> np.ndarray:
-        return reference_augment(
-            rgb,
-            self.mean_image,
-            self.channel_mean,
-            self.channel_std,
-            x,
-            y,
-            self.crop,
-            flip,
-            shift,
-            self.scale,
-        )
+        return reference_augment(rgb, self.norm, x, y, self.crop, flip, shift, self.scale)
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int]:
         rgb, label = _decode(sample)
@@ -110,14 +96,7 @@ class Augment:
             alpha = rng.normal(0.0, LIGHTING_STD, size=3)
             shift = self.lighting @ alpha if self.lighting is not None else zero
             return torch.from_numpy(self._one(rgb, int(x), int(y), flip, shift)), label
-        crops = eval_crops(
-            rgb,
-            mean_image=self.mean_image,
-            channel_mean=self.channel_mean,
-            channel_std=self.channel_std,
-            crop=self.crop,
-            ten_crop=self.ten_crop,
-        )
+        crops = eval_crops(rgb, self.norm, crop=self.crop, ten_crop=self.ten_crop)
         return torch.from_numpy(crops if self.ten_crop else crops[0]), label
 
 
@@ -189,8 +168,10 @@ def reference_loader(
     rank: int,
     world: int,
     workers: int,
+    persistent: bool = False,
 ) -> DataLoader:
-    """One eval pass over this rank's shards, in stored order."""
+    """Eval passes over this rank's shards, in stored order (`persistent`: the workers are kept
+    between passes; each pass re-reads the same shards in the same order)."""
     _before_fork()
     ds = wds.WebDataset(
         urls,
@@ -204,6 +185,6 @@ def reference_loader(
         ds,
         batch_size=batch_size,
         num_workers=workers,
-        persistent_workers=False,
+        persistent_workers=persistent and workers > 0,
         pin_memory=torch.cuda.is_available(),
     )

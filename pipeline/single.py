@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.augment import Stats, eval_crops
+from pipeline.augment import Normalization, Stats, eval_crops
 from preprocess.image import (
     IMAGE_SIZE,
     JPEG_QUALITY,
@@ -66,11 +66,7 @@ def image_input(
     """(the stored RGB image, the network input [1, C, H, W] or [1, 10, C, H, W]);
     `limits`: (max pixels, max bytes) of the source, as `alexprep shard`'s."""
     rgb = stored_rgb(source, size, *limits)
-    if normalization == "mean-image":
-        norm = dict(mean_image=stats.mean_image, channel_mean=None, channel_std=None)
-    elif normalization == "channel":
-        norm = dict(mean_image=None, channel_mean=stats.mean_rgb, channel_std=stats.std_rgb)
-    else:
-        raise ValueError(f"normalization {normalization!r} not mean-image|channel")
-    x = torch.from_numpy(eval_crops(rgb, crop=crop, ten_crop=ten_crop, **norm))
+    x = torch.from_numpy(
+        eval_crops(rgb, Normalization.of(stats, normalization), crop=crop, ten_crop=ten_crop)
+    )
     return rgb, (x[None] if ten_crop else x)

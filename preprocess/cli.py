@@ -12,11 +12,14 @@ from pathlib import Path
 
 import click
 
-# Defaults repeated here (not imported) so `--help` imports no OpenCV/numpy; a test checks they
-# equal preprocess.image's and preprocess.shard's.
-IMAGE_SIZE, JPEG_QUALITY = 256, 90
-DEFAULT_SHARD_SIZE, DEFAULT_SEED = 2500, 0
-MAX_PIXELS, MAX_BYTES = 100_000_000, 64 * 2**20
+from preprocess.defaults import (  # imports nothing heavy: --help stays instant
+    DEFAULT_SEED,
+    DEFAULT_SHARD_SIZE,
+    IMAGE_SIZE,
+    JPEG_QUALITY,
+    MAX_BYTES,
+    MAX_PIXELS,
+)
 
 
 def image_limit_options(f):  # noqa: ANN001, ANN201

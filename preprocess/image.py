@@ -20,14 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# Section 2 of the paper: shorter side -> 256, central 256x256 patch.
-IMAGE_SIZE = 256
-JPEG_QUALITY = 90
-# Bounds on what one input may cost, checked before decoding (from the file's header) so a
-# decompression bomb is one rejected input, not a dead run: 100 megapixels is 300 MB decoded
-# per worker and above any ILSVRC-2012 image; 64 MiB is 4x the largest ILSVRC file.
-MAX_PIXELS = 100_000_000
-MAX_BYTES = 64 * 2**20
+from preprocess.defaults import IMAGE_SIZE, JPEG_QUALITY, MAX_BYTES, MAX_PIXELS  # noqa: F401 (re-exported)
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"

@@ -34,16 +34,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from preprocess.defaults import DEFAULT_SEED, DEFAULT_SHARD_SIZE
 from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, MAX_BYTES, MAX_PIXELS, RejectedImage, process_file
 from preprocess.sources import Source, clean_name
 from shards import layout
 from shards.verify import shard_problem
 from shards.writer import MANIFEST_SCHEMA, ShardWriter, shard_record
-
-# ILSVRC-2012 train: 1,281,167 images / 2,500 = 513 shards of ~70 MB at 256px q90: big enough
-# for sequential reads, enough shards to spread over 64 ranks x 8 reader threads.
-DEFAULT_SHARD_SIZE = 2500
-DEFAULT_SEED = 0
 
 
 class ShardError(Exception):

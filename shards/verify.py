@@ -105,10 +105,11 @@ def _stamps(out: Path, meta: dict, splits: Sequence[str]) -> dict[str, list[int]
     return stamps
 
 
-def _verified(out: Path, meta: dict, splits: Sequence[str]) -> bool:
-    """Does verified.json vouch for the current bytes (same plan; sizes and mtimes unchanged)?"""
+def _verified(out: Path, meta: dict, splits: Sequence[str], record_path: Path | None = None) -> bool:
+    """Does verified.json (or `record_path`) vouch for the current bytes (same plan; sizes and
+    mtimes unchanged)?"""
     try:
-        record = layout.read_json(out / layout.VERIFIED_JSON)
+        record = layout.read_json(record_path or out / layout.VERIFIED_JSON)
         if record.get("plan_sha256") != meta.get("plan_sha256"):
             return False
         stamps = record.get("files", {})
@@ -156,13 +157,15 @@ def preflight(
     full: bool = False,
     hash_files: bool = True,
     say: Callable[[str], None] | None = None,
+    keep: Path | None = None,
 ) -> None:
     """Check the shards of `splits` under `data` before training on them.
 
     Always: the structural check (fast, stat + index header). Then, with `full=True` or when
     `alexprep verify` (or an earlier clean pass of this) has not vouched for the current files,
     every tar is hashed against the SHA-256 recorded when it was written; a clean pass is
-    recorded in verified.json where `data` is writable, so the next start skips it.
+    recorded in verified.json where `data` is writable, so the next start skips it; `keep` (a
+    file beside the run, for shards mounted read-only) holds the same record and vouches too.
     `hash_files=False` (the other processes of a host: one hashing pass per host is enough)
     stops after the structural check. `say` hears, before it starts, why the slow pass runs.
     Raises DatasetError if `data` is not a complete dataset or lacks a split, DamagedDataError
@@ -170,7 +173,8 @@ def preflight(
     """
     check_structure(data, splits)
     meta = _checked(data, splits)
-    if not hash_files or (not full and _verified(data, meta, splits)):
+    records = [None] if keep is None else [None, keep]  # None: data/verified.json
+    if not hash_files or (not full and any(_verified(data, meta, splits, r) for r in records)):
         return
     before = _stamps_or_none(data, meta, splits)
     if say:
@@ -192,6 +196,8 @@ def preflight(
         raise _damaged(data, problems, bad)
     if before is not None and before == _stamps_or_none(data, meta, splits):
         _record_verified(data, meta, before)
+        if keep is not None:
+            _record_verified(data, meta, before, keep)
 
 
 def check_shard(job: tuple[str, int, dict[str, tuple[str, int, bytes]]]) -> tuple[int, list[str]]:
@@ -337,11 +343,12 @@ def _stamps_or_none(out: Path, meta: dict, splits: Sequence[str]) -> dict | None
         return None
 
 
-def _record_verified(out: Path, meta: dict, stamps: dict) -> None:
+def _record_verified(out: Path, meta: dict, stamps: dict, path: Path | None = None) -> None:
     """Note the verified files for `preflight` (beside those of other splits verified under the
-    same plan); a read-only OUT simply keeps no record."""
+    same plan) in OUT/verified.json or `path`; a read-only place simply keeps no record."""
+    path = path or out / layout.VERIFIED_JSON
     try:
-        record = layout.read_json(out / layout.VERIFIED_JSON)
+        record = layout.read_json(path)
         kept = record["files"] if record.get("plan_sha256") == meta.get("plan_sha256") else {}
         kept = kept if isinstance(kept, dict) else {}
     except (layout.LayoutError, OSError, AttributeError, KeyError, TypeError):
@@ -352,6 +359,6 @@ def _record_verified(out: Path, meta: dict, stamps: dict) -> None:
         "files": {**kept, **stamps},
     }
     try:
-        layout.write_json(out / layout.VERIFIED_JSON, record)
+        layout.write_json(path, record)
     except (OSError, layout.LayoutError):
         pass

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -87,8 +88,43 @@ def cifar_shards(tmp_path_factory, cifar_root) -> Path:
     return out
 
 
-def alextrain(*args: object, check: bool = True) -> subprocess.CompletedProcess:
-    return _cli("trainer.cli", args, check)
+def alextrain(*args: object, check: bool = True, real_process: bool = False) -> CompletedProcess:
+    """`alextrain ARGS`: in this process by click's CliRunner (torch is imported once, not per
+    call), or with `subprocess=True` as a real process where that is the point (signals, exit
+    codes of a dying process, what a fresh interpreter imports)."""
+    if real_process:
+        return _cli("trainer.cli", args, check)
+    return _in_process("trainer.cli", args, check)
+
+
+def _in_process(module: str, args: tuple, check: bool) -> CompletedProcess:
+    import importlib
+    import traceback
+    import warnings
+
+    from click.testing import CliRunner
+
+    main = importlib.import_module(module).main
+    argv = [str(a) for a in args]
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    formatwarning = warnings.formatwarning  # the CLI sets its one-line format for its own run
+    with warnings.catch_warnings():  # printed as a fresh process would, not recorded by pytest
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        try:
+            result = CliRunner().invoke(main, argv, prog_name=module.split(".")[0])
+        finally:
+            warnings.formatwarning = formatwarning
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))  # as Python would print it
+    proc = CompletedProcess([module, *argv], result.exit_code, result.stdout, stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {argv} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +170,18 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
             item.add_marker(pytest.mark.slow)
 
 
+def opts(**kw: object) -> tuple:
+    """(LoaderConfig, Feed) from one set of keywords: `TrainLoader(data, *opts(batch_size=4, ...))`."""
+    from dataclasses import fields
+
+    from pipeline.loader import Feed, LoaderConfig
+
+    feed = {f.name for f in fields(Feed)}
+    return LoaderConfig(**{k: v for k, v in kw.items() if k not in feed}), Feed(
+        **{k: v for k, v in kw.items() if k in feed}
+    )
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """The demo's drawn images, small (10 classes x 12 train + 4 val; preprocess.demo), sharded at
@@ -164,7 +212,7 @@ def demo_run(demo_data) -> Path:
 
     run = demo_data / "run"
     args = ["run", "--data", demo_data / "shards", "--out", run, "--arch", "cifar", "--epochs", 2]
-    args += ["--batch-size", 16, "--lr", 0.003, "--num-threads", 1, "--quiet"]
+    args += ["--global-batch", 16, "--lr", 0.003, "--num-threads", 1, "--quiet"]
     result = CliRunner().invoke(main, list(map(str, args)), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     (demo_data / "run.log").write_text(result.output)  # what the user saw (tests/test_report.py)

@@ -48,7 +48,7 @@ def tiny_run(tiny, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("tiny-run") / "run"
     cli(
         "run", "--data", tiny, "--out", run, "--arch", "cifar", "--crop", 32, "--epochs", 1,
-        "--batch-size", 8, "--num-threads", 1, "--quiet",
+        "--global-batch", 8, "--num-threads", 1, "--quiet",
     )  # fmt: skip
     return run
 
@@ -81,8 +81,11 @@ def _help_records(command: click.Command) -> dict[str, tuple[str, str]]:
 
 
 def test_shared_options_read_the_same_in_every_command():
-    shared = {"data": "data", "device": "device", "num_threads": "num_threads", "batch_size": "batch_size"}
-    shared |= {"as_json": "json", "json_out": "json_out"}
+    from trainer.config import FIELDS
+
+    shared = {"data": HELP["data"], "batch_size": "Images per batch.", "as_json": HELP["json"]}
+    shared |= {"json_out": HELP["json_out"]}
+    shared |= {k: FIELDS[k].metadata["help"] for k in ("device", "num_threads")}  # = run's own
     seen = {k: 0 for k in shared}
     for name, command in main.commands.items():
         records = _help_records(command)
@@ -92,7 +95,7 @@ def test_shared_options_read_the_same_in_every_command():
                 continue
             if param in shared:
                 seen[param] += 1
-                assert text.startswith(HELP[shared[param]]), (name, flags, text)
+                assert text.startswith(shared[param]), (name, flags, text)
         if "as_json" in records:
             assert records["as_json"][0] == "--json" and "json_out" in records, name
             assert records["json_out"][0].startswith("--json-out"), name
@@ -437,8 +440,8 @@ def test_predict_and_neighbors_use_the_runs_normalization(tiny, tiny_run, tmp_pa
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("features-*"))
     for name in ("best.pt", "last.pt"):
         state = torch.load(run / name, weights_only=True)
-        assert state["config"]["normalization"] == "mean-image"
-        state["config"]["normalization"] = "channel"
+        assert state["config"]["loader"]["normalization"] == "mean-image"
+        state["config"]["loader"]["normalization"] = "channel"
         torch.save(state, run / name)
     image = tiny / "src" / "val" / "dog" / "0000.jpg"
     probs = [

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -75,17 +76,28 @@ def test_compose_file_is_valid():
     assert train["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "shm_size" in train and "--auto-resume" in train["command"]
     assert services["shard"]["volumes"][0].endswith(":ro")
-    # a config error must not restart forever; a one-off stage never restarts
-    assert train["restart"] == "on-failure:3" and services["tensorboard"]["restart"] == "on-failure:3"
+    # restarts are the job's (Docker never resets the count): a budget for many crashes, not 3;
+    # a one-off stage never restarts
+    assert train["restart"] == "on-failure:${RESTARTS:-20}"
+    assert services["tensorboard"]["restart"] == "on-failure:3"
     assert services["shard"]["restart"] == "no"
+    # the rendezvous cannot mis-elect: static, keyed by NODE_RANK, node 0 holds the store; whole-job
+    # restarts (a crashed host's fresh torchrun could not match its peers' worker restarts)
+    command = train["command"]
+    assert "--rdzv-backend=static" in command and "--node-rank=${NODE_RANK:-0}" in command
+    assert "--master-addr=${MASTER_ADDR:-127.0.0.1}" in command and "--max-restarts=0" in command
+    assert not any(a.startswith("--rdzv-endpoint") for a in command)
+    # a GPU host whose GPUs torch cannot use stops instead of training on the CPU
+    assert "--device=${DEVICE:-cuda}" in command
     # nvJPEG's hardware decoder needs the driver's `video` capability
     for name in ("train", "eval"):
         assert "video" in services[name]["environment"]["NVIDIA_DRIVER_CAPABILITIES"].split(",")
-    # no interface is imposed on NCCL/Gloo (bare metal has no eth0): passed through only when set
-    for var in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
-        assert train["environment"][var] is None
+    # no interface is imposed (bare metal has no eth0); NCCL is kept off bridges it would not skip
+    assert train["environment"]["GLOO_SOCKET_IFNAME"] is None
+    assert train["environment"]["NCCL_SOCKET_IFNAME"] == "${NCCL_SOCKET_IFNAME:-^lo,docker,br-,virbr,veth}"
     ib = yaml.safe_load((ROOT / "docker" / "compose.ib.yaml").read_text())["services"]["train"]
     assert ib["ulimits"]["memlock"] == -1 and "/dev/infiniband:/dev/infiniband" in ib["devices"]
+    assert ib["environment"]["NCCL_NET"] == "IB"  # IB or a failure, never a silent TCP fallback
     # every stage runs as the host user from docker/.env, and writes only where it checks it can
     for name, service in services.items():
         assert service["user"] == "${UID:-1000}:${GID:-1000}", name
@@ -127,6 +139,38 @@ def test_docker_compose_accepts_both_files():
         assert proc.returncode == 0, proc.stderr
         services = json.loads(proc.stdout)["services"]
         assert ("deploy" in services["train"]) == ("compose.cpu.yaml" not in files)
+
+
+@pytest.mark.skipif(
+    subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0
+    if shutil.which("docker")
+    else True,
+    reason="no docker compose v2 here",
+)
+def test_two_node_override_makes_a_host_of_its_own():
+    """docker/two-node.sh's override: no host network or IPC, a hostname resolvable by the peer."""
+    files = ["compose.yaml", "compose.cpu.yaml", "compose.two-node.yaml"]
+    args = [a for f in files for a in ("-f", str(ROOT / "docker" / f))]
+    env = {**os.environ, "NODE_HOSTNAME": "host-b", "NODE_IP": "172.30.77.10", "CLUSTER_NETWORK": "net"}
+    proc = subprocess.run(
+        [
+            "docker",
+            "compose",
+            *args,
+            "--env-file",
+            str(ROOT / "docker" / ".env.example"),
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    train = json.loads(proc.stdout)["services"]["train"]
+    assert "network_mode" not in train and "ipc" not in train and train["hostname"] == "host-b"
+    assert train["networks"]["cluster"] == {"ipv4_address": "172.30.77.10", "aliases": ["host-b"]}
 
 
 def test_every_compose_command_parses():
@@ -247,6 +291,24 @@ def test_entrypoint_names_an_unwritable_folder(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert f"{locked} is not writable by uid:gid 65534:65534 (owner: 0:0)" in proc.stderr
         assert "UID" in proc.stderr and "GID" in proc.stderr
+
+
+def test_a_restarted_container_waits_before_torchrun(tmp_path):
+    """The restart policy starts the same container again (its /tmp kept): that start waits
+    ALEX_RESTART_DELAY, so every host's old torchrun (and node 0's old store) is gone first."""
+    env = {**os.environ, "ALEX_RESTART_DELAY": "1", "TMPDIR": str(tmp_path)}
+    cmd = ["sh", str(ROOT / "docker" / "entrypoint.sh"), "echo", "ran"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert first.returncode == 0 and first.stdout == "ran\n"
+    start = time.monotonic()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert time.monotonic() - start >= 1
+    assert again.returncode == 0 and again.stdout.splitlines() == [
+        "alexnet2012: restarted; waiting 1 s for every host's previous torchrun to stop",
+        "ran",
+    ]
+    train = yaml.safe_load(COMPOSE.read_text())["services"]["train"]
+    assert train["environment"]["ALEX_RESTART_DELAY"] == "${RESTART_DELAY:-30}"
 
 
 def test_shell_scripts_parse():

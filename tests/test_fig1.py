@@ -1,70 +1,27 @@
-"""`alextrain fig1`: Figure 1 under the paper's conditions (per-net lr sweep, no regularisation)."""
+"""`alextrain fig1`: Figure 1's machinery on real CIFAR-10 shards at tiny settings: each net's lr
+swept by the caption's criterion, seeds, named runs, flags, resume after a kill, and Figure 1's
+input (no mirror, no lighting)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
-from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader
-from tests.conftest import alexprep, alextrain
-from trainer.ablations import EXTEND, best_lr, common_level, epochs_to, ratio_lines, ratios
-
-
-def test_epochs_to_target_and_the_ratio_or_its_lower_bound():
-    rows = [{"epoch": e, "train_top1_err": err} for e, err in enumerate([0.7, 0.4, 0.24, 0.2])]
-    assert epochs_to(rows, 0.25) == 3 and epochs_to(rows, 0.5) == 2 and epochs_to(rows, 0.1) is None
-    relu = {"epochs_to_25pct_train_error": 3, "epochs_to_50pct_train_error": 2, "train_error": [0] * 4}
-    tanh = {"epochs_to_25pct_train_error": None, "epochs_to_50pct_train_error": 8, "train_error": [0] * 12}
-    r = ratios({"relu": relu, "tanh": tanh})
-    assert r["tanh_over_relu_at_50pct"] == {"ratio": 4.0, "bound": "="}
-    assert r["tanh_over_relu_at_25pct"] == {"ratio": 4.0, "bound": ">"}  # 12 epochs and not there
-    short = {**tanh, "train_error": [0] * 3}  # stopped by epoch 3, where ReLU got there: no bound
-    assert "tanh_over_relu_at_25pct" not in ratios({"relu": relu, "tanh": short})
-    assert ratios({"relu": {**relu, "epochs_to_25pct_train_error": None}, "tanh": tanh})[
-        "tanh_over_relu_at_50pct"
-    ] == {"ratio": 4.0, "bound": "="}
-    # the lowest level both reached: tanh's best 0.41 (epoch 6); ReLU was at or below it at epoch 2
-    relu_err, tanh_err = [0.55, 0.40, 0.37, 0.30], [0.61, 0.50, 0.48, 0.45, 0.43, 0.41, 0.42]
-    common = common_level(relu_err, tanh_err)
-    assert common == {"level": 0.41, "relu": 2, "tanh": 6, "ratio": 3.0}
-    assert common_level(tanh_err, relu_err) == {"level": 0.41, "relu": 6, "tanh": 2, "ratio": 2 / 6}
-    both = ratios({"relu": {**relu, "train_error": relu_err}, "tanh": {**tanh, "train_error": tanh_err}})
-    assert both["tanh_over_relu_at_common_level"] == common
-
-
-def test_the_lrn_pair_gets_its_own_ratios_and_each_ratio_one_line():
-    """relu-lrn/tanh-lrn is Figure 1 with LRN: its ratios sit beside the literal pair's, each
-    printed once (the same lines in fig1's output and fig1.md)."""
-
-    def net(to25: int | None, to50: int, epochs: int) -> dict:
-        to = {"epochs_to_25pct_train_error": to25, "epochs_to_50pct_train_error": to50}
-        return {**to, "train_error": [0.3] * epochs}
-
-    relu, tanh, relu_lrn, tanh_lrn = net(34, 2, 40), net(None, 3, 40), net(7, 2, 15), net(35, 4, 40)
-    only_literal = ratios({"relu": relu, "tanh": tanh, "relu-lrn": relu_lrn})
-    assert not any(k.startswith("tanh_lrn") for k in only_literal)  # no tanh-lrn run: no LRN pair
-    r = ratios({"relu": relu, "tanh": tanh, "relu-lrn": relu_lrn, "tanh-lrn": tanh_lrn})
-    assert r["tanh_over_relu_at_25pct"] == {"ratio": 40 / 34, "bound": ">"}
-    assert r["tanh_lrn_over_relu_lrn_at_25pct"] == {"ratio": 5.0, "bound": "="}
-    assert r["tanh_lrn_over_relu_lrn_at_50pct"] == {"ratio": 2.0, "bound": "="}
-    lines = ratio_lines({**r, "paper_ratio_at_25pct": 6.0})
-    assert "tanh / relu epochs to 25 % training error: > 1.18" in lines
-    assert "tanh-lrn / relu-lrn epochs to 25 % training error: 5.00" in lines
-    assert lines[-1] == "paper, at 25 %: about 6" and len(lines) == len(set(lines))
-
-
-def test_best_lr_is_the_lowest_training_error_and_never_a_diverged_run():
-    rows = [
-        {"lr": 0.003, "train_top1_err": 0.7, "diverged": False},
-        {"lr": 0.01, "train_top1_err": 0.6, "diverged": False},
-        {"lr": 0.03, "train_top1_err": 0.5, "diverged": True},
-    ]
-    assert best_lr(rows) == 0.01
-    assert best_lr([{**r, "diverged": True} for r in rows]) is None
+from pipeline.loader import EvalLoader, TrainLoader
+from tests.conftest import CIFAR_TGZ, alexprep, alextrain, opts
+from trainer import fig1_stats as stats
+from trainer.cli import main as cli_main
+from trainer.config import flatten
 
 
 def _digests(batches) -> list[str]:  # noqa: ANN001
@@ -82,116 +39,186 @@ def test_no_mirror_and_no_lighting_train_batches_are_the_plain_images(backend, c
     out = tmp_path / "shards"
     alexprep("shard", tmp_path / "src", out, "--size", 32, "--quiet")
     alexprep("pca-stats", out, "--quiet")
-    opt = LoaderOptions(
-        batch_size=32, backend=backend, crop=32, lighting="off", num_threads=1, rank=0, world=1
-    )
-    plain = set(_digests(EvalLoader(out, opt, split="train")))
+    opt = opts(batch_size=32, backend=backend, crop=32, lighting="off", num_threads=1, rank=0, world=1)
+    plain = set(_digests(EvalLoader(out, *opt, split="train")))
     assert len(plain) == 64
-    off = _digests(TrainLoader(out, LoaderOptions(**{**opt.__dict__, "mirror": False})).epoch(0))
+    off = _digests(
+        TrainLoader(
+            out,
+            *opts(
+                batch_size=32,
+                backend=backend,
+                crop=32,
+                lighting="off",
+                num_threads=1,
+                rank=0,
+                world=1,
+                mirror=False,
+            ),
+        ).epoch(0)
+    )
     assert len(off) == 64 and set(off) <= plain
-    on = _digests(TrainLoader(out, opt).epoch(0))
+    on = _digests(TrainLoader(out, *opt).epoch(0))
     assert 10 < len(set(on) - plain) < 54  # mirrored ones: Binomial(64, 1/2)
 
 
 @pytest.fixture(scope="module")
-def small_cifar(cifar_root, tmp_path_factory) -> Path:
-    """3 real CIFAR-10 classes, 256 train + 64 test images each: fig1's machinery in seconds."""
-    src = tmp_path_factory.mktemp("small-src")
-    for split, n in (("train", 256), ("test", 64)):
-        for name in ("airplane", "cat", "frog"):
-            (src / split / name).mkdir(parents=True)
-            for f in sorted((cifar_root / split / name).iterdir())[:n]:
-                (src / split / name / f.name).symlink_to(f)
-    out = tmp_path_factory.mktemp("small") / "shards"
+def tiny(tmp_path_factory) -> Path:
+    """3 real CIFAR-10 classes, 256 train + 64 test images each, streamed from the archive: few
+    enough for seconds per run, easy enough that 8 steps leave chance behind."""
+    if not CIFAR_TGZ.is_file():
+        pytest.skip(f"{CIFAR_TGZ} not present")
+    src = tmp_path_factory.mktemp("fig1-src")
+    per_split = {"train": 256, "test": 64}
+    with tarfile.open(CIFAR_TGZ) as tf:
+        for m in tf:
+            parts = Path(m.name).parts  # cifar10/<split>/<class>/0123.jpg
+            if m.isfile() and len(parts) == 4 and parts[2] in ("airplane", "cat", "frog"):
+                if parts[1] in per_split and int(parts[3][:4]) < per_split[parts[1]]:
+                    dest = src.joinpath(*parts[1:])
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(tf.extractfile(m).read())
+    out = tmp_path_factory.mktemp("fig1-tiny") / "shards"
     alexprep("shard", src, out, "--size", 32, "--quiet")
     alexprep("pca-stats", out, "--quiet")
     return out
 
 
-@pytest.mark.slow
-def test_fig1_sweeps_each_net_and_trains_under_the_papers_conditions(small_cifar, tmp_path):
-    args = (
-        "fig1",
-        "--data",
-        small_cifar,
-        "--out",
-        tmp_path,
-        "--epochs",
-        2,
-        "--tanh-epochs",
-        3,
-        "--variants",
-        "relu,tanh,relu-lrn,tanh-lrn",
-        "--lrs",
-        "0.001,0.01",
-        "--sweep-steps",
-        3,
-        "--sweep-epochs",
-        2,
-        "--steps-per-epoch",
-        4,
-        "--num-threads",
-        2,
-        "--quiet",
-    )
-    proc = alextrain(*args)
+ARGS = (
+    ("--nets", "relu,relu-lrn,relu-scale", "--lrs", "0.00316,0.01", "--sweep-epochs", 2, "--epochs", 3),
+    ("--seeds", 2, "--steps-per-epoch", 4, "--num-threads", 2, "--quiet"),
+)
+
+
+def _fig1(data: Path, out: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return alextrain("fig1", "--data", data, "--out", out, *ARGS[0], *ARGS[1], check=check)
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("fig1") / "out"
+    return out, _fig1(tiny, out).stdout
+
+
+@pytest.mark.slow  # ~14 runs: minutes on 2 shared cores
+def test_each_net_is_swept_by_the_criterion_then_trained_for_each_seed(straight, tiny):
+    out, stdout = straight
+    summary = json.loads((out / "ablation.json").read_text())
+    assert summary["complete"] and summary["protocol"]["seeds"] == [1, 2]
+    for net, lrn in (("relu", "off"), ("relu-lrn", "cuda-convnet"), ("relu-scale", "scale")):
+        sweep = summary["sweep"][net]
+        lrs = [p["lr"] for p in sweep["points"]]
+        assert {0.00316, 0.01} <= set(lrs) and lrs == sorted(lrs) and len(lrs) <= 4
+        for p in sweep["points"]:  # each point: seed 0, 2 epochs, read from its own run folder
+            run = out / net / f"lr{p['lr']:g}-seed0"
+            assert p["train_error"] == [r["train_top1_err"] for r in _rows(run)]
+            assert len(p["train_error"]) == 2
+            assert f"fig1: {net}, sweep point lr {p['lr']:g}, seed 0: epochs 1-2 of 2" in stdout
+        ok = [p for p in sweep["points"] if p["flag"] is None]
+        assert (
+            sweep["chosen_lr"]
+            == min(ok, key=lambda p: (*stats.sweep_rank(p["train_error"], 2), p["lr"]))["lr"]
+        )
+        result = summary["nets"][net]
+        assert result["lr"] == sweep["chosen_lr"] and [r["seed"] for r in result["runs"]] == [1, 2]
+        for r in result["runs"]:
+            run = out / net / f"lr{result['lr']:g}-seed{r['seed']}"
+            cfg = flatten(json.loads((run / "config.json").read_text()))
+            assert (cfg["lrn"], cfg["activation"], cfg["seed"], cfg["lr"]) == (
+                lrn,
+                "relu",
+                r["seed"],
+                result["lr"],
+            )
+            assert (cfg["weight_decay"], cfg["mirror"], cfg["lighting"], cfg["max_drops"]) == (
+                0.0,
+                False,
+                "off",
+                0,
+            )
+            assert (
+                r["train_error"] == [x["train_top1_err"] for x in _rows(run)] and len(r["train_error"]) == 3
+            )
+            assert f"fig1: {net}, final lr {result['lr']:g}, seed {r['seed']}: epochs 1-3 of 3" in stdout
+        # seeds differ (init and data order), so the band has a width
+        assert result["runs"][0]["train_error"] != result["runs"][1]["train_error"]
+    assert set(summary["ratios"]) == {
+        "relu_over_relu_lrn",
+        "relu_scale_over_relu_lrn",
+    }  # LRN vs none, vs gain
+    assert all(r["fast"] == "relu-lrn" for r in summary["ratios"].values())
+    assert "sweep relu (epochs to 25 % within 2, seed 0):" in stdout and "relu-scale lr" in stdout
+    assert Image.open(out / "fig1.png").size == (600, 400)
+    table = (out / "fig1.md").read_text()
+    assert table.count("**chosen**") == 3 and "Final runs: seeds 1, 2 (3 epochs each" in table
+    assert not list(out.glob("**/.*.tmp"))
+
+
+@pytest.mark.slow  # ~14 runs again
+def test_killed_fig1_resumes_to_the_same_numbers_and_a_finished_one_only_rereads(straight, tiny, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "trainer.cli", "fig1", "--data", str(tiny), "--out", str(out)]
+    cmd += [str(a) for a in (*ARGS[0], *ARGS[1])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    started = 0
+    for line in proc.stdout:  # kill -9 once the third run has started: two are done, one is half
+        started += line.startswith("starting:")
+        if started == 3:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    again = _fig1(tiny, out).stdout
+    assert "fig1: relu, sweep point lr 0.00316, seed 0: 2 epochs done, read back" in again
+    straight_out, straight_stdout = straight
+    mine, theirs = (json.loads((d / "ablation.json").read_text()) for d in (out, straight_out))
+    assert mine["sweep"] == theirs["sweep"] and mine["nets"] == theirs["nets"]
+    tail = lambda s: s[s.index("sweep relu (") : s.index("wrote ")]  # noqa: E731 (not the paths)
+    assert tail(again) == tail(straight_stdout)
+    third = _fig1(tiny, out).stdout  # everything on disk: nothing trains
+    assert "starting:" not in third and "resuming" not in third and tail(third) == tail(again)
+
+
+@pytest.mark.slow  # ~15 s on 2 cores
+def test_diverged_sweep_points_are_flagged_and_never_chosen(tiny, tmp_path):
+    args = ["fig1", "--data", tiny, "--out", tmp_path, "--nets", "relu", "--lrs", "3,9"]
+    proc = alextrain(*args, "--sweep-epochs", 1, "--steps-per-epoch", 2, "--num-threads", 2, "--quiet")
     summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert set(summary["sweep"]["nets"]) == {"relu", "tanh"}  # relu-lrn takes relu's lr, tanh-lrn tanh's
-    for net, s in summary["sweep"]["nets"].items():
-        lrs = [r["lr"] for r in s["rows"]]
-        assert {0.001, 0.01} <= set(lrs) and lrs == sorted(lrs)
-        assert all(r["steps"] == 6 and r["epochs"] == 2 for r in s["rows"])  # 2 epochs of 3 steps
-        for r in s["rows"]:  # judged on the last epoch's training error
-            metrics = tmp_path / "sweep" / f"{net}-lr{r['lr']:g}" / "metrics.jsonl"
-            rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-            assert len(rows) == 2 and r["train_top1_err"] == rows[-1]["train_top1_err"]
-        ok = [r for r in s["rows"] if not r["diverged"]]
-        assert s["best_lr"] == min(ok, key=lambda r: r["train_top1_err"])["lr"]
-        # a best at an end of the grid extends it by x3 there, up to EXTEND times
-        assert len(lrs) <= 2 + EXTEND and (len(lrs) == 2 + EXTEND or lrs[0] < s["best_lr"] < lrs[-1])
-        assert set(lrs) <= {0.0001, 0.0003, 0.001, 0.01, 0.03, 0.09}
-        assert f"sweep {net}" in proc.stdout
-    variants = summary["variants"]
-    assert [len(variants[n]["train_error"]) for n in ("relu", "tanh", "relu-lrn", "tanh-lrn")] == [2, 3, 2, 3]
-    for net in ("relu", "tanh"):
-        assert variants[f"{net}-lrn"]["lr"] == variants[net]["lr"] == summary["sweep"]["nets"][net]["best_lr"]
-    lrns = (("relu", "off"), ("tanh", "off"), ("relu-lrn", "cuda-convnet"), ("tanh-lrn", "cuda-convnet"))
-    for name, lrn in lrns:
-        cfg = json.loads((tmp_path / f"{name}-lr{variants[name]['lr']:g}" / "config.json").read_text())
-        assert (cfg["lrn"], cfg["weight_decay"], cfg["mirror"], cfg["lighting"]) == (lrn, 0.0, False, "off")
-        assert cfg["max_drops"] == 0 and cfg["lr"] == variants[name]["lr"] and cfg["arch"] == "cifar"
-    assert Image.open(tmp_path / "fig1.png").size == (600, 400)
-    assert "epochs to 25% train err" in proc.stdout
-    assert "(fixed: --max-drops 0)" in proc.stdout and "plateau" not in proc.stdout  # Figure 1: one lr
-    table = (tmp_path / "fig1.md").read_text()
-    assert table.count("**chosen**") == 2 and f"| tanh | {variants['tanh']['lr']:g} | 3 |" in table
-    # every run is on disk: a second call trains nothing and reports the same numbers
-    again = alextrain(*args).stdout
-    assert "global batch" not in again  # no run started
-    assert again[again.index("sweep relu") :] == proc.stdout[proc.stdout.index("sweep relu") :]
-    assert json.loads((tmp_path / "ablation.json").read_text()) == summary
-    assert not list(Path(tmp_path).glob("**/.*.tmp"))
-    assert table.startswith("Weights: paper init") and summary["conditions"]["init"] == "paper"
-
-    # cuda-convnet's init, one lr (no sweep); the same folder with another init is refused, not mixed
-    other = tmp_path / "ccn"
-    quick = ("fig1", "--data", small_cifar, "--out", other, "--variants", "relu", "--lrs", "0.01")
-    alextrain(
-        *quick, "--epochs", 1, "--steps-per-epoch", 2, "--num-threads", 2, "--quiet", "--init", "cuda-convnet"
+    points = summary["sweep"]["relu"]["points"]
+    assert all(p["flag"] in ("diverged", "at chance") for p in points), points
+    assert summary["sweep"]["relu"]["chosen_lr"] is None and summary["nets"] == {}
+    assert (
+        "never chosen" in proc.stdout
+        and "relu: every sweep point diverged or stayed at chance" in proc.stdout
     )
-    assert json.loads((other / "relu-lr0.01" / "config.json").read_text())["init"] == "cuda-convnet"
-    assert (other / "fig1.md").read_text().startswith("Weights: cuda-convnet init")
-    for epochs in (1, 2):  # a finished run is not re-reported as if it were this one, nor resumed
-        refused = alextrain(*quick, "--epochs", epochs, "--steps-per-epoch", 2, "--quiet", check=False)
-        assert refused.returncode == 2 and "init (checkpoint 'cuda-convnet', now 'paper')" in refused.stderr
+    assert f"{points[0]['lr']:g}: {points[0]['flag'].upper()}" in proc.stdout
 
 
-@pytest.mark.slow  # over ~20 s on 2 cores
-def test_fig1_user_errors(tmp_path):
+def test_fig1_user_errors_are_one_line_before_any_work(tmp_path):
     for flags, message in (
-        (["--variants", "relu,sigmoid"], "--variants: unknown or none ['sigmoid']"),
+        (["--nets", "relu,sigmoid"], "--nets: unknown or none ['sigmoid']"),
+        (["--nets", "relu,relu"], "--nets: relu, relu names a net twice"),
         (["--lrs", "0.01,fast"], "--lrs: '0.01,fast' is not a comma-separated list of numbers"),
         (["--lrs", "0.01,-1"], "each learning rate must be in (0, 10)"),
+        (
+            ["--lrs", "0.001,0.01"],
+            "--lrs: 0.001 -> 0.01 is a step of 10.00x; the grid steps by at most sqrt(10)",
+        ),
     ):
-        proc = alextrain("fig1", "--data", tmp_path, "--out", tmp_path / "o", *flags, check=False)
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        args = ["fig1", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *flags]
+        result = CliRunner().invoke(cli_main, args)
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_fig1_without_matplotlib_stops_before_training(tmp_path, monkeypatch):
+    """Hours of training and then no figure: refused at once, naming the extra."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    args = ["fig1", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli_main, args)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "matplotlib is not installed; pip install 'alexnet2012[figures]'" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -10,10 +10,10 @@ import torch
 
 from tests.conftest import alexprep, alextrain
 from trainer import checkpoint
-from trainer.finetune import FineTuneError, init_from
+from trainer.finetune import FineTuneError, describe, init_from
 from trainer.model import AlexNet, ModelConfig, build_model
 
-CIFAR = dict(arch="cifar", input_size=32)
+CIFAR = dict(arch="cifar", crop=32)
 
 
 def _save(model: torch.nn.Module, cfg: ModelConfig, path: Path) -> Path:
@@ -53,6 +53,7 @@ def test_new_sixth_conv_layer_keeps_its_init_and_the_rest_is_copied(tmp_path):
     conv6 = {k: v.clone() for k, v in new.state_dict().items() if k.startswith("conv6.")}
     result = init_from(new, path, cfg)
     assert sorted(result["reinitialised"]) == sorted(conv6)
+    assert "RANDOM conv6" in describe(result)  # the other path than the paper's, said plainly
     # fc6 sees conv6's output, of the same shape as pool5's, so it is copied like the rest
     assert torch.equal(new.fc6.parts[0].weight, src.fc6.parts[0].weight)
     assert all(torch.equal(new.state_dict()[k], v) for k, v in conv6.items())
@@ -63,12 +64,30 @@ def test_new_sixth_conv_layer_keeps_its_init_and_the_rest_is_copied(tmp_path):
     } == {"conv6"}
 
 
+def test_a_fresh_conv6_under_trained_layers_is_said_plainly_and_the_paper_route_is_not_warned():
+    """1 CNN*: pre-trained with conv6 (copied like any layer, only the classifier is new) is the
+    documented route; a source without conv6 puts a random conv6 under a trained fc6."""
+    copied = ["conv1.parts.0.weight", "conv5.parts.0.weight", "fc6.parts.0.weight"]
+    paper_route = {"checkpoint": "pre/best.pt", "copied": [*copied, "conv6.parts.0.weight"], "ignored": []}
+    line = describe({**paper_route, "reinitialised": ["fc8.weight", "fc8.bias"]})
+    assert line == "init from pre/best.pt: 4 tensors copied; new init: fc8" and "\n" not in line
+    other = describe({**paper_route, "copied": copied, "reinitialised": ["conv6.parts.0.weight"]})
+    first, note = other.split("\n")
+    assert first == "init from pre/best.pt: 3 tensors copied; new init: conv6"
+    assert note.startswith("note: the source has no conv6, so this run puts a RANDOM conv6")
+    assert "pre-train with --extra-conv, then fine-tune with --extra-conv --init-from" in note
+    # nothing trained to sit on top of (every tensor new): no note
+    assert "\n" not in describe(
+        {"checkpoint": "x.pt", "copied": [], "ignored": [], "reinitialised": ["conv6.w"]}
+    )
+
+
 def test_incompatible_sources_are_refused_by_name(tmp_path):
     cifar_cfg = ModelConfig(num_classes=10, **CIFAR)
     path = _save(build_model(cifar_cfg), cifar_cfg, tmp_path / "c.pt")
     with pytest.raises(FineTuneError, match="needs the same arch"):
         init_from(AlexNet(ModelConfig(towers=1)), path, ModelConfig(towers=1))
-    small = ModelConfig(num_classes=10, arch="cifar", input_size=24)  # fc's input differs
+    small = ModelConfig(num_classes=10, arch="cifar", crop=24)  # fc's input differs
     with pytest.raises(FineTuneError, match=r"fc.weight has shape \(10, 576\), this model needs \(10, 256\)"):
         init_from(build_model(small), path, small)
     with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
@@ -121,7 +140,7 @@ def test_fine_tuning_a_two_class_run_from_a_ten_class_run_starts_better(cifar_ru
     assert tuned["train_top1_err"] < scratch["train_top1_err"]
     state = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)
     assert state["model_config"]["num_classes"] == 2
-    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == str(cifar_run)
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["run"]["init_from"] == str(cifar_run)
     # the new run's own optimiser state: the velocities of these 8 steps, not the source's
     mine = state["optimizer"]["state"]
     theirs = torch.load(cifar_run / "last.pt", weights_only=True)["optimizer"]["state"]

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import alexprep, alextrain
+from trainer.config import TrainConfig
 
 SIZE = "16"
 
@@ -102,8 +103,8 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
-CIFAR3 = {"arch": "cifar", "num_classes": 3, "input_size": 32}
-RUN = {"crop": 32, "normalization": "mean-image"}
+CIFAR3 = {"arch": "cifar", "num_classes": 3, "crop": 32}
+RUN = TrainConfig.of(arch="cifar", crop=32).to_dict()
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,7 @@ RUN = {"crop": 32, "normalization": "mean-image"}
         ({"model_config": {**CIFAR3, "colour": 1}, "model": {}, "config": RUN}, "malformed model_config"),
         (
             {"model_config": CIFAR3, "model": [1], "config": {"crop": 32}},
-            "no config with crop, normalization",
+            "not an alextrain 0.2 checkpoint (no config with",
         ),
         ({"model_config": CIFAR3, "model": [1], "config": RUN}, "weights do not fit its architecture"),
         ({"model_config": CIFAR3, "model": {"x": 1}, "config": RUN}, "weights do not fit its architecture"),
@@ -144,7 +145,7 @@ def test_init_from_a_malformed_checkpoint_is_one_line(tiny_data, tmp_path, conte
     torch.save(content, bad)
     proc = alextrain(
         "run", "--data", tiny_data, "--out", tmp_path / "run", "--arch", "cifar", "--epochs", 1,
-        "--init-from", bad, "--batch-size", 4, "--loader", "reference", "--num-threads", 1, "--quiet",
+        "--init-from", bad, "--global-batch", 4, "--loader", "reference", "--num-threads", 1, "--quiet",
         check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "not an alextrain checkpoint" in proc.stderr, proc.stderr
@@ -186,7 +187,7 @@ def test_kernels_of_a_checkpoint_without_tensors_is_one_line(tmp_path, weights):
 
 def test_two_runs_on_one_out_at_once_one_is_refused_and_each_epoch_is_listed_once(tiny_data, tmp_path):
     out = tmp_path / "run"
-    args = ["--data", tiny_data, "--out", out, "--arch", "cifar", "--batch-size", 3]
+    args = ["--data", tiny_data, "--out", out, "--arch", "cifar", "--global-batch", 3]
     args += ["--loader", "reference", "--num-threads", 1, "--quiet"]
     cmd = [sys.executable, "-m", "trainer.cli", "run", *map(str, args)]
     # the first runs until stopped, so that the second meets it however slowly it starts
@@ -222,7 +223,7 @@ def test_a_refused_run_leaves_no_folder_behind(tiny_data, tmp_path):
         "--arch",
         "cifar",
         "--resume",
-        "--batch-size",
+        "--global-batch",
         3,
         check=False,
     )
@@ -329,7 +330,7 @@ def test_a_run_inside_the_dataset_or_a_split_is_refused(tiny_data, where):
         out,
         "--arch",
         "cifar",
-        "--batch-size",
+        "--global-batch",
         3,
         "--epochs",
         1,

@@ -9,8 +9,13 @@ import torch
 from torch import nn
 
 from trainer.model import (
+    LRN_ALPHA,
+    LRN_BETA,
+    LRN_K,
+    LRN_SIZE,
     AlexNet,
     CifarNet,
+    ConstantScale,
     Float32LRN,
     ModelConfig,
     PaperDropout,
@@ -79,18 +84,18 @@ def test_paper_and_inverted_dropout_same_function_different_gradient_scale():
     assert grads[0]["fc8.weight"].abs().sum() > 0
 
 
-def test_dropout_mode_is_recorded_and_legacy_checkpoints_load_inverted():
+def test_a_saved_model_config_is_checked_not_read_as_the_default_net():
+    from trainer.config import ConfigError
+
     assert ModelConfig().dropout_mode == "paper"
-    assert ModelConfig().to_dict()["dropout_mode"] == "paper"
-    legacy = {k: v for k, v in ModelConfig().to_dict().items() if k != "dropout_mode"}
-    assert ModelConfig.from_dict(legacy).dropout_mode == "inverted"
-    assert ModelConfig.from_dict(ModelConfig().to_dict()).dropout_mode == "paper"
+    assert ModelConfig.from_dict(ModelConfig(num_classes=10).to_dict()) == ModelConfig(num_classes=10)
     for key in ("arch", "num_classes"):  # damaged, not "the default 1000-class alexnet"
-        with pytest.raises(TypeError, match=f"no {key}"):
+        with pytest.raises(ConfigError, match=f"no {key}"):
             ModelConfig.from_dict({k: v for k, v in ModelConfig().to_dict().items() if k != key})
-    assert isinstance(AlexNet(ModelConfig.from_dict(legacy)).drop, nn.Dropout)
-    with pytest.raises(ValueError, match="dropout_mode 'half' not in"):
-        build_model(ModelConfig(dropout_mode="half"))
+    with pytest.raises(ConfigError, match=r"--dropout-mode \(dropout_mode\) = 'half': not one of"):
+        ModelConfig.from_dict({**ModelConfig().to_dict(), "dropout_mode": "half"})
+    with pytest.raises(ConfigError, match="unknown keys"):  # a 0.1 checkpoint's input_size
+        ModelConfig.from_dict({**ModelConfig().to_dict(), "input_size": 224})
 
 
 def test_lrn_keeps_its_adaptive_term_under_bf16_autocast():
@@ -109,7 +114,7 @@ def test_float32_lrn_is_torch_lrn_in_float32_and_stays_float32_under_autocast():
     assert torch.equal(Float32LRN(**params)(x), nn.LocalResponseNorm(**params)(x))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = Float32LRN(**params)(x.bfloat16())
-        logits = build_model(ModelConfig(arch="cifar", num_classes=10, input_size=32))(
+        logits = build_model(ModelConfig(arch="cifar", num_classes=10, crop=32))(
             torch.randn(2, 3, 32, 32) * 60
         )
     assert out.dtype == torch.float32
@@ -154,7 +159,7 @@ def test_cifar_init_choices_set_each_layers_std():
     stds = {
         init: [
             m.weight.std().item()
-            for m in CifarNet(ModelConfig(arch="cifar", input_size=32, init=init)).modules()
+            for m in CifarNet(ModelConfig(arch="cifar", crop=32, init=init)).modules()
             if isinstance(m, (nn.Conv2d, nn.Linear))
         ]
         for init in ("paper", "cuda-convnet")
@@ -162,19 +167,35 @@ def test_cifar_init_choices_set_each_layers_std():
     assert stds["paper"] == pytest.approx([0.01] * 4, rel=0.1)
     assert stds["cuda-convnet"] == pytest.approx([1e-4, 0.01, 0.01, 0.01], rel=0.1)
     with pytest.raises(ValueError, match="init 'he' not in"):
-        CifarNet(ModelConfig(arch="cifar", input_size=32, init="he"))
+        CifarNet(ModelConfig(arch="cifar", crop=32, init="he"))
 
 
-def test_init_is_refused_for_alexnet_and_old_checkpoints_resume_as_paper_init():
-    from trainer.checkpoint import config_changes
-    from trainer.config import ConfigError, TrainConfig
+def test_init_is_refused_for_alexnet_and_a_changed_init_is_refused_on_resume():
+    from trainer.config import ConfigError, TrainConfig, config_changes
 
     with pytest.raises(ConfigError, match=r"--init \(init\) = 'cuda-convnet': cuda-convnet is the cifar"):
-        TrainConfig(init="cuda-convnet").check()
-    TrainConfig(arch="cifar", init="cuda-convnet").check()
-    now = TrainConfig(arch="cifar").to_dict()
-    old = {k: v for k, v in now.items() if k != "init"}  # written before the setting existed
-    assert config_changes(old, now) == []
-    assert config_changes(old, {**now, "init": "cuda-convnet"}) == [
+        TrainConfig.of(init="cuda-convnet").check()
+    TrainConfig.of(arch="cifar", init="cuda-convnet").check()
+    now = TrainConfig.of(arch="cifar")
+    assert config_changes(now.to_dict(), now) == []
+    assert config_changes(now.to_dict(), now.replace(init="cuda-convnet")) == [
         "init (checkpoint 'paper', now 'cuda-convnet')"
     ]
+
+
+def test_lrn_scale_is_lrns_constant_gain_without_its_normalisation():
+    """`--lrn scale` (Figure 1's control): x * 2^-0.75 where LRN would be. LRN equals it for quiet
+    units and departs from it for loud ones; a ReLU net with zero biases is positively
+    homogeneous, so two scalings give its logits exactly x 2^-1.5."""
+    c = LRN_K**-LRN_BETA
+    lrn, scale = Float32LRN(LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K), ConstantScale()
+    quiet, loud = torch.full((1, 8, 2, 2), 0.01), torch.full((1, 8, 2, 2), 100.0)
+    assert torch.allclose(lrn(quiet), scale(quiet), rtol=1e-6) and torch.equal(scale(quiet), quiet * c)
+    assert (scale(loud) / lrn(loud)).min() > 1.1  # LRN divides loud neighbourhoods by more
+    torch.manual_seed(0)
+    off = CifarNet(ModelConfig(arch="cifar", num_classes=10, crop=32, lrn="off"))
+    torch.manual_seed(0)
+    scaled = CifarNet(ModelConfig(arch="cifar", num_classes=10, crop=32, lrn="scale"))
+    assert [type(m) for m in scaled.body].count(ConstantScale) == 2
+    x = torch.randn(4, 3, 32, 32) * 60
+    assert torch.allclose(scaled(x), off(x) * c**2, rtol=1e-4, atol=1e-7)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -12,10 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import StatsError, crop_origin, lighting_matrix, load_stats, reference_augment
-from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, parse_labels
+from pipeline.augment import (
+    Normalization,
+    StatsError,
+    crop_origin,
+    lighting_matrix,
+    load_stats,
+    reference_augment,
+)
+from pipeline.loader import EvalLoader, TrainLoader, parse_labels
 from shards.reader import DatasetError, iter_shard, shard_paths
-from tests.conftest import alexprep
+from tests.conftest import alexprep, opts
 
 
 def _jpegs_by_label(out: Path) -> dict[int, bytes]:
@@ -55,8 +61,8 @@ def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, di
     # host: the CPU graph (mean image subtracted in torch); not host: the GPU graph, run on the CPU
     out, batch = imagenet_with_stats, 16
     draws = Draws(batch, 256, 224)
-    opt = LoaderOptions(batch_size=batch, num_threads=2, normalization=normalization, lighting_scale_div=div)
-    loader = TrainLoader(out, opt, draws=draws)
+    opt = opts(batch_size=batch, num_threads=2, normalization=normalization, lighting_scale_div=div)
+    loader = TrainLoader(out, *opt, draws=draws)
     assert loader.mean_on_host == (normalization == "mean-image")
     loader.mean_on_host = host
     x, y = next(loader.epoch(0))
@@ -67,9 +73,7 @@ def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, di
     for i, label in enumerate(y.tolist()):
         expected = reference_augment(
             _rgb(jpegs[label]),
-            stats.mean_image if normalization == "mean-image" else None,
-            stats.mean_rgb if normalization == "channel" else None,
-            stats.std_rgb if normalization == "channel" else None,
+            Normalization.of(stats, normalization),
             int(draws.px[i]),
             int(draws.py[i]),
             224,
@@ -83,7 +87,7 @@ def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, di
 def test_cpu_batches_own_their_memory(imagenet_with_stats):
     # The CPU graph yields DALI's own output buffers (no copy): a batch kept by the caller must
     # not change while the pipeline goes on producing, within the epoch and into the next one.
-    loader = TrainLoader(imagenet_with_stats, LoaderOptions(batch_size=16, num_threads=2, prefetch=2))
+    loader = TrainLoader(imagenet_with_stats, *opts(batch_size=16, num_threads=2, prefetch=2))
     assert loader.mean_on_host
     kept = []
     for epoch in range(2):
@@ -152,8 +156,8 @@ def test_lighting_noise_has_the_intended_covariance(gray_shards, convention):
     eigvec = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
     eigval = [400.0, 100.0, 9.0]
     _write_stats(gray_shards, 32, eigval, eigvec, mean_rgb=(128, 128, 128))
-    opt = LoaderOptions(batch_size=48, num_threads=2, crop=24, normalization="channel", lighting=convention)
-    loader = TrainLoader(gray_shards, opt)
+    opt = opts(batch_size=48, num_threads=2, crop=24, normalization="channel", lighting=convention)
+    loader = TrainLoader(gray_shards, *opt)
     # flat grey 128 minus the channel mean 128: every pixel of an output is the lighting shift
     shifts = []
     for epoch in range(40):
@@ -182,8 +186,8 @@ def test_ten_crop_geometry(tmp_path, backend):
     alexprep("shard", tmp_path / "src", tmp_path / "out", "--quality", 100, "--quiet", "--split", "val")
     _write_stats(tmp_path / "out", 256, [1, 1, 1], np.eye(3))
     for crop in (224, 227):
-        opt = LoaderOptions(batch_size=1, num_threads=1, crop=crop, backend=backend)
-        x, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="val", ten_crop=True)))
+        opt = opts(batch_size=1, num_threads=1, crop=crop, backend=backend)
+        x, _ = next(iter(EvalLoader(tmp_path / "out", *opt, split="val", ten_crop=True)))
         assert x.shape == (1, 10, 3, crop, crop)
         corners = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
         for k, (px, py) in enumerate(corners):
@@ -193,7 +197,7 @@ def test_ten_crop_geometry(tmp_path, backend):
                 left = r[:, -1] if m else r[:, 0]  # mirrored: the left edge is now on the right
                 assert abs(left.mean() - ox) < 0.5, (crop, k, m)
                 assert abs(g[0].mean() - oy) < 0.5, (crop, k, m)
-        centre, _ = next(iter(EvalLoader(tmp_path / "out", opt, split="val")))
+        centre, _ = next(iter(EvalLoader(tmp_path / "out", *opt, split="val")))
         assert torch.equal(centre[0], x[0, 8])
 
 
@@ -214,10 +218,8 @@ def test_eval_epoch_sees_every_sample_exactly_once(unique_label_shards, backend)
         for batch in (1, 3, 5, 8):
             seen = []
             for rank in range(world):
-                opt = LoaderOptions(
-                    batch_size=batch, num_threads=1, crop=16, backend=backend, rank=rank, world=world
-                )
-                for x, y in EvalLoader(unique_label_shards, opt, split="train"):
+                opt = opts(batch_size=batch, num_threads=1, crop=16, backend=backend, rank=rank, world=world)
+                for x, y in EvalLoader(unique_label_shards, *opt, split="train"):
                     assert len(y) <= batch and x.shape[0] == len(y)
                     seen += y.tolist()
             assert sorted(seen) == list(range(37)), (backend, world, batch)
@@ -230,23 +232,16 @@ def test_ranks_read_disjoint_parts_that_cover_the_split(unique_label_shards, bac
             for epoch in (0, 1):
                 seen = []
                 for rank in range(world):
-                    opt = LoaderOptions(
+                    opt = opts(
                         batch_size=batch, num_threads=2, crop=12, backend=backend, rank=rank, world=world
                     )
-                    loader = TrainLoader(unique_label_shards, opt)
+                    loader = TrainLoader(unique_label_shards, *opt)
                     batches = list(loader.epoch(epoch))
                     assert len(batches) == loader.steps_per_epoch == 37 // (world * batch)
                     assert all(len(y) == batch for _, y in batches)
                     seen += [v for _, y in batches for v in y.tolist()]
                 # disjoint, and at most one batch per rank left out of the 37
                 assert len(seen) == len(set(seen)) > 37 - world * batch, (backend, world, batch, epoch)
-
-
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_output_dtypes(unique_label_shards, dtype):
-    opt = LoaderOptions(batch_size=4, num_threads=1, crop=12, dtype=dtype)
-    x, y = next(TrainLoader(unique_label_shards, opt).epoch(0))
-    assert x.dtype == getattr(torch, dtype) and x.shape == (4, 3, 12, 12) and y.dtype == torch.int64
 
 
 def test_parse_labels():
@@ -259,24 +254,22 @@ def test_clear_errors_for_missing_stats_and_index(unique_label_shards, tmp_path)
     shutil.copytree(unique_label_shards, out)
     (out / "stats.json").unlink()
     with pytest.raises(StatsError, match="stats.json: missing; run `alexprep pca-stats"):
-        TrainLoader(out, LoaderOptions(batch_size=2, crop=12))
+        TrainLoader(out, *opts(batch_size=2, crop=12))
     (out / "train" / "train-000001.idx").unlink()
     with pytest.raises(DatasetError, match=r"train-000001.idx: index file missing"):
-        EvalLoader(
-            out, LoaderOptions(batch_size=2, crop=12, normalization="channel", lighting="off"), split="train"
-        )
+        EvalLoader(out, *opts(batch_size=2, crop=12, normalization="channel", lighting="off"), split="train")
 
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])
 def test_resume_mid_epoch_yields_the_tail_of_the_full_epoch(unique_label_shards, backend):
     for rank, world in ((0, 1), (1, 2)):
-        opt = LoaderOptions(batch_size=3, num_threads=2, crop=12, backend=backend, rank=rank, world=world)
-        loader = TrainLoader(unique_label_shards, opt)
+        opt = opts(batch_size=3, num_threads=2, crop=12, backend=backend, rank=rank, world=world)
+        loader = TrainLoader(unique_label_shards, *opt)
         full = [(x.clone(), y.clone()) for x, y in loader.epoch(2)]
         assert len(full) == loader.steps_per_epoch
         assert not torch.equal(full[0][0], full[1][0])  # distinct batches, not one reused buffer
         for k in (1, loader.steps_per_epoch - 1, loader.steps_per_epoch):
-            tail = list(TrainLoader(unique_label_shards, opt).epoch(2, start_step=k))
+            tail = list(TrainLoader(unique_label_shards, *opt).epoch(2, start_step=k))
             assert len(tail) == len(full) - k
             for (x, y), (fx, fy) in zip(tail, full[k:], strict=True):
                 assert torch.equal(x, fx) and torch.equal(y, fy), (backend, rank, k)
@@ -286,16 +279,16 @@ def test_resume_mid_epoch_yields_the_tail_of_the_full_epoch(unique_label_shards,
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])
 def test_cuda_convnet_divides_the_noisy_training_image_by_1_1(unique_label_shards, backend):
-    base = LoaderOptions(batch_size=4, num_threads=1, crop=12, backend=backend, normalization="channel")
-    plain, _ = next(TrainLoader(unique_label_shards, base).epoch(3))
-    divided, _ = next(TrainLoader(unique_label_shards, replace(base, lighting_scale_div=1.1)).epoch(3))
+    base = dict(batch_size=4, num_threads=1, crop=12, backend=backend, normalization="channel")
+    plain, _ = next(TrainLoader(unique_label_shards, *opts(**base)).epoch(3))
+    divided, _ = next(TrainLoader(unique_label_shards, *opts(**base, lighting_scale_div=1.1)).epoch(3))
     torch.testing.assert_close(divided * 1.1, plain, atol=1e-4, rtol=1e-5)
     assert plain.abs().max() > 1  # the comparison is not between zeros
     # eval has no colour noise, so nothing to undo there; without noise the option is refused
-    x, _ = next(iter(EvalLoader(unique_label_shards, replace(base, lighting_scale_div=1.1), split="train")))
+    x, _ = next(iter(EvalLoader(unique_label_shards, *opts(**base, lighting_scale_div=1.1), split="train")))
     assert x.shape[1:] == (3, 12, 12)
-    with pytest.raises(ValueError, match="lighting_scale_div 1.1 needs lighting noise"):
-        TrainLoader(unique_label_shards, replace(base, lighting="off", lighting_scale_div=1.1))
+    with pytest.raises(ValueError, match=r"--lighting-scale-div \(lighting_scale_div\) = 1.1 divides after"):
+        TrainLoader(unique_label_shards, *opts(**base, lighting="off", lighting_scale_div=1.1))
 
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])
@@ -313,8 +306,8 @@ def test_one_user_image_is_what_the_eval_loader_sees(imagenet_with_stats, tmp_pa
     for f in ("stats.json", "mean_image.npy"):
         shutil.copy(imagenet_with_stats / f, out / f)
     stats = load_stats(out)
-    opt = LoaderOptions(batch_size=3, num_threads=1, backend=backend, normalization=normalization)
-    (x, y), *_ = EvalLoader(out, opt, split="val", ten_crop=True)
+    opt = opts(batch_size=3, num_threads=1, backend=backend, normalization=normalization)
+    (x, y), *_ = EvalLoader(out, *opt, split="val", ten_crop=True)
     wnids = [c["wnid"] for c in json.loads((out / "classes.json").read_text())]
     for i, label in enumerate(y.tolist()):
         path = next(tmp_path / "src" / n for n in names if n.startswith(wnids[label]))
@@ -341,22 +334,22 @@ def test_a_damaged_stored_jpeg_is_named_not_a_crash(unique_label_shards, tmp_pat
     with open(tar, "r+b") as f:  # the JPEG header zeroed after sharding: no decoder reads it
         f.seek(jpg.offset)
         f.write(bytes(16))
-    opt = LoaderOptions(batch_size=4, num_threads=2, crop=12, backend=backend)
+    opt = opts(batch_size=4, num_threads=2, crop=12, backend=backend)
     key = jpg.name.split(".")[0]
     where = rf"{tar}: sample {key}: the stored JPEG does not decode" if backend == "reference" else None
     where = where or rf"{out}/train: reading the shards failed \(.+\); .* run `alexprep verify {out}`"
     with pytest.raises(DamagedSampleError, match=where):
-        list(TrainLoader(out, opt).epoch(0))
+        list(TrainLoader(out, *opt).epoch(0))
     with pytest.raises(DamagedSampleError, match=where):
-        list(EvalLoader(out, opt, split="train"))
+        list(EvalLoader(out, *opt, split="train"))
 
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])
 def test_bench_measure_runs_across_one_step_epochs(unique_label_shards, backend):
     from pipeline.bench import cpu_efficiency, measure
 
-    opt = LoaderOptions(batch_size=30, num_threads=1, crop=12, backend=backend)
-    loader = TrainLoader(unique_label_shards, opt)
+    opt = opts(batch_size=30, num_threads=1, crop=12, backend=backend)
+    loader = TrainLoader(unique_label_shards, *opt)
     assert loader.steps_per_epoch == 1  # the case that used to loop forever
     m = measure(loader, batches=3, warmup=1)
     assert m["images"] == 90 and m["img_per_s"] > 0 and m["steps_per_epoch"] == 1
@@ -373,13 +366,14 @@ def test_train_rate_times_the_real_step_and_counts_timed_epoch_starts(unique_lab
     from pipeline.bench import Epochs
     from trainer.bench import train_rate
     from trainer.config import TrainConfig
-    from trainer.train import Env, loader_options
+    from trainer.distributed import Env
+    from trainer.train import feed
 
-    cfg = TrainConfig(
-        data=str(unique_label_shards), arch="cifar", num_classes=37, crop=16, batch_size=30, loader=backend
+    cfg = TrainConfig.of(
+        data=str(unique_label_shards), arch="cifar", num_classes=37, crop=16, global_batch=30, loader=backend
     )
-    env = Env(0, 1, 0, [torch.device("cpu")])
-    loader = TrainLoader(unique_label_shards, loader_options(cfg, env))
+    env = Env(0, 1, 0, [torch.device("cpu")], batch=30)
+    loader = TrainLoader(unique_label_shards, cfg.loader, feed(cfg, env))
     assert loader.steps_per_epoch == 1  # each timed step starts an epoch: all of them are counted
     rate = train_rate(cfg, env, Epochs(loader), warm=1, steps=2)
     assert rate.starts == 2 and rate.img_per_s > 0 and 0 < rate.cpu_seconds

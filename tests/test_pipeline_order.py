@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.loader import LoaderOptions, TrainLoader
+from pipeline.loader import TrainLoader
 from pipeline.order import rank_range, rank_shards, shard_order
-from tests.conftest import IMAGENET, alexprep, imagenet_files
+from tests.conftest import IMAGENET, alexprep, imagenet_files, opts
 
 BACKENDS = ["dali", "reference"]
 
@@ -27,10 +27,10 @@ def small_shards(tmp_path_factory) -> Path:
 
 
 def _order(data: Path, backend: str, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    opt = LoaderOptions(
+    opt = opts(
         batch_size=25, num_threads=2, crop=24, backend=backend, shuffle_buffer=64, rank=rank, world=world
     )
-    return np.concatenate([y.numpy() for _, y in TrainLoader(data, opt).epoch(epoch)])
+    return np.concatenate([y.numpy() for _, y in TrainLoader(data, *opt).epoch(epoch)])
 
 
 @pytest.mark.slow  # over ~20 s on 2 cores

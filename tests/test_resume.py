@@ -24,7 +24,7 @@ from tests.conftest import CIFAR_TGZ, alexprep, alextrain
 from trainer import checkpoint
 from trainer.cli import main as cli_main
 from trainer.config import TrainConfig
-from trainer.train import DIE_ENV
+from trainer.faults import DIE_ENV
 
 PER_CLASS = {"train": 24, "test": 8}
 
@@ -65,7 +65,7 @@ def _args(
     data: Path, *more: object, epochs: int = 2, every: int | None = 2, loader: str = "dali"
 ) -> list[str]:
     base = ["--data", data, "--arch", "cifar", "--epochs", epochs, "--steps-per-epoch", 5, "--loader", loader]
-    base += ["--batch-size", 16, "--num-threads", 1, "--quiet", *more]
+    base += ["--global-batch", 16, "--num-threads", 1, "--quiet", *more]
     base += ["--checkpoint-every", every] if every else []
     return [str(a) for a in base]
 
@@ -124,7 +124,7 @@ def test_kill_mid_epoch_and_resume_is_bit_exact(straight, tiny, tmp_path, loader
     assert "resuming at epoch 1 step 1" in resumed.stdout
     assert _same_weights(killed / "last.pt", straight_run / "last.pt")
     assert _rows(killed) == _rows(straight_run)  # and the resumed epoch's metrics sums
-    assert json.loads((killed / "config.json").read_text())["crop"] == 32  # cifar: the stored size
+    assert json.loads((killed / "config.json").read_text())["model"]["crop"] == 32  # cifar: the stored size
 
 
 @pytest.mark.slow
@@ -172,8 +172,9 @@ def test_resume_refuses_other_settings_but_extends_epochs(straight, tiny, tmp_pa
     # the settings left out come from the run's config.json: no need to repeat every flag
     alextrain("run", "--out", run, "--resume", "--epochs", 3, "--quiet")
     assert [r["epoch"] for r in _rows(run)] == [0, 1, 2] and _rows(run)[:2] == _rows(straight_run)
-    resumed = json.loads((run / "config.json").read_text())
-    assert resumed == {**json.loads(config), "epochs": 3, "out": str(run)}
+    expected = json.loads(config)
+    expected["optim"]["epochs"], expected["run"]["out"] = 3, str(run)
+    assert json.loads((run / "config.json").read_text()) == expected
 
 
 @pytest.mark.slow
@@ -245,7 +246,7 @@ def test_settings_are_refused_up_front_with_the_key_named(tiny, tmp_path):
     # a run's own config.json holds every key, the defaults of options its arch lacks too: it is
     # a valid --config (to repeat a run); only a value that would change something is refused
     saved = tmp_path / "config.json"
-    repeat = TrainConfig(data=str(tmp_path / "none"), out=str(out), arch="cifar")
+    repeat = TrainConfig.of(data=str(tmp_path / "none"), out=str(out), arch="cifar")
     saved.write_text(json.dumps(repeat.to_dict()))
     assert "none: no dataset.json" in _cli("--config", saved)[1]  # past every check of the settings
     saved.write_text(json.dumps({**json.loads(saved.read_text()), "towers": 1}))
@@ -254,7 +255,7 @@ def test_settings_are_refused_up_front_with_the_key_named(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_without_a_val_split_only_a_fixed_step_schedule_runs(tiny_train_only, tmp_path):
-    args = ["--data", tiny_train_only, "--arch", "cifar", "--steps-per-epoch", 2, "--batch-size", 16]
+    args = ["--data", tiny_train_only, "--arch", "cifar", "--steps-per-epoch", 2, "--global-batch", 16]
     args += ["--num-threads", 1, "--epochs", 2, "--quiet"]
     code, err = _cli("--out", tmp_path / "plateau", *args)
     assert code == 2 and "no val, validation or test split" in err and "--schedule step" in err
@@ -300,7 +301,7 @@ def test_torchrun_resume_comes_from_rank_0_alone(tiny, tmp_path):
     args = _args(tiny, epochs=2)
     straight = _torchrun(tmp_path, tmp_path / "straight", args)
     assert straight.returncode == 0, straight.stderr
-    assert "global batch 32 (16 per process x 2)" in straight.stdout
+    assert "global batch 16 (8 per process x 2)" in straight.stdout
     killed = tmp_path / "killed"
     proc = _torchrun(tmp_path, killed, args, **{DIE_ENV: "step:3"})  # epoch 0, step 3 of 5
     assert proc.returncode != 0
@@ -330,9 +331,11 @@ class _Batches:
 
 def _trainer(tmp_path: Path):
     from trainer.config import TrainConfig
-    from trainer.train import Env, Trainer, build
+    from trainer.distributed import Env
+    from trainer.runstate import Trainer
+    from trainer.train import build
 
-    cfg = TrainConfig(arch="cifar", num_classes=10, crop=32, out=str(tmp_path), lr=0.001)
+    cfg = TrainConfig.of(arch="cifar", num_classes=10, crop=32, out=str(tmp_path), lr=0.001)
     env = Env(0, 1, 0, [torch.device("cpu")])
     torch.manual_seed(0)
     return Trainer(cfg, env, {"fake": True}, build(cfg, env))

@@ -29,7 +29,7 @@ def test_parameter_and_neuron_counts():
     assert [r.neurons for r in rows] == PAPER_NEURONS
     assert [r.shape for r in rows][:2] == [(96, 55, 55), (256, 27, 27)]
     # Caffe's variant: 227 crops, unpadded conv1 -> the same counts
-    caffe = AlexNet(ModelConfig(conv1_padding=0, input_size=227))
+    caffe = AlexNet(ModelConfig(crop=227))
     assert [r.neurons for r in summary(caffe, 227)] == PAPER_NEURONS
     # the printed 253,440 is not 55x55x96, whichever variant: the paper's erratum
     assert 253_440 not in [r.neurons for r in rows]
@@ -51,7 +51,7 @@ def test_variants_build_and_run():
         assert model(torch.zeros(2, 3, 224, 224)).shape == (2, cfg.num_classes)
     one = AlexNet(ModelConfig(towers=1))
     assert [r.shape[0] for r in summary(one, 224)] == [48, 128, 192, 192, 256, 4096, 4096, 1000]
-    cifar = build_model(ModelConfig(arch="cifar", num_classes=10, input_size=32))
+    cifar = build_model(ModelConfig(arch="cifar", num_classes=10, crop=32))
     assert cifar(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -279,7 +279,7 @@ def _ddp_worker(rank: int, world: int, port: int, path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="cifar", num_classes=10, input_size=32, dropout=0.0))
+    model = build_model(ModelConfig(arch="cifar", num_classes=10, crop=32, dropout=0.0))
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = PaperSGD(ddp.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(1)

@@ -1,328 +1,270 @@
-"""Figure 1 under the paper's conditions, and the LRN ablation beside it: small CIFAR-10 nets
-trained for real.
+"""Figure 1, settled: small CIFAR-10 nets trained for real under the caption's conditions, each
+net's lr chosen by the caption's criterion, then several seeds per net.
 
 Paper, Figure 1: "A four-layer convolutional neural network with ReLUs (solid line) reaches a 25%
 training error rate on CIFAR-10 six times faster than an equivalent network with tanh neurons
 (dashed line). The learning rates for each network were chosen independently to make training
 as fast as possible. No regularization of any kind was employed."
 
-So the ReLU/tanh pair here has no weight decay, no dropout, no mirror, no PCA lighting, no LRN,
-and a fixed learning rate per net, chosen by a sweep this module runs and records: each
-candidate lr trains each net for the same few steps, and the lr with the lowest training error
-over those steps wins (a diverged run loses). Section 3.3's LRN comparison ("13% test error
-without normalization and 11% with") is separate: `relu-lrn` is the ReLU net with LRN, otherwise
-the same as `relu` (its lr too), so the two differ in LRN only; `tanh-lrn` is the same for tanh.
-With both, the pair relu-lrn/tanh-lrn is Figure 1 read as "the paper's four-layer net had LRN"
-(Krizhevsky's own CIFAR-10 configuration of that shape did); its ratio is reported beside the
-literal one.
+The protocol (docs/figures.md):
+1. Conditions: no weight decay, dropout, mirror, PCA lighting; a fixed lr (no schedule).
+2. Nets: relu and tanh (the caption's pair), relu-lrn and tanh-lrn (the same with LRN, section
+   3.3: Krizhevsky's own CIFAR-10 net of this shape had it), and relu-scale, the control: the
+   ReLU net with LRN's constant gain 2^-0.75 and no normalisation (`--lrn scale`), so that what
+   LRN does for ReLU can be split into its rescaling and its normalisation.
+3. The lr of each net, chosen on its own: every lr of a grid stepping by at most sqrt(10) trains
+   seed 0 for a budget of several epochs; the winner reaches 25 % training error soonest (ties,
+   or none reached: the lowest error at the budget's end; `fig1_stats.sweep_rank`). Diverged
+   and stuck-at-chance points are flagged and never win. A winner at an end of the grid extends
+   the grid there, one step at a time (at most EXTEND times).
+4. Each net at its lr for seeds 1..n (not seed 0, which chose the lr: its luck would bias the
+   result), reported as mean and range over seeds (`fig1_stats`).
 
-Each run is a normal `alextrain run` (its own run directory, metrics.jsonl, checkpoints), so an
-interrupted figure resumes where it stopped; directories are named by net and lr.
+Every run is a normal `alextrain run` folder (OUT/NET/lrLR-seedS/), so a killed `fig1` resumes
+where it stopped and a finished one only re-reads; ablation.json, fig1.md and fig1.png are
+rewritten after the sweep and after each round of seeds, so a long run has numbers early.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards import layout
-from trainer.checkpoint import config_changes
-from trainer.config import TrainConfig
+from trainer import fig1_report
+from trainer import fig1_stats as stats
+from trainer.config import TrainConfig, config_changes
 from trainer.errors import TrainError
 from trainer.metrics import METRICS, read_metrics
 from trainer.train import resolve_data, run
 
-TARGET_TRAIN_ERROR = 0.25  # the paper's threshold
-SECOND_TARGET = 0.50  # reached within a short CPU budget, for a ratio even when 25% is not
-PAPER_RATIO = 6.0  # "six times faster"
-
 # Figure 1's caption: no regularisation of any kind, a fixed lr (no schedule).
 PAPER_CONDITIONS = dict(arch="cifar", weight_decay=0.0, mirror=False, lighting="off", max_drops=0)
-NETS = {  # the Figure 1 pair
+NETS = {
     "relu": dict(activation="relu", lrn="off"),
     "tanh": dict(activation="tanh", lrn="off"),
-}
-ABLATION = {  # section 3.3: each differs from its net in LRN only
     "relu-lrn": dict(activation="relu", lrn="cuda-convnet"),
     "tanh-lrn": dict(activation="tanh", lrn="cuda-convnet"),
+    "relu-scale": dict(activation="relu", lrn="scale"),  # the control: LRN's gain, no normalising
+    "tanh-scale": dict(activation="tanh", lrn="scale"),
 }
-VARIANTS = {**NETS, **ABLATION}
-SWEEP_LRS = (0.003, 0.01, 0.03)
-EXTEND = 2  # extra sweep points past an end of the grid where the best lr lies
-INIT_NOTE = {
-    "paper": "every layer N(0, 0.01^2), section 5",
-    "cuda-convnet": "conv1 N(0, 1e-4^2), the rest N(0, 0.01^2): cuda-convnet's layers-18pct",
-}
-LR_OF = {"relu-lrn": "relu", "tanh-lrn": "tanh"}  # an ablation uses its net's chosen lr
-PAIRS = {  # (ReLU net, tanh net) -> the key prefix of their ratios in ablation.json
-    ("relu", "tanh"): "tanh_over_relu",
-    ("relu-lrn", "tanh-lrn"): "tanh_lrn_over_relu_lrn",
-}
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return read_metrics(run_dir / METRICS)
-
-
-def epochs_to(rows: list[dict], target: float) -> int | None:
-    """The first epoch count (1-based) whose training error is at or below `target`."""
-    return next((r["epoch"] + 1 for r in rows if r["train_top1_err"] <= target), None)
-
-
-def _config(base: TrainConfig, data: Path, run_dir: Path, name: str, lr: float, epochs: int) -> TrainConfig:
-    return replace(
-        base, data=str(data), out=str(run_dir), lr=lr, epochs=epochs, **PAPER_CONDITIONS, **VARIANTS[name]
-    )
-
-
-def _train(cfg: TrainConfig, progress: bool) -> list[dict]:
-    """Train (or resume) one run to cfg.epochs; a finished run with the same settings is only
-    read back, one made with other settings (another --sweep-steps, --init, ...) is refused."""
-    run_dir = Path(cfg.out)
-    saved = run_dir / "config.json"
-    if saved.is_file():  # compared as `run` would: with what the data fills in (classes, val split)
-        changes = config_changes(layout.read_json(saved), resolve_data(replace(cfg))[0].to_dict())
-        if changes:
-            raise TrainError(f"{run_dir}: made with other settings: {'; '.join(changes)}; use another --out")
-    if len(_rows(run_dir)) < cfg.epochs:
-        run(cfg, resume=(run_dir / "last.pt").exists(), progress=progress)
-    return _rows(run_dir)[: cfg.epochs]
+EXTEND = 2  # grid steps added past an end where the winner lies
+SWEEP_SEED = 0
+# (fast net, slow net, key in ablation.json, the question the ratio answers)
+PAIRS = (
+    ("relu", "tanh", "tanh_over_relu", "Figure 1 as captioned (no LRN)"),
+    ("relu-lrn", "tanh-lrn", "tanh_lrn_over_relu_lrn", "Figure 1 with LRN in both nets"),
+    ("relu-lrn", "relu", "relu_over_relu_lrn", "what LRN gains the ReLU net"),
+    ("relu-lrn", "relu-scale", "relu_scale_over_relu_lrn", "LRN's constant gain alone vs LRN"),
+)
+Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class SweepLength:
-    """How long each sweep point trains: `epochs` epochs of `steps` steps (None: whole epochs).
-    The criterion is the training error over the last of them: one epoch finds the lr that
-    starts fastest, more find the one that keeps going (closer to "fastest to 25 %")."""
+class Plan:
+    """What `fig1` trains: the nets, the lr grid, the sweep's budget, the final runs' length
+    and seed count, and the settings every run shares (crop, threads, init, a step cap)."""
 
-    steps: int | None = None
-    epochs: int = 1
+    nets: tuple[str, ...] = stats.DEFAULT_NETS
+    grid: tuple[float, ...] = stats.GRID
+    budget: int = stats.BUDGET_EPOCHS  # epochs per sweep point
+    epochs: int = stats.EPOCHS  # epochs per final run
+    seeds: int = stats.SEEDS
+    base: TrainConfig = field(default_factory=lambda: TrainConfig.of(crop=32))
+
+    def check(self) -> None:
+        unknown = [n for n in self.nets if n not in NETS]
+        if unknown or not self.nets:
+            raise ValueError(f"--nets: unknown or none {unknown}; choose from {', '.join(NETS)}")
+        if len(set(self.nets)) != len(self.nets):
+            raise ValueError(f"--nets: {', '.join(self.nets)} names a net twice")
+        try:
+            stats.check_grid(list(self.grid))
+        except ValueError as e:
+            raise ValueError(f"--lrs: {e}") from None
+        if min(self.budget, self.epochs, self.seeds) < 1:
+            raise ValueError("--sweep-epochs, --epochs and --seeds must each be >= 1")
+
+    @property
+    def final_seeds(self) -> list[int]:
+        return [SWEEP_SEED + 1 + k for k in range(self.seeds)]
 
 
-def _sweep_point(
-    base: TrainConfig, data: Path, out: Path, name: str, lr: float, length: SweepLength, progress: bool
-) -> dict:
-    cfg = _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, length.epochs)
-    cfg = replace(cfg, steps_per_epoch=length.steps) if length.steps else cfg
-    rows = _train(cfg, progress)
-    last = rows[-1]
-    finite = all(math.isfinite(r["train_loss"]) for r in rows)
+def parse_list(text: str, flag: str, kind: type = str) -> tuple:
+    """ "a,b" -> (a, b) for a comma-separated option; ValueError naming the flag."""
+    try:
+        items = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not a comma-separated list of numbers") from None
+    if not items:
+        raise ValueError(f"{flag}: empty")
+    return items
+
+
+def run_dir(out: Path, net: str, lr: float, seed: int) -> Path:
+    return out / net / f"lr{lr:g}-seed{seed}"
+
+
+def _config(plan: Plan, data: Path, out: Path, net: str, lr: float, seed: int, epochs: int) -> TrainConfig:
+    return plan.base.replace(
+        data=str(data),
+        out=str(run_dir(out, net, lr, seed)),
+        lr=lr,
+        seed=seed,
+        epochs=epochs,
+        **PAPER_CONDITIONS,
+        **NETS[net],
+    )
+
+
+def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list[dict], int]:
+    """Train (or resume) one run to cfg.epochs; returns its rows and class count. A finished run
+    with the same settings is only read back; one made with other settings is refused."""
+    folder, epochs = Path(cfg.run.out), cfg.optim.epochs
+    saved = folder / "config.json"
+    resolved = resolve_data(cfg)[0]  # what `run` compares: with the data's class count
+    if saved.is_file():
+        changes = config_changes(layout.read_json(saved), resolved)
+        if changes:
+            raise TrainError(f"{folder}: made with other settings: {'; '.join(changes)}; use another --out")
+    done = len(read_metrics(folder / METRICS))
+    if done < epochs:
+        say(f"fig1: {label}: epochs {done + 1}-{epochs} of {epochs} ({folder})")
+        run(cfg, auto_resume=True, progress=progress)
+    else:
+        say(f"fig1: {label}: {epochs} epochs done, read back ({folder})")
+    return read_metrics(folder / METRICS)[:epochs], resolved.model.num_classes or 0
+
+
+def _curve(rows: list[dict], key: str = "train_top1_err") -> list[float]:
+    return [r.get(key) for r in rows]
+
+
+def sweep_point(plan: Plan, data: Path, out: Path, net: str, lr: float, say: Say, progress: bool) -> dict:
+    cfg = _config(plan, data, out, net, lr, SWEEP_SEED, plan.budget)
+    rows, classes = _train(cfg, f"{net}, sweep point lr {lr:g}, seed {SWEEP_SEED}", say, progress)
+    curve, losses = _curve(rows), _curve(rows, "train_loss")
+    why = stats.flag(losses, curve, classes)
+    if why:
+        say(f"fig1: {net}, sweep point lr {lr:g}: {why.upper()} (train err {curve[-1]:.3f}): never chosen")
     return {
         "lr": lr,
-        "steps": sum(r["steps"] for r in rows),
-        "epochs": len(rows),
-        "train_loss": last["train_loss"] if finite else None,  # strict JSON: no NaN
-        "train_top1_err": last["train_top1_err"],
-        "diverged": not finite,
+        "train_error": curve,
+        "epochs_to_25pct": stats.epochs_to(curve, stats.TARGET),
+        "final_train_error": curve[-1],
+        "flag": why,
     }
 
 
-def best_lr(rows: list[dict]) -> float | None:
-    ok = [r for r in rows if not r["diverged"]]
-    return min(ok, key=lambda r: r["train_top1_err"])["lr"] if ok else None
+def sweep(plan: Plan, data: Path, out: Path, net: str, say: Say, progress: bool) -> dict:
+    """One net's sweep: {"points": [... by lr], "chosen_lr": lr or None}."""
+    points = {lr: sweep_point(plan, data, out, net, lr, say, progress) for lr in sorted(set(plan.grid))}
+    for _ in range(EXTEND):
+        best, lrs = stats.choose(list(points.values()), plan.budget), sorted(points)
+        if best is None or lrs[0] < best < lrs[-1]:
+            break
+        lr = stats.beyond(lrs, up=best == lrs[-1])
+        say(f"fig1: {net}: the best lr {best:g} is at the grid's end; adding {lr:g}")
+        points[lr] = sweep_point(plan, data, out, net, lr, say, progress)
+    rows = [points[lr] for lr in sorted(points)]
+    return {"points": rows, "chosen_lr": stats.choose(rows, plan.budget)}
 
 
-def sweep(
-    data: Path,
-    out: Path,
-    base: TrainConfig,
-    nets: list[str],
-    lrs: list[float],
-    length: SweepLength,
-    progress: bool,
+def final_run(
+    plan: Plan, data: Path, out: Path, net: str, lr: float, seed: int, say: Say, progress: bool
 ) -> dict:
-    """Train each net at each lr for `length`; {net: {"rows": [...], "best_lr": lr}}.
+    cfg = _config(plan, data, out, net, lr, seed, plan.epochs)
+    rows, _ = _train(cfg, f"{net}, final lr {lr:g}, seed {seed}", say, progress)
+    return {"seed": seed, "train_error": _curve(rows), "test_error": _curve(rows, "val_top1_err")}
 
-    The best is the lowest training error over the last epoch (a diverged run never wins). When it
-    lies at an end of the grid, the grid is extended past that end by x3 (at most EXTEND times),
-    so the chosen lr is a real optimum of the sweep rather than its edge.
-    """
-    result = {}
-    for name in nets:
-        rows = sorted(
-            (_sweep_point(base, data, out, name, lr, length, progress) for lr in sorted(set(lrs))),
-            key=lambda r: r["lr"],
-        )
-        for _ in range(EXTEND):
-            best = best_lr(rows)
-            if best is None or len(rows) < 2 or rows[0]["lr"] < best < rows[-1]["lr"]:
-                break
-            lr = float(f"{best / 3:.1g}") if best == rows[0]["lr"] else float(f"{best * 3:.1g}")
-            rows = sorted(
-                [*rows, _sweep_point(base, data, out, name, lr, length, progress)], key=lambda r: r["lr"]
+
+def net_result(lr: float, runs: list[dict], epochs: int) -> dict:
+    """A net's final runs with their epochs to 25 % and 50 % over seeds."""
+    return {
+        "lr": lr,
+        "runs": runs,
+        **{
+            f"epochs_to_{round(level * 100)}pct": stats.spread(
+                [stats.epochs_to(r["train_error"], level) for r in runs], epochs
             )
-        result[name] = {"rows": rows, "best_lr": best_lr(rows)}
-    return result
-
-
-def run_figure1(
-    data: Path,
-    out: Path,
-    epochs: dict[str, int],
-    base: TrainConfig,
-    variants: list[str],
-    lrs: list[float],
-    length: SweepLength,
-    progress: bool = True,
-) -> dict:
-    """The sweep, then each variant at its chosen lr for epochs[variant] epochs; ablation.json + PNG.
-
-    `lrs` with one value skips the sweep (that lr for every net).
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    nets = sorted({LR_OF.get(v, v) for v in variants}, key=list(VARIANTS).index)
-    swept = sweep(data, out, base, nets, lrs, length, progress) if len(lrs) > 1 else {}
-    chosen = {n: (swept[n]["best_lr"] if n in swept else lrs[0]) for n in nets}
-    results = {}
-    for name in variants:
-        lr = chosen[LR_OF.get(name, name)]
-        if lr is None:
-            results[name] = {"lr": None, "note": "every lr of the sweep diverged"}
-            continue
-        rows = _train(_config(base, data, out / f"{name}-lr{lr:g}", name, lr, epochs[name]), progress)
-        results[name] = {
-            "lr": lr,
-            "train_error": [r["train_top1_err"] for r in rows],
-            "test_error": [r.get("val_top1_err") for r in rows],
-            "epochs_to_25pct_train_error": epochs_to(rows, TARGET_TRAIN_ERROR),
-            "epochs_to_50pct_train_error": epochs_to(rows, SECOND_TARGET),
-        }
-    summary = {
-        "conditions": {**PAPER_CONDITIONS, "init": base.init},
-        "sweep": {"steps": length.steps, "epochs": length.epochs, "lrs": lrs, "nets": swept},
-        "epochs": epochs,
-        "variants": results,
-        "paper_ratio_at_25pct": PAPER_RATIO,
+            for level in (stats.TARGET, stats.SECOND_TARGET)
+        },
     }
-    summary.update(ratios(results))
-    if "relu" in results and "relu-lrn" in results and results["relu"].get("test_error"):
-        summary["final_test_error_without_lrn"] = results["relu"]["test_error"][-1]
-        summary["final_test_error_with_lrn"] = results["relu-lrn"]["test_error"][-1]
-    layout.write_json(out / "ablation.json", summary)
-    plot_figure1(summary, out / "fig1.png")
-    layout.write_atomic(out / "fig1.md", markdown(summary).encode())
-    return summary
 
 
-def markdown(summary: dict) -> str:
-    """The sweep table and the per-net results as Markdown (docs/figures.md quotes it)."""
-    init = summary["conditions"].get("init", "paper")
-    lines = [f"Weights: {init} init ({INIT_NOTE[init]}).", ""]
-    for net, s in summary["sweep"]["nets"].items():
-        lines += [
-            f"Sweep, {net} ({sweep_span(s['rows'][0])} per lr, training error over the last epoch):",
-            "",
-            "| lr | train err | train loss | |",
-            "|---:|---:|---:|---|",
-        ]
-        for r in s["rows"]:
-            mark = "diverged" if r["diverged"] else ("**chosen**" if r["lr"] == s["best_lr"] else "")
-            loss = "nan" if r["train_loss"] is None else f"{r['train_loss']:.3f}"
-            lines.append(f"| {r['lr']:g} | {r['train_top1_err']:.3f} | {loss} | {mark} |")
-        lines.append("")
-    lines += [
-        "| net | lr | epochs run | train err, epoch 1 | last epoch | test err, last | "
-        "epochs to 50 % train err | to 25 % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in summary["variants"].items():
-        if not r.get("train_error"):
-            continue
-        n = len(r["train_error"])
-        to = [r[f"epochs_to_{p}pct_train_error"] or f"> {n}" for p in ("50", "25")]
-        lines.append(
-            f"| {name} | {r['lr']:g} | {n} | {r['train_error'][0]:.3f} | {r['train_error'][-1]:.3f} | "
-            f"{r['test_error'][-1]:.3f} | {to[0]} | {to[1]} |"
-        )
-    lines += ["", *(f"- {line}" for line in ratio_lines(summary))]
-    return "\n".join(lines) + "\n"
-
-
-def sweep_span(row: dict) -> str:
-    """How long a sweep point trained, for fig1's output and fig1.md."""
-    return f"{row['steps']} steps of 128" + (f" in {row['epochs']} epochs" if row["epochs"] > 1 else "")
-
-
-def ratio_lines(summary: dict) -> list[str]:
-    """One line per ratio in `summary` (what fig1 prints and fig1.md lists), then the paper's."""
-    lines = []
-    for (fast, slow), key in PAIRS.items():
-        for pct in ("25", "50"):
-            ratio = summary.get(f"{key}_at_{pct}pct")
-            if ratio:
-                bound = "" if ratio["bound"] == "=" else "> "
-                lines.append(f"{slow} / {fast} epochs to {pct} % training error: {bound}{ratio['ratio']:.2f}")
-        common = summary.get(f"{key}_at_common_level")
-        if common:
-            lines.append(
-                f"{slow} / {fast} at the lowest training error both reached ({common['level']:.3f}): "
-                f"{common['tanh']} / {common['relu']} epochs = {common['ratio']:.2f}"
-            )
-    return [*lines, f"paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}"]
-
-
-def ratios(results: dict) -> dict:
-    """tanh/ReLU epochs to 25% (and 50%) training error for each pair of PAIRS that ran; a lower
-    bound when the tanh net never got there, and the ratio at the lowest level both reached.
-
-    When ReLU reached the target and tanh did not within its epochs, tanh needs more than its
-    epoch count, so epochs_tanh / epochs_relu > that count / epochs_relu: reported with `>`.
-    """
+def ratios(nets: dict) -> dict:
+    """Each pair of PAIRS whose two nets have final runs: the ratio at 25 %, 50 % and the
+    common level (`fig1_stats.common_level`), each with its range over seeds."""
     out = {}
-    for (fast, slow), key in PAIRS.items():
-        relu, tanh = results.get(fast, {}), results.get(slow, {})
-        if not (relu.get("train_error") and tanh.get("train_error")):
+    for fast, slow, key, question in PAIRS:
+        f, s = nets.get(fast), nets.get(slow)
+        if not (f and s and f["runs"] and s["runs"]):
             continue
-        common = common_level(relu["train_error"], tanh["train_error"])
-        if common:
-            out[f"{key}_at_common_level"] = common
-        for pct in ("25", "50"):
-            at = f"epochs_to_{pct}pct_train_error"
-            r, t = relu.get(at), tanh.get(at)
-            if r and t:
-                out[f"{key}_at_{pct}pct"] = {"ratio": t / r, "bound": "="}
-            elif r and len(tanh["train_error"]) > r:  # a bound <= 1 would say nothing
-                out[f"{key}_at_{pct}pct"] = {"ratio": len(tanh["train_error"]) / r, "bound": ">"}
+        out[key] = {
+            "fast": fast,
+            "slow": slow,
+            "question": question,
+            "at_25pct": stats.ratio(s["epochs_to_25pct"], f["epochs_to_25pct"]),
+            "at_50pct": stats.ratio(s["epochs_to_50pct"], f["epochs_to_50pct"]),
+            "at_common_level": stats.common_level(
+                [r["train_error"] for r in f["runs"]], [r["train_error"] for r in s["runs"]]
+            ),
+        }
     return out
 
 
-def common_level(relu: list[float], tanh: list[float]) -> dict | None:
-    """Epochs each net took to the lowest training error both reached, and their ratio.
-
-    The paper's 25 % is one level; when a CPU budget leaves one net above it, this is the
-    lowest level at which the same question ("how many times faster?") still has an answer."""
-    level = max(min(relu), min(tanh))
-    rows = {
-        n: [{"epoch": e, "train_top1_err": v} for e, v in enumerate(errs)]
-        for n, errs in (("relu", relu), ("tanh", tanh))
+def summarise(plan: Plan, swept: dict, chosen: dict, finals: dict, complete: bool) -> dict:
+    nets = {n: net_result(chosen[n], finals[n], plan.epochs) for n in plan.nets if finals.get(n)}
+    return {
+        "conditions": {**PAPER_CONDITIONS, "init": plan.base.model.init},
+        "protocol": {
+            "criterion": "fewest epochs to 25 % training error within the budget; ties or none: "
+            "the lowest training error at the budget's end",
+            "target": stats.TARGET,
+            "grid": sorted(plan.grid),
+            "grid_max_step": stats.MAX_GRID_STEP,
+            "budget_epochs": plan.budget,
+            "sweep_seed": SWEEP_SEED,
+            "seeds": plan.final_seeds,
+            "epochs": plan.epochs,
+            "steps_per_epoch": plan.base.run.steps_per_epoch,
+            "common_level": {"smooth_epochs": stats.SMOOTH_EPOCHS, "margin": stats.COMMON_MARGIN},
+        },
+        "sweep": swept,
+        "chosen_lr": chosen,
+        "nets": nets,
+        "ratios": ratios(nets),
+        "paper_ratio_at_25pct": stats.PAPER_RATIO,
+        "complete": complete,
     }
-    r, t = epochs_to(rows["relu"], level), epochs_to(rows["tanh"], level)
-    return {"level": level, "relu": r, "tanh": t, "ratio": t / r} if r and t else None
 
 
-def plot_figure1(summary: dict, path: Path) -> None:
-    import matplotlib
+def publish(summary: dict, out: Path) -> None:
+    """ablation.json, fig1.md and fig1.png, each written atomically."""
+    layout.write_json(out / "ablation.json", summary)
+    layout.write_atomic(out / "fig1.md", fig1_report.markdown(summary).encode())
+    fig1_report.plot(summary, out / "fig1.png")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    styles = {"relu": "-", "tanh": "--", "relu-lrn": ":", "tanh-lrn": "-."}
-    for name, r in summary["variants"].items():
-        if not r.get("train_error"):
-            continue
-        xs = range(1, len(r["train_error"]) + 1)
-        ax.plot(xs, r["train_error"], styles.get(name, "-"), label=f"{name} (lr {r['lr']:g})")
-    ax.axhline(TARGET_TRAIN_ERROR, color="grey", lw=0.8)
-    ax.set_xlabel("epochs")
-    ax.set_ylabel("training error rate")
-    ax.set_ylim(0, 1)
-    init = summary["conditions"].get("init", "paper")
-    ax.set_title(f"Figure 1: CIFAR-10, four-layer CNN, no regularisation, {init} init", fontsize=10)
-    ax.legend()
-    fig.tight_layout()
-    tmp = layout.tmp_path(path)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    layout.commit(tmp, path)
+def run_figure1(plan: Plan, data: Path, out: Path, say: Say = print, progress: bool = True) -> dict:
+    """The sweep of every net, then seed rounds (seed 1 of every net, then seed 2, ...)."""
+    plan.check()
+    fig1_report.require_matplotlib()  # matplotlib missing: one line now, not after hours of training
+    out.mkdir(parents=True, exist_ok=True)
+    one = len(set(plan.grid)) == 1  # one lr: no sweep, that lr for every net
+    swept = {} if one else {n: sweep(plan, data, out, n, say, progress) for n in plan.nets}
+    chosen = {n: plan.grid[0] if one else swept[n]["chosen_lr"] for n in plan.nets}
+    for n in plan.nets:
+        if chosen[n] is None:
+            say(f"fig1: {n}: every sweep point diverged or stayed at chance; no final runs")
+    finals: dict[str, list[dict]] = {n: [] for n in plan.nets}
+    if swept:
+        publish(summarise(plan, swept, chosen, finals, complete=False), out)
+    for seed in plan.final_seeds:
+        for n in plan.nets:
+            if chosen[n] is not None:
+                finals[n].append(final_run(plan, data, out, n, chosen[n], seed, say, progress))
+        complete = seed == plan.final_seeds[-1]
+        publish(summarise(plan, swept, chosen, finals, complete=complete), out)
+    return summarise(plan, swept, chosen, finals, complete=True)

@@ -19,7 +19,9 @@ import torch
 
 from pipeline.bench import cpu_seconds, sync
 from trainer.config import TrainConfig
-from trainer.train import Env, Position, Trainer, build, train_epoch
+from trainer.distributed import Env
+from trainer.runstate import Position, Trainer
+from trainer.train import build, train_epoch
 
 
 class Running:
@@ -61,7 +63,7 @@ def train_rate(cfg: TrainConfig, env: Env, batches: Iterable, warm: int, steps: 
     train_epoch(trainer, net, Running(stream, steps), 1, steps, False)
     sync(device)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
-    images = steps * cfg.batch_size
+    images = steps * env.batch
     return Rate(
         images / seconds, images / max(cpu, 1e-9), seconds, cpu, getattr(batches, "starts", 0) - starts0
     )

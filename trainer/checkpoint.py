@@ -27,7 +27,7 @@ from trainer.errors import CheckpointError  # noqa: F401 (re-exported)
 
 LAST = "last.pt"
 BEST = "best.pt"
-FORMAT = 2
+FORMAT = 3  # 3: the nested config of 0.2; older checkpoints are refused (re-train or use 0.1)
 KEYS = frozenset(
     {
         "format",
@@ -48,9 +48,6 @@ KEYS = frozenset(
     }
 )
 # Settings a resumed run may change: none of them touches the arithmetic or the data order.
-RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data"})
-# settings added after checkpoints were first written, with what those checkpoints used
-ADDED_SETTINGS = {"init": "paper"}
 _STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
 
 
@@ -132,19 +129,6 @@ def load(path: Path) -> dict:
     return state
 
 
-def check_model(state: dict, model_config: dict, path: Path) -> None:
-    """Refuse a checkpoint whose architecture or class count differs from the model's."""
-    saved = state.get("model_config", {})
-    keys = ("arch", "num_classes", "towers", "extra_conv", "conv1_padding")
-    diff = [
-        f"{k}: checkpoint {saved.get(k)!r} vs {model_config.get(k)!r}"
-        for k in keys
-        if saved.get(k) != model_config.get(k)
-    ]
-    if diff:
-        raise CheckpointError(f"{path}: made for another model ({'; '.join(diff)})")
-
-
 def check_state(state: dict, model: torch.nn.Module, path: Path) -> None:
     """Refuse a checkpoint that loads but is not a complete one for this model."""
     if not isinstance(state, dict):
@@ -175,15 +159,6 @@ def check_state(state: dict, model: torch.nn.Module, path: Path) -> None:
         tuple(v.shape) for v in velocity
     ) not in ([], sorted(want[k] for k, p in model.named_parameters())):
         raise CheckpointError(f"{path}: optimizer state does not fit the model")
-
-
-def config_changes(saved: dict, now: dict) -> list[str]:
-    """Settings that differ between a checkpoint's config and this run's, except RESUMABLE ones."""
-    saved = {**ADDED_SETTINGS, **saved}
-    keys = sorted((set(saved) | set(now)) - RESUMABLE)
-    return [
-        f"{k} (checkpoint {saved.get(k)!r}, now {now.get(k)!r})" for k in keys if saved.get(k) != now.get(k)
-    ]
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict:

@@ -13,7 +13,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -22,8 +21,10 @@ from pipeline.augment import StatsError
 from preprocess.cli import image_limit_options  # click only: --help stays fast
 from shards import layout
 from shards.reader import DatasetError
-from trainer.config import CHOICES, TrainConfig, load_config_file, parse_lr_steps
+from trainer import fig1_stats  # torch-free: fig1's defaults
+from trainer.config import TrainConfig, load_config_file
 from trainer.errors import CheckpointError, FigureError, TrainError
+from trainer.options import option, run_options
 
 _USER_ERRORS = (
     DatasetError,
@@ -69,16 +70,10 @@ def main() -> None:
 
 HELP = {
     "data": "Sharded dataset folder (alexprep shard, then alexprep pca-stats).",
-    "device": "auto: CUDA when a GPU is visible, else the CPU.",
-    "num_threads": "Loader threads (DALI CPU threads; the reference loader's DataLoader workers).",
-    "batch_size": "Images per batch, per process (the global batch is this times the process count).",
     "checkpoint": "A checkpoint file, or a run folder (its best.pt, else last.pt).",
     "json": "Print the result as JSON on stdout (instead of the table).",
     "json_out": "Write the result as JSON to this file (parent folders are created).",
-    "loader": "auto: DALI when installed, else the reference loader (webdataset + DataLoader).",
-    "crop": "Crop size [default: 224, or the stored size when smaller (32 for CIFAR shards)].",
 }
-DEVICES = ["auto", "cuda", "cpu"]
 
 
 def data_option(required: bool = True) -> Callable:
@@ -92,14 +87,10 @@ def checkpoint_argument(f: Callable) -> Callable:
     return click.argument("checkpoint", type=click.Path(path_type=Path))(f)
 
 
-device_option = click.option(
-    "--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=HELP["device"]
-)
-num_threads_option = click.option(
-    "--num-threads", type=click.IntRange(1), default=4, show_default=True, help=HELP["num_threads"]
-)
+device_option = option("device")  # the same flag, default and help as `alextrain run`'s
+num_threads_option = option("num_threads")
 batch_size_option = click.option(
-    "--batch-size", type=click.IntRange(1), default=128, show_default=True, help=HELP["batch_size"]
+    "--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Images per batch."
 )
 
 
@@ -154,88 +145,8 @@ def emit(result: object, as_json: bool, json_out: Path | None, table: Callable[[
         _note(f"wrote {json_out}", as_json)
 
 
-_HELP = {
-    "data": HELP["data"] + " Required.",
-    "device": HELP["device"],
-    "num_threads": HELP["num_threads"],
-    "batch_size": HELP["batch_size"],
-    "out": "Run directory: checkpoints, metrics.jsonl, config.json. Required.",
-    "num_classes": "Must match the dataset [default: from its classes.json].",
-    "lrn": "cuda-convnet: torch LRN alpha=1e-4 (Krizhevsky's code); paper: the printed formula (5x).",
-    "lighting": "PCA lighting convention (see pipeline/augment.py); off to disable.",
-    "crop": "alexnet: 224 (conv1 padded by 2) or 227 (Caffe) [default: 224; cifar: the stored size].",
-    "towers": "2: the paper's net; 1: one GPU with half the kernels (section 3.2). alexnet only.",
-    "dropout": "Dropout probability of fc6 and fc7 (section 4.2). alexnet only.",
-    "extra_conv": "A sixth conv layer (Table 2's 1 CNN*). alexnet only.",
-    "schedule": "plateau: lr/10 when val error stalls (the paper; needs a val split); step: at --lr-steps.",
-    "lr_steps": "Epochs at which --schedule step divides the lr by 10, e.g. 30,60,80.",
-    "patience": "Epochs without val improvement before the lr is divided by 10 (plateau).",
-    "max_drops": "Most lr divisions (plateau).",
-    "val_split": "[default: val, validation or test, whichever exists].",
-    "steps_per_epoch": "Cap on steps per epoch (quick runs) [default: the whole split].",
-    "checkpoint_every": "Also checkpoint every N steps (exact mid-epoch resume) [default: epoch ends only].",
-    "keep": "Keep the newest N checkpoints as step-*.pt (last.pt is the newest; best.pt is kept too).",
-    "verify_data": "Check the shards before training: quick (structure; hashes if never verified) or full.",
-    "model_parallel": "2: one tower per GPU, as in the paper.",
-    "dropout_mode": "paper: kept units unscaled in training, x0.5 at test (section 4.2); "
-    "inverted: torch's nn.Dropout (x2 in training).",
-    "init_from": "Fine-tune: start from this run folder's / checkpoint's weights (new classifier "
-    "if the class count differs; new optimiser state).",
-    "lighting_scale_div": "Divide the image by this after adding colour noise (cuda-convnet: 1.1; "
-    "the paper: 1, not mentioned).",
-    "mirror": "Random horizontal reflections in training (section 4.1).",
-    "init": "paper: weights N(0, 0.01^2) (section 5); cuda-convnet: conv1 at 1e-4, the rest 0.01 "
-    "(layers-18pct, Krizhevsky's CIFAR-10 net). cifar only.",
-    "arch": "alexnet: the paper's net (section 3); cifar: Figure 1's four-layer net for 32x32 images.",
-    "activation": "relu (section 3.1) or tanh (Figure 1's comparison).",
-    "pool": "overlap: 3x3 windows, stride 2 (section 3.4); nonoverlap: 2x2, stride 2.",
-    "decay_biases": "Also apply weight decay to biases (the paper's update decays weights only).",
-    "lr": "Learning rate (section 5: 0.01); not rescaled with the global batch.",
-    "momentum": "SGD momentum (section 5).",
-    "weight_decay": "L2 weight decay (section 5).",
-    "epochs": "Epochs in all (section 5: roughly 90); raise it to extend a run with --resume.",
-    "train_split": "Split to train on.",
-    "loader": "dali (the pipeline, CPU or GPU), reference (webdataset + torch), auto: dali if installed.",
-    "normalization": "mean-image: subtract the training set's mean image (section 2); "
-    "channel: per-channel mean and std (torchvision style).",
-    "seed": "Seeds the init, the data order and every random augmentation (resume is exact).",
-    "amp": "bf16 autocast on CUDA (LRN kept in float32); --no-amp: float32 throughout. CPU: float32.",
-    "channels_last": "NHWC memory layout on CUDA (faster convolutions); no effect on the CPU.",
-    "compile": "torch.compile the model (same outputs and gradients as eager; slower start).",
-}
-
-
-class _EpochList(click.ParamType):
-    name = "EPOCHS"
-
-    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
-        try:
-            return parse_lr_steps(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-def _config_options(f):  # noqa: ANN001, ANN202
-    """One flag per TrainConfig field, defaulting to None so a config file can set it."""
-    for fl in reversed(fields(TrainConfig)):
-        name = "--" + fl.name.replace("_", "-")
-        help_ = _HELP.get(fl.name, "")
-        if fl.default not in (None, "") and "[default:" not in help_:
-            help_ += f" [default: {fl.default}]"
-        if fl.type in ("bool",) or isinstance(fl.default, bool):
-            f = click.option(f"{name}/--no-{name[2:]}", fl.name, default=None, help=help_)(f)
-        elif fl.name in CHOICES:
-            f = click.option(name, fl.name, type=click.Choice(CHOICES[fl.name]), default=None, help=help_)(f)
-        elif fl.name == "lr_steps":
-            f = click.option(name, fl.name, type=_EpochList(), default=None, help=help_)(f)
-        else:
-            kind = {"int": int, "float": float}.get(str(fl.type).split(" ")[0], str)
-            f = click.option(name, fl.name, type=kind, default=None, help=help_)(f)
-    return f
-
-
 @main.command("run")
-@_config_options
+@run_options
 @click.option(
     "--config",
     "config_file",
@@ -265,12 +176,14 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         given = {k for k, v in flags.items() if v is not None}
         values.update({k: flags[k] for k in given})
         if resume or auto_resume:  # what the user leaves out is what the run was started with
-            saved = _saved_settings(values.get("out"))
+            from trainer.hosts import run_settings  # rank 0's, on hosts that do not share --out
+
+            saved = run_settings(values.get("out"), _saved_settings)
             if resume and not saved and values.get("out") and not values.get("data"):
                 raise TrainError(f"--resume: no such checkpoint: no run was started in {values['out']}")
             values = {**saved, **values}
-        cfg = TrainConfig(**values)
-        if not cfg.data or not cfg.out:
+        cfg = TrainConfig.from_flat(values)
+        if not cfg.run.data or not cfg.run.out:
             raise TrainError("--data and --out are required (flags or config file)")
         rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=given)
     except _USER_ERRORS as e:
@@ -282,10 +195,10 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         click.echo(
             f"done: epoch {last['epoch']}, train loss {last['train_loss']:.4f}"
             + (f", val top-1 err {last['val_top1_err']:.4f}" if "val_top1_err" in last else "")
-            + f"; checkpoint {Path(cfg.out) / 'last.pt'}"
+            + f"; checkpoint {Path(cfg.run.out) / 'last.pt'}"
         )
     else:
-        click.echo(f"nothing to do: {cfg.out} has finished its {cfg.epochs} epochs")
+        click.echo(f"nothing to do: {cfg.run.out} has finished its {cfg.optim.epochs} epochs")
 
 
 def _saved_settings(out: str | None) -> dict:
@@ -378,17 +291,18 @@ def summary_cmd(
     """Each layer's output shape, neurons and parameters, and the totals."""
     prepare_outputs(data=json_out)
 
+    from trainer.config import ModelConfig
     from trainer.model import build_model, summary
 
     size = 32 if arch == "cifar" else int(crop)
-    cfg = TrainConfig(
+    cfg = ModelConfig(
         arch=arch,
         num_classes=num_classes or (10 if arch == "cifar" else 1000),
         towers=towers,
         extra_conv=extra_conv,
         crop=size,
     )
-    model = build_model(cfg.model_config())
+    model = build_model(cfg)
     rows = summary(model, size)
     total = {"neurons": sum(r.neurons for r in rows), "params": sum(p.numel() for p in model.parameters())}
 
@@ -404,14 +318,8 @@ def summary_cmd(
 @main.command("bench-loader")
 @data_option()
 @device_option
-@click.option(
-    "--loader",
-    type=click.Choice(["auto", "dali", "reference"]),
-    default="auto",
-    show_default=True,
-    help=HELP["loader"],
-)
-@click.option("--crop", type=click.IntRange(1), default=None, help=HELP["crop"])
+@option("loader")
+@option("crop")
 @click.option("--batches", type=click.IntRange(2), default=50, show_default=True, help="Batches to time.")
 @batch_size_option
 @num_threads_option
@@ -434,28 +342,31 @@ def bench_loader_cmd(
     """
     prepare_outputs(data=json_out)
 
-    from pipeline.augment import CROP_SIZE
-    from pipeline.loader import TrainLoader
+    from pipeline.loader import Feed, LoaderConfig, TrainLoader
+    from preprocess.paper import CROP_SIZE
     from shards.reader import load_dataset
     from trainer.inference import pick_device
-    from trainer.train import Env, loader_options
 
     try:
         size = load_dataset(data)["size"]
         dev = pick_device(device)
-        cfg = TrainConfig(loader=loader, num_threads=num_threads, crop=crop or min(CROP_SIZE, size))
-        opt = loader_options(cfg, Env(0, 1, 0, [dev]), batch_size)
-        train = TrainLoader(data, opt)
+        crop = crop or min(CROP_SIZE, size)
+        train = TrainLoader(
+            data,
+            LoaderConfig(backend=loader, num_threads=num_threads),
+            Feed(batch_size=batch_size, crop=crop, device=dev.type, rank=0, world=1),
+        )
     except _USER_ERRORS as e:
         _fail(str(e))
     from pipeline.bench import measure
 
     m = measure(train, batches, warmup=5)
     n, rate = m["batches"], m["img_per_s"]
+    backend = train.s.backend
     result = {
-        "loader": opt.backend,
+        "loader": backend,
         "device": dev.type,
-        "crop": opt.crop,
+        "crop": crop,
         "batch_size": batch_size,
         "num_threads": num_threads,
         "batches": n,
@@ -466,7 +377,7 @@ def bench_loader_cmd(
         as_json,
         json_out,
         lambda: click.echo(
-            f"{opt.backend} on {dev.type}: {rate:.1f} img/s ({n} batches of {batch_size}, crop {opt.crop})"
+            f"{backend} on {dev.type}: {rate:.1f} img/s ({n} batches of {batch_size}, crop {crop})"
         ),
     )
 
@@ -724,110 +635,82 @@ def report_cmd(run: Path, out: Path | None) -> None:
 @main.command("fig1")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="CIFAR-10 shards (--size 32).")
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Folder for the runs, JSON and PNG."
-)
-@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Epochs per net.")
-@click.option(
-    "--tanh-epochs",
-    type=click.IntRange(1),
-    default=None,
-    help="Cap for the tanh nets [default: --epochs]; a ratio is then a lower bound if tanh is short.",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the runs, JSON, Markdown and PNG.",
 )
 @click.option(
-    "--variants",
-    default="relu,tanh",
+    "--nets",
+    default=",".join(fig1_stats.DEFAULT_NETS),
     show_default=True,
-    help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (the LRN ablation: each vs its "
-    "net, and the two as a Figure 1 pair with LRN).",
+    help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (with LRN); relu-scale, "
+    "tanh-scale (LRN's constant gain alone: the control).",
 )
 @click.option(
     "--lrs",
-    default="0.003,0.01,0.03",  # trainer.ablations.SWEEP_LRS (not imported: start-up time)
+    default=",".join(f"{lr:g}" for lr in fig1_stats.GRID),
     show_default=True,
-    help="Learning rates to sweep per net (the paper tuned each net's), extended x3 past an end "
-    "where the best lies; one value: no sweep.",
-)
-@click.option(
-    "--sweep-steps",
-    type=click.IntRange(1),
-    default=None,
-    help="Steps per sweep epoch [default: the whole epoch, as in docs/figures.md].",
+    help="The lr grid each net is swept on (steps of at most sqrt(10); extended past an end that "
+    "wins); one value: no sweep.",
 )
 @click.option(
     "--sweep-epochs",
     type=click.IntRange(1),
-    default=1,
+    default=fig1_stats.BUDGET_EPOCHS,
     show_default=True,
-    help="Epochs per sweep run, judged on the last: 1 finds the lr that starts fastest; more find "
-    "the one that keeps going (docs/figures.md: tanh's best lr after 1 epoch is not its fastest to 25%).",
+    help="Budget per sweep point: the lr that reaches 25% training error soonest within it wins "
+    "(none or a tie: the lowest error at its end).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=fig1_stats.EPOCHS,
+    show_default=True,
+    help="Epochs per final run.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(1),
+    default=fig1_stats.SEEDS,
+    show_default=True,
+    help="Final runs per net (seeds 1..N).",
 )
 @click.option("--crop", type=int, default=32, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")
 @click.option("--num-threads", type=click.IntRange(1), default=4, show_default=True)
-@click.option(
-    "--init",
-    type=click.Choice(CHOICES["init"]),
-    default="paper",
-    show_default=True,
-    help="Weight init: paper (N(0, 0.01^2), section 5) or cuda-convnet (conv1 at 1e-4: layers-18pct).",
-)
-@click.option("--quiet", is_flag=True)
+@option("init")
+@click.option("--quiet", is_flag=True, help="No progress bars (each run is still named).")
 def fig1_cmd(
     data: Path,
     out: Path,
-    epochs: int,
-    tanh_epochs: int | None,
-    variants: str,
+    nets: str,
     lrs: str,
-    sweep_steps: int | None,
     sweep_epochs: int,
+    epochs: int,
+    seeds: int,
     crop: int,
     steps_per_epoch: int | None,
     num_threads: int,
     init: str,
     quiet: bool,
 ) -> None:
-    """Figure 1 under the paper's conditions (ReLU vs tanh, each net's lr swept, no regularisation:
-    epochs to 25% training error), and optionally the LRN ablation, on CIFAR-10."""
-    from trainer.ablations import VARIANTS, SweepLength, ratio_lines, run_figure1, sweep_span
+    """Figure 1, settled (docs/figures.md): each net's lr swept by the caption's criterion, then
+    several seeds per net; epochs to 25% training error with ranges, ratios, curves with bands."""
+    from trainer.ablations import Plan, parse_list, run_figure1
+    from trainer.fig1_report import lines
 
-    names = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        _fail(f"--variants: unknown or none {unknown}; choose from {sorted(VARIANTS)}")
     try:
-        rates = [float(v) for v in lrs.split(",") if v.strip()]
-    except ValueError:
-        _fail(f"--lrs: {lrs!r} is not a comma-separated list of numbers")
-    if not rates or any(not (0 < r < 10) for r in rates):
-        _fail(f"--lrs: {lrs!r}: each learning rate must be in (0, 10)")
-    per_net = {n: (tanh_epochs or epochs) if n.startswith("tanh") else epochs for n in names}
-    base = TrainConfig(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
-    try:
-        length = SweepLength(sweep_steps, sweep_epochs)
-        summary = run_figure1(data, out, per_net, base, names, rates, length, progress=not quiet)
+        base = TrainConfig.of(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
+        plan = Plan(
+            parse_list(nets, "--nets"), parse_list(lrs, "--lrs", float), sweep_epochs, epochs, seeds, base
+        )
+        summary = run_figure1(plan, data, out, say=click.echo, progress=not quiet)
     except _USER_ERRORS as e:
         _fail(str(e))
-    for net, s in summary["sweep"]["nets"].items():
-        table = ", ".join(
-            f"{r['lr']:g}: {'diverged' if r['diverged'] else format(r['train_top1_err'], '.3f')}"
-            for r in s["rows"]
-        )
-        click.echo(f"sweep {net:<5} train err after {sweep_span(s['rows'][0])}: {table} -> lr {s['best_lr']}")
-    for name, r in summary["variants"].items():
-        if not r.get("train_error"):
-            click.echo(f"{name:<9} {r.get('note', 'no epochs')}")
-            continue
-        n = len(r["train_error"])
-        to25, to50 = (r[f"epochs_to_{p}pct_train_error"] or f"not within {n}" for p in ("25", "50"))
-        click.echo(
-            f"{name:<9} lr {r['lr']:g}  train err {r['train_error'][-1]:.4f}  "
-            f"test err {r['test_error'][-1]:.4f}  "
-            f"epochs to 25% train err: {to25}; to 50%: {to50}"
-        )
-    for line in ratio_lines(summary):
+    for line in lines(summary):
         click.echo(line)
-    click.echo(f"wrote {out / 'ablation.json'} and {out / 'fig1.png'}")
+    click.echo(f"wrote {out / 'ablation.json'}, {out / 'fig1.md'} and {out / 'fig1.png'}")
 
 
 @main.command("demo")

@@ -1,134 +1,288 @@
-"""Everything a run is configured by, with the paper's values as defaults.
+"""Everything a run is configured by: one nested, frozen config, the paper's values as defaults.
 
-A config file (JSON or TOML, the same keys as the flags with `_` for `-`) can set any field;
-flags given on the command line override it. The resolved config is saved in every checkpoint
-and in RUN/config.json.
+    TrainConfig
+      model   ModelConfig    the network (section 3) and its input size
+      loader  LoaderConfig   augmentation and readers (section 4.1; pipeline/config.py)
+      optim   OptimConfig    SGD, batch, schedule (section 5)
+      run     RunConfig      data, output folder, checkpoints, devices, precision
 
-`TrainConfig.check()` refuses a bad value before any work is done, naming the setting both as
-the flag and as the config-file key; the checks that need the dataset (class count, crop vs
-stored size) are in `trainer.train.resolve_data`.
+Each field is declared once with `setting()` (default, choices or rule, help); the `alextrain run`
+flags (trainer/options.py), config files (TOML tables or JSON, nested by section, or flat keys)
+and a run's config.json all come from it. Every key is unique across sections, so a flat key
+such as `lr` names one field. `TrainConfig.check()` applies every rule, combinations included,
+before any work; the checks that need the dataset (class count, stored size) or the process
+count (global batch) are in trainer/train.py and trainer/distributed.py, also before any work.
+The config is passed whole: each part of the code reads the section it needs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from pipeline.augment import CROP_SIZE, LIGHTING_CONVENTIONS, NORMALIZATIONS
-from trainer.paper import BATCH_SIZE, DROPOUT, EPOCHS, LEARNING_RATE, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
+from pipeline.config import (
+    ConfigError,
+    LoaderConfig,
+    at_least,
+    between,
+    check_section,
+    coerce,
+    default,
+    finite,
+    flag_name,
+    key,
+    setting,
+)
+from preprocess.paper import (
+    BATCH_SIZE,
+    CROP_SIZE,
+    DROPOUT,
+    EPOCHS,
+    LEARNING_RATE,
+    MAX_DROPS,
+    MOMENTUM,
+    WEIGHT_DECAY,
+)
 
-if TYPE_CHECKING:
-    from trainer.model import ModelConfig
+__all__ = ["ConfigError", "LoaderConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig"]
+
+MAX_LR = 10.0  # far above any rate that trains; above it the first step diverges
+CIFAR_SIZE = 32  # the cifar net's input when no dataset has said otherwise
 
 
-@dataclass
-class TrainConfig:
-    data: str = ""
-    out: str = ""
-    # model (section 3)
-    arch: str = "alexnet"
-    num_classes: int | None = None  # None: from OUT/classes.json
-    activation: str = "relu"
-    lrn: str = "cuda-convnet"
-    pool: str = "overlap"
-    towers: int = 2
-    extra_conv: bool = False
-    dropout: float = DROPOUT
-    dropout_mode: str = "paper"  # "paper": unscaled in training, x(1-p) at test; "inverted": torch's
-    init: str = "paper"  # weights N(0, 0.01^2) (section 5); cifar: also "cuda-convnet" (layers-18pct)
-    init_from: str | None = None  # fine-tune: start from this run's / checkpoint's weights
-    crop: int | None = None  # alexnet: 224 (conv1 padded by 2) or 227 (Caffe); None: from the arch
-    # recipe (section 5)
-    batch_size: int = BATCH_SIZE
-    lr: float = LEARNING_RATE
-    momentum: float = MOMENTUM
-    weight_decay: float = WEIGHT_DECAY
-    decay_biases: bool = False
-    epochs: int = EPOCHS
-    schedule: str = "plateau"  # plateau: /10 when val error stalls (the paper); step: at lr_steps
-    lr_steps: list[int] | None = None  # epochs at which `step` divides the lr by 10
-    patience: int = 3
-    max_drops: int = MAX_DROPS
-    # data
-    train_split: str = "train"
-    val_split: str | None = None  # None: val, validation or test, whichever exists
-    loader: str = "auto"  # auto (DALI if installed), dali, reference
-    lighting: str = "cuda-convnet"
-    mirror: bool = True  # random reflections (section 4.1); Figure 1 turns them off
-    lighting_scale_div: float = 1.0  # cuda-convnet: 1.1 (divide after colour noise; docs/model.md)
-    normalization: str = "mean-image"
-    num_threads: int = 4
-    seed: int = 0
-    steps_per_epoch: int | None = None  # cap, for smoke tests and quick ablations
-    # checkpoints
-    checkpoint_every: int | None = None  # steps; None: at epoch ends only
-    keep: int = 1  # last.pt plus the keep-1 checkpoints before it (and best.pt)
-    verify_data: str = "quick"  # shards vs their manifest at start: quick (structure) or full (hashes)
-    # hardware
-    device: str = "auto"  # auto, cuda, cpu
-    model_parallel: int = 1  # 2: one tower per GPU, as in the paper
-    amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True  # on CUDA
-    compile: bool = False
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network (section 3). Saved in every checkpoint: it is what rebuilds the model."""
 
-    def model_config(self) -> ModelConfig:
-        from trainer.model import ModelConfig  # torch: only when a model is built
+    arch: str = setting(
+        "alexnet",
+        "alexnet: the paper's net (section 3); cifar: Figure 1's four-layer net for 32x32 images.",
+        choices=("alexnet", "cifar"),
+    )
+    num_classes: int | None = setting(
+        None,
+        "Must match the dataset [default: from its classes.json].",
+        check=lambda v: v is None or v >= 2,
+        rule="must be >= 2 (or left out: from the dataset)",
+    )
+    activation: str = setting(
+        "relu", "relu (section 3.1) or tanh (Figure 1's comparison).", choices=("relu", "tanh")
+    )
+    lrn: str = setting(
+        "cuda-convnet",
+        "cuda-convnet: torch LRN alpha=1e-4 (Krizhevsky's code); paper: the printed formula (5x); off; "
+        "scale: LRN's constant part alone, x 2^-0.75 (Figure 1's control, docs/model.md).",
+        choices=("cuda-convnet", "paper", "off", "scale"),
+    )
+    pool: str = setting(
+        "overlap",
+        "overlap: 3x3 windows, stride 2 (section 3.4); nonoverlap: 2x2, stride 2.",
+        choices=("overlap", "nonoverlap"),
+    )
+    towers: int = setting(
+        2,
+        "2: the paper's net; 1: one GPU with half the kernels (section 3.2). alexnet only.",
+        choices=(1, 2),
+    )
+    extra_conv: bool = setting(False, "A sixth conv layer (Table 2's 1 CNN*). alexnet only.")
+    dropout: float = setting(
+        DROPOUT,
+        "Dropout probability of fc6 and fc7 (section 4.2). alexnet only.",
+        check=between(0.0, 1.0, hi_open=True),
+        rule="must be in [0, 1)",
+    )
+    dropout_mode: str = setting(
+        "paper",
+        "paper: kept units unscaled in training, x0.5 at test (section 4.2); "
+        "inverted: torch's nn.Dropout (x2 in training).",
+        choices=("paper", "inverted"),
+    )
+    init: str = setting(
+        "paper",
+        "paper: weights N(0, 0.01^2) (section 5); cuda-convnet: conv1 at 1e-4, the rest 0.01 "
+        "(layers-18pct, Krizhevsky's CIFAR-10 net). cifar only.",
+        choices=("paper", "cuda-convnet"),
+    )
+    crop: int | None = setting(
+        None,
+        "Input size: alexnet 224 (conv1 padded by 2) or 227 (Caffe) [default: 224; cifar: the stored size].",
+        check=lambda v: v is None or 1 <= v <= 4096,
+        rule="must be in 1..4096",
+    )
 
-        return ModelConfig(
-            arch=self.arch,
-            num_classes=self.num_classes or 1000,
-            activation=self.activation,
-            lrn=self.lrn,
-            pool=self.pool,
-            towers=self.towers,
-            extra_conv=self.extra_conv,
-            dropout=self.dropout,
-            dropout_mode=self.dropout_mode,
-            init=self.init,
-            conv1_padding=2 if self.crop == 224 else 0,
-            input_size=self.crop if self.crop is not None else CROP_SIZE,
-        )
+    @property
+    def input_size(self) -> int:
+        """The crop, resolved: the dataset fills it in for cifar; alone, CIFAR's 32."""
+        return self.crop or (CROP_SIZE if self.arch == "alexnet" else CIFAR_SIZE)
+
+    @property
+    def conv1_padding(self) -> int:
+        """Errata (docs/model.md): 224 crops need conv1 padded by 2 for 55x55 maps; 227 none."""
+        return 2 if self.arch == "alexnet" and self.input_size == 224 else 0
+
+    @property
+    def classes(self) -> int:
+        return self.num_classes or 1000
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def check(self, given: set[str] | None = None) -> None:
-        """Refuse the first bad setting (ConfigError naming it); `given`: keys the user set.
-
-        An option the arch ignores is refused when given (or, for a programmatic config, when
-        it differs from its default) rather than silently dropped.
-        """
-        for name, ok, rule in _rules(self):
-            if not ok:
-                raise ConfigError(f"{_name(name)} = {getattr(self, name)!r}: {rule}")
-        unused = {**ARCH_IGNORES.get(self.arch, {}), **SCHEDULE_IGNORES.get(self.schedule, {})}
-        for name, why in unused.items():
-            if (given is not None and name in given) or getattr(self, name) != _default(name):
-                raise ConfigError(f"{_name(name)}: {why}; leave it out")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work, named as flag and config key."""
+    @classmethod
+    def from_dict(cls, saved: dict) -> ModelConfig:
+        """A checkpoint's model config, checked: a damaged one is not read as the default net."""
+        missing = [k for k in ("arch", "num_classes") if k not in saved]
+        if missing:
+            raise ConfigError(f"no {' or '.join(missing)}")
+        unknown = sorted(set(saved) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown keys {unknown} (a checkpoint from before 0.2?)")
+        made = cls(**{f.name: coerce(f, saved[f.name]) for f in fields(cls) if f.name in saved})
+        check_section(made)
+        return made
 
 
-CHOICES = {
-    "arch": ("alexnet", "cifar"),
-    "activation": ("relu", "tanh"),
-    "lrn": ("cuda-convnet", "paper", "off"),
-    "pool": ("overlap", "nonoverlap"),
-    "loader": ("auto", "dali", "reference"),
-    "lighting": LIGHTING_CONVENTIONS,
-    "normalization": NORMALIZATIONS,
-    "device": ("auto", "cuda", "cpu"),
-    "schedule": ("plateau", "step"),
-    "verify_data": ("quick", "full"),
-    "dropout_mode": ("paper", "inverted"),
-    "init": ("paper", "cuda-convnet"),
-}
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD and the learning-rate schedule (section 5)."""
+
+    global_batch: int = setting(
+        BATCH_SIZE,
+        "Images per step across all processes (section 5: 128); each process takes an equal share. "
+        "Larger is a departure: see --lr-scaling and --warmup-epochs (docs/runbook.md).",
+        check=at_least(1),
+        rule="must be >= 1",
+    )
+    lr: float = setting(
+        LEARNING_RATE,
+        "Learning rate (section 5: 0.01), at the paper's batch of 128 (see --lr-scaling).",
+        check=lambda v: finite(v) and 0 < v <= MAX_LR,
+        rule=f"must be a finite number in (0, {MAX_LR:g}]",
+    )
+    lr_scaling: str = setting(
+        "none",
+        "none: --lr as given; linear: --lr x global batch / 128 (Goyal et al. 2017), for large batches.",
+        choices=("none", "linear"),
+    )
+    warmup_epochs: int = setting(
+        0,
+        "Ramp the lr linearly from --lr to its scaled value over this many epochs, per step "
+        "(Goyal et al.: 5 with --lr-scaling linear) [default: 0, the paper].",
+        check=at_least(0),
+        rule="must be >= 0",
+    )
+    momentum: float = setting(
+        MOMENTUM, "SGD momentum (section 5).", check=between(0.0, 1.0, True), rule="must be in [0, 1)"
+    )
+    weight_decay: float = setting(
+        WEIGHT_DECAY, "L2 weight decay (section 5).", check=between(0.0, 1.0, True), rule="must be in [0, 1)"
+    )
+    decay_biases: bool = setting(
+        False, "Also apply weight decay to biases (the paper's update decays weights only)."
+    )
+    epochs: int = setting(
+        EPOCHS,
+        "Epochs in all (section 5: roughly 90); raise it to extend a run with --resume.",
+        check=at_least(1),
+        rule="must be >= 1",
+    )
+    schedule: str = setting(
+        "plateau",
+        "plateau: lr/10 when val error stalls (the paper; needs a val split); step: at --lr-steps.",
+        choices=("plateau", "step"),
+    )
+    lr_steps: tuple[int, ...] | None = setting(
+        None, "Epochs at which --schedule step divides the lr by 10, e.g. 30,60,80."
+    )
+    patience: int = setting(
+        3,
+        "Epochs without val improvement before the lr is divided by 10 (plateau).",
+        check=at_least(1),
+        rule="must be >= 1",
+    )
+    max_drops: int = setting(
+        MAX_DROPS, "Most lr divisions (plateau; section 5: 3).", check=at_least(0), rule="must be >= 0"
+    )
+
+    def base_lr(self) -> float:
+        """The lr after warm-up: --lr, times global batch / 128 with --lr-scaling linear."""
+        return self.lr * (self.global_batch / BATCH_SIZE if self.lr_scaling == "linear" else 1.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to train on, where to write, and on what hardware."""
+
+    data: str = setting("", "Sharded dataset folder (alexprep shard, then alexprep pca-stats). Required.")
+    out: str = setting("", "Run directory: checkpoints, metrics.jsonl, config.json. Required.")
+    train_split: str = setting("train", "Split to train on.")
+    val_split: str | None = setting(None, "[default: val, validation or test, whichever exists].")
+    seed: int = setting(
+        0,
+        "Seeds the init, the data order and every random augmentation (resume is exact).",
+        check=lambda v: 0 <= v < 2**63,
+        rule="must be >= 0 and < 2**63 (torch.manual_seed)",
+    )
+    steps_per_epoch: int | None = setting(
+        None,
+        "Cap on steps per epoch (quick runs) [default: the whole split].",
+        check=at_least(1),
+        rule="must be >= 1",
+    )
+    checkpoint_every: int | None = setting(
+        None,
+        "Also checkpoint every N steps (exact mid-epoch resume) [default: epoch ends only].",
+        check=at_least(1),
+        rule="must be >= 1 (steps)",
+    )
+    keep: int = setting(
+        1,
+        "Keep the newest N checkpoints as step-*.pt (last.pt is the newest; best.pt is kept too).",
+        check=at_least(1),
+        rule="must be >= 1",
+    )
+    verify_data: str = setting(
+        "quick",
+        "Check the shards before training: quick (structure; hashes if never verified) or full.",
+        choices=("quick", "full"),
+    )
+    device: str = setting(
+        "auto",
+        "auto: CUDA when a GPU is visible, else the CPU; cuda: refuse to start without a GPU.",
+        choices=("auto", "cuda", "cpu"),
+    )
+    model_parallel: int = setting(
+        1, "2: one tower per GPU, as in the paper (needs --towers 2).", choices=(1, 2)
+    )
+    precision: str = setting(
+        "fp32",
+        "fp32: the paper's arithmetic (TF32 off); tf32: TF32 matmuls/convolutions on Ampere+; "
+        "bf16: bf16 autocast (LRN kept in fp32). A speed choice, recorded and fixed for a run.",
+        choices=("fp32", "tf32", "bf16"),
+    )
+    channels_last: bool = setting(
+        True, "NHWC memory layout on CUDA (faster convolutions); no effect on the CPU."
+    )
+    compile: bool = setting(
+        False, "torch.compile the model (same outputs and gradients as eager; slower start)."
+    )
+    init_from: str | None = setting(
+        None,
+        "Fine-tune: start from this run folder's / checkpoint's weights (new classifier if the "
+        "class count differs; new optimiser state). Table 2's 1 CNN*: pre-train with --extra-conv too.",
+    )
+
+
+SECTIONS = {"model": ModelConfig, "loader": LoaderConfig, "optim": OptimConfig, "run": RunConfig}
+# flat key -> (section, attribute); keys are unique across sections
+WHERE: dict[str, tuple[str, str]] = {key(f): (s, f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
+FIELDS = {key(f): f for cls in SECTIONS.values() for f in fields(cls)}
+# settings a resumed run may change (the rest must match its checkpoint)
+RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data", "mmap"})
+# settings each host may choose for itself (not compared across ranks): how it reads its disk
+PER_HOST = frozenset({"data", "out", "mmap"})
 ARCH_IGNORES = {
     "cifar": {
         "towers": "--arch cifar has one tower",
@@ -144,108 +298,128 @@ SCHEDULE_IGNORES = {
         "max_drops": "--schedule step drops the lr at --lr-steps, not on plateaus",
     },
 }
-MAX_LR = 10.0  # far above any rate that trains; above it the first step diverges
 
 
-def _name(key: str) -> str:
-    return f"--{key.replace('_', '-')} ({key})"
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ---- as data: nested for files, flat for flags and messages ----
+    def to_dict(self) -> dict:
+        """Nested by section, keys as in flags and config files (JSON- and TOML-ready)."""
+        return {
+            s: {key(f): _plain(getattr(getattr(self, s), f.name)) for f in fields(cls)}
+            for s, cls in SECTIONS.items()
+        }
+
+    def flat(self) -> dict[str, Any]:
+        return {k: getattr(getattr(self, s), a) for k, (s, a) in WHERE.items()}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> TrainConfig:
+        return cls().replace(**values)
+
+    @classmethod
+    def of(cls, **values: Any) -> TrainConfig:
+        """`TrainConfig.of(arch="cifar", lr=0.1)`: the defaults with these settings (flat keys)."""
+        return cls().replace(**values)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
+        """Nested ({"optim": {"lr": ...}}) or flat ({"lr": ...}) settings, types checked."""
+        return cls.from_flat(flatten(data, source))
+
+    def replace(self, **values: Any) -> TrainConfig:
+        """A copy with some settings changed, by flat key: `cfg.replace(lr=0.1, crop=227)`."""
+        unknown = sorted(set(values) - set(WHERE))
+        if unknown:
+            raise ConfigError(f"unknown settings {unknown}")
+        by_section: dict[str, dict] = {}
+        for k, v in values.items():
+            s, a = WHERE[k]
+            by_section.setdefault(s, {})[a] = tuple(v) if isinstance(v, list) else v
+        return replace(self, **{s: replace(getattr(self, s), **kv) for s, kv in by_section.items()})
+
+    # ---- the rules, all of them, before any work ----
+    def check(self, given: set[str] | None = None) -> None:
+        """Refuse the first bad setting (ConfigError naming flag and key); `given`: keys the user
+        set. An option the arch or schedule ignores is refused when given (or, for a
+        programmatic config, when it differs from its default) rather than silently dropped."""
+        for section in (self.model, self.loader, self.optim, self.run):
+            check_section(section)
+        self.loader.check()
+        m, o, r = self.model, self.optim, self.run
+        rules = [
+            (
+                "crop",
+                m.crop is None or (m.crop in (224, 227) if m.arch == "alexnet" else m.crop >= 16),
+                "alexnet takes 224 or 227" if m.arch == "alexnet" else "cifar takes 16 up to the stored size",
+            ),
+            (
+                "init",
+                m.init == "paper" or m.arch == "cifar",
+                "cuda-convnet is the cifar net's (layers-18pct)",
+            ),
+            (
+                "model_parallel",
+                r.model_parallel == 1 or (m.arch == "alexnet" and m.towers == 2),
+                "--model-parallel 2 puts one tower per GPU: it needs the two-tower alexnet",
+            ),
+            (
+                "lr_steps",
+                o.lr_steps is None
+                or (
+                    len(o.lr_steps) > 0
+                    and all(b > a for a, b in zip((0, *o.lr_steps[:-1]), o.lr_steps, strict=True))
+                ),
+                "must be increasing epochs >= 1, e.g. 30,60,80",
+            ),
+            ("lr_steps", o.schedule != "step" or o.lr_steps is not None, "--schedule step needs --lr-steps"),
+            ("warmup_epochs", o.warmup_epochs < o.epochs, "must be fewer than --epochs"),
+        ]
+        for name, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"{flag_name(name)} = {self.flat()[name]!r}: {rule}")
+        flat = self.flat()
+        for name, why in {**ARCH_IGNORES.get(m.arch, {}), **SCHEDULE_IGNORES.get(o.schedule, {})}.items():
+            if (given is not None and name in given) or flat[name] != default(FIELDS[name]):
+                raise ConfigError(f"{flag_name(name)}: {why}; leave it out")
 
 
-def _default(key: str) -> object:
-    f = next(f for f in fields(TrainConfig) if f.name == key)
-    return f.default if f.default is not MISSING else f.default_factory()
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
-def _finite(x: object) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _rules(c: TrainConfig) -> list[tuple[str, bool, str]]:
-    """(key, holds, rule) in flag order; types first, then ranges."""
-    rules = [(k, getattr(c, k) in v, f"not one of {', '.join(v)}") for k, v in CHOICES.items()]
-    crop_ok = c.crop is None or (c.crop in (224, 227) if c.arch == "alexnet" else 16 <= c.crop <= 4096)
-    crop_rule = "alexnet takes 224 or 227" if c.arch == "alexnet" else "cifar takes 16 up to the stored size"
-    steps = c.lr_steps
-    rules += [
-        ("crop", crop_ok, crop_rule),
-        ("init", c.init == "paper" or c.arch == "cifar", "cuda-convnet is the cifar net's (layers-18pct)"),
-        (
-            "num_classes",
-            c.num_classes is None or c.num_classes >= 2,
-            "must be >= 2 (or left out: from the dataset)",
-        ),
-        ("towers", c.towers in (1, 2), "must be 1 or 2"),
-        ("model_parallel", c.model_parallel in (1, 2), "must be 1 or 2 (one tower per GPU)"),
-        ("dropout", _finite(c.dropout) and 0 <= c.dropout < 1, "must be in [0, 1)"),
-        ("batch_size", c.batch_size >= 1, "must be >= 1"),
-        ("lr", _finite(c.lr) and 0 < c.lr <= MAX_LR, f"must be a finite number in (0, {MAX_LR:g}]"),
-        (
-            "lighting_scale_div",
-            _finite(c.lighting_scale_div) and 1 <= c.lighting_scale_div <= 2,
-            "must be in [1, 2] (cuda-convnet: 1.1)",
-        ),
-        ("momentum", _finite(c.momentum) and 0 <= c.momentum < 1, "must be in [0, 1)"),
-        ("weight_decay", _finite(c.weight_decay) and 0 <= c.weight_decay < 1, "must be in [0, 1)"),
-        ("epochs", c.epochs >= 1, "must be >= 1"),
-        ("patience", c.patience >= 1, "must be >= 1"),
-        ("max_drops", c.max_drops >= 0, "must be >= 0"),
-        ("steps_per_epoch", c.steps_per_epoch is None or c.steps_per_epoch >= 1, "must be >= 1"),
-        ("num_threads", c.num_threads >= 1, "must be >= 1"),
-        ("seed", 0 <= c.seed < 2**63, "must be >= 0 and < 2**63 (torch.manual_seed)"),
-        ("checkpoint_every", c.checkpoint_every is None or c.checkpoint_every >= 1, "must be >= 1 (steps)"),
-        ("keep", c.keep >= 1, "must be >= 1"),
-        (
-            "lr_steps",
-            steps is None
-            or (len(steps) > 0 and all(b > a for a, b in zip([0, *steps[:-1]], steps, strict=True))),
-            "must be increasing epochs >= 1, e.g. 30,60,80",
-        ),
-        (
-            "lr_steps",
-            c.schedule != "step" or steps is not None,
-            "--schedule step needs --lr-steps, e.g. 30,60,80",
-        ),
-    ]
-    return rules
-
-
-def parse_lr_steps(value: object) -> list[int] | None:
-    """ "30,60,80" or [30, 60, 80] -> [30, 60, 80]; ConfigError otherwise."""
-    if value is None or value == "":
-        return None
-    items = value.split(",") if isinstance(value, str) else value
+def flatten(data: dict, source: str = "config") -> dict[str, Any]:
+    """Nested sections and/or flat keys -> flat keys, each type-checked; unknown keys refused."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config holds a table of settings, not a {type(data).__name__}")
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in SECTIONS and isinstance(v, dict):
+            inner = {key(f): f.name for f in fields(SECTIONS[k])}
+            wrong = sorted(set(v) - set(inner))
+            if wrong:
+                raise ConfigError(f"{source}: unknown keys {wrong} in [{k}]")
+            flat.update(v)
+        elif k in WHERE:
+            flat[k] = v
+        else:
+            raise ConfigError(f"{source}: unknown key {k!r}")
     try:
-        if not isinstance(items, list | tuple) or any(isinstance(v, bool | float) for v in items):
-            raise ValueError
-        return [int(v) for v in items]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{_name('lr_steps')} = {value!r}: not a list of epochs like 30,60,80") from None
-
-
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def coerce(key: str, value: object) -> object:
-    """A config-file value checked against the field's type (int for float is fine)."""
-    if key == "lr_steps":
-        return parse_lr_steps(value)
-    annotation = next(f.type for f in fields(TrainConfig) if f.name == key)
-    kinds = [k.strip() for k in str(annotation).split("|")]
-    if value is None and "None" in kinds:
-        return None
-    kind = _TYPES[kinds[0]]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{_name(key)} = {value!r}: must be {' or '.join(kinds)}")
+        return {k: coerce(FIELDS[k], v) for k, v in flat.items()}
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 MAX_CONFIG_BYTES = 2**20
 
 
-def load_config_file(path: Path) -> dict:
-    """JSON or TOML -> dict of TrainConfig fields; unknown keys and wrong types are an error."""
+def load_config_file(path: Path) -> dict[str, Any]:
+    """JSON or TOML (nested by section, or flat keys) -> flat settings; errors name the file."""
     if not path.is_file():  # a FIFO or /dev/zero would block or fill the memory
         raise ConfigError(f"{path}: a config file must be a regular file")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -255,13 +429,14 @@ def load_config_file(path: Path) -> dict:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{path}: not a readable JSON or TOML config ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file holds a table of settings, not a {type(data).__name__}")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys {unknown}")
-    try:
-        return {k: coerce(k, v) for k, v in data.items()}
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return flatten(data, str(path))
+
+
+def config_changes(saved: dict, now: TrainConfig) -> list[str]:
+    """Settings that differ between a checkpoint's config and this run's, except RESUMABLE ones."""
+    then = flatten(saved, "checkpoint config")
+    mine = now.flat()
+    keys = sorted((set(then) | set(mine)) - RESUMABLE)
+    return [
+        f"{k} (checkpoint {then.get(k)!r}, now {mine.get(k)!r})" for k in keys if then.get(k) != mine.get(k)
+    ]

@@ -83,7 +83,7 @@ def steps(out: Path, epochs: int = EPOCHS) -> list[Step]:
                 "cifar",
                 "--epochs",
                 str(epochs),
-                "--batch-size",
+                "--global-batch",
                 str(BATCH_SIZE),
                 "--lr",
                 str(LR),

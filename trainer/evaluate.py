@@ -12,9 +12,11 @@ import torch
 import torch.distributed as dist
 
 
-def autocast(device: torch.device, enabled: bool):  # noqa: ANN201
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str = "fp32"):  # noqa: ANN201
+    """bf16 autocast for `--precision bf16` (CUDA or CPU; LRN stays fp32 inside, model.py);
+    fp32 and tf32 run without autocast (tf32 is a backend switch, trainer/distributed.py)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -26,13 +28,15 @@ def topk_correct(probs: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[int]:
 
 
 @torch.no_grad()
-def predict_each(models: list[torch.nn.Module], x: torch.Tensor, amp: bool) -> list[torch.Tensor]:
+def predict_each(
+    models: list[torch.nn.Module], x: torch.Tensor, precision: str = "fp32"
+) -> list[torch.Tensor]:
     """Each model's softmax averaged over the crops (x: [B, 10, C, H, W]) -> [B, classes]."""
     crops = x.shape[1] if x.ndim == 5 else 1
     flat = x.flatten(0, 1) if x.ndim == 5 else x
     out = []
     for m in models:
-        with autocast(flat.device, amp):
+        with autocast(flat.device, precision):
             logits = m(flat)
         out.append(logits.float().softmax(1).to(x.device).view(x.shape[0], crops, -1).mean(1))
     return out
@@ -67,14 +71,14 @@ class Tally:
 
 
 @torch.no_grad()
-def evaluate_many(models: list[torch.nn.Module], loader, amp: bool = False, bar=None) -> list[dict]:  # noqa: ANN001
+def evaluate_many(models: list[torch.nn.Module], loader, precision: str = "fp32", bar=None) -> list[dict]:  # noqa: ANN001
     """One pass over `loader`: each model's results, then (for several) their average's.
     `bar`: a progress bar (tqdm) advanced by the images of each batch."""
     for m in models:
         m.eval()
     tallies = [Tally() for _ in range(len(models) + (len(models) > 1))]
     for x, y in loader:
-        probs = predict_each(models, x, amp)
+        probs = predict_each(models, x, precision)
         if len(models) > 1:
             probs.append(torch.stack(probs).mean(0))
         for t, p in zip(tallies, probs, strict=True):
@@ -84,6 +88,6 @@ def evaluate_many(models: list[torch.nn.Module], loader, amp: bool = False, bar=
     return [t.result() for t in tallies]
 
 
-def evaluate(models: list[torch.nn.Module], loader, amp: bool = False) -> dict:  # noqa: ANN001
+def evaluate(models: list[torch.nn.Module], loader, precision: str = "fp32") -> dict:  # noqa: ANN001
     """Loss (NLL of the averaged softmax), top-1/top-5 error over every sample of `loader`."""
-    return evaluate_many(models, loader, amp)[-1]
+    return evaluate_many(models, loader, precision)[-1]

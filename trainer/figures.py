@@ -57,8 +57,8 @@ def load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"): 
 
     checkpoint = resolve(checkpoint)
     model, state = load_model(checkpoint, pick_device(device))
-    cfg = state["config"]
-    if data is None and not isinstance(cfg.get("data"), str):
+    cfg = state["config"]  # flat: load_model read it
+    if data is None and not cfg.get("data"):
         raise CheckpointError(f"{checkpoint}: names no dataset; pass --data OUT")
     data = data or Path(cfg["data"])
     if not (data / layout.DATASET_JSON).is_file():
@@ -276,7 +276,7 @@ def predict_images(
             missing.remove(truth)
     results, shown = [], set()
     for path, (rgb, x) in zip(images, loaded, strict=True):
-        probs = predict_each([model], x.to(device), amp=False)[0][0].cpu()
+        probs = predict_each([model], x.to(device))[0][0].cpu()
         top = probs.topk(min(k, len(probs)))
         truth, _ = true_class(path, classes)
         shown.update(int(i) for i in top.indices)

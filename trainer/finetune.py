@@ -39,7 +39,7 @@ def init_from(model: nn.Module, source: str | Path, model_config: ModelConfig) -
         raise FineTuneError(f"{path}: not an alextrain checkpoint (no model / model_config table)")
     try:
         saved = ModelConfig.from_dict(state["model_config"])
-    except TypeError as e:  # a key unknown to this version
+    except (TypeError, ValueError) as e:  # a key unknown to this version
         raise FineTuneError(f"{path}: malformed model_config ({e})") from None
     for key in MUST_MATCH:
         if getattr(saved, key) != getattr(model_config, key):
@@ -70,12 +70,22 @@ def init_from(model: nn.Module, source: str | Path, model_config: ModelConfig) -
     return {"checkpoint": str(path), "copied": copied, "reinitialised": fresh, "ignored": ignored}
 
 
+def _layers(names: list[str]) -> list[str]:
+    return sorted({n.split(".")[0] for n in names})
+
+
 def describe(result: dict) -> str:
-    """One line for the run's log."""
-    fresh = sorted({n.rsplit(".", 1)[0].split(".parts")[0] for n in result["reinitialised"]})
-    ignored = sorted({n.split(".")[0] for n in result["ignored"]})
-    return (
+    """The run's log: one line, and a second one when a fresh conv6 sits under trained layers."""
+    fresh, ignored = _layers(result["reinitialised"]), _layers(result["ignored"])
+    line = (
         f"init from {result['checkpoint']}: {len(result['copied'])} tensors copied"
         + (f"; new init: {', '.join(fresh)}" if fresh else "")
         + (f"; not used: {', '.join(ignored)}" if ignored else "")
     )
+    if "conv6" in fresh and result["copied"]:
+        line += (
+            "\nnote: the source has no conv6, so this run puts a RANDOM conv6 (N(0, 0.01^2)) between "
+            "trained conv5 and trained fc6; the paper's 1 CNN* had conv6 in pre-training: pre-train "
+            "with --extra-conv, then fine-tune with --extra-conv --init-from (docs/model.md)"
+        )
+    return line

@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.loader import EvalLoader, LoaderOptions
+from pipeline.loader import EvalLoader, Feed, LoaderConfig
 from shards.reader import default_val_split, load_classes, load_dataset
 from trainer import checkpoint
+from trainer.config import SECTIONS, TrainConfig
 from trainer.errors import TrainError
 from trainer.evaluate import evaluate_many
 from trainer.model import ModelConfig, build_model
@@ -33,15 +34,19 @@ def load_model(
     mc = state.get("model_config")
     if mc is None:
         raise checkpoint.CheckpointError(f"{path}: not an alextrain checkpoint (no model_config)")
-    run_config = state.get("config")
-    if not isinstance(run_config, dict) or not {"crop", "normalization"} <= run_config.keys():
+    saved = state.get("config")
+    if not isinstance(saved, dict) or set(saved) != set(SECTIONS):
         # the input preprocessing the model was trained with: needed by every caller
         raise checkpoint.CheckpointError(
-            f"{path}: not an alextrain checkpoint (no config with crop, normalization)"
+            f"{path}: not an alextrain 0.2 checkpoint (no config with {SECTIONS})"
         )
     try:
+        state["config"] = TrainConfig.from_dict(saved, "its config").flat()
+    except (TypeError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"{path}: not an alextrain 0.2 checkpoint ({e})") from None
+    try:
         config = ModelConfig.from_dict(mc)
-    except TypeError as e:  # not a dict, or a key missing or unknown
+    except (TypeError, ValueError) as e:  # not a dict, or a key missing or unknown
         raise checkpoint.CheckpointError(f"{path}: malformed model_config ({e})") from None
     if num_classes is not None and config.num_classes != num_classes:
         raise checkpoint.CheckpointError(
@@ -87,15 +92,11 @@ def evaluate_checkpoints(
     for p, c in zip(paths[1:], configs[1:], strict=True):
         if (c["crop"], c["normalization"]) != (cfg["crop"], cfg["normalization"]):
             raise ValueError(f"{p}: trained with other input preprocessing than {paths[0]}")
-    opt = LoaderOptions(
-        batch_size=batch_size,
-        device=dev.type,
-        crop=cfg["crop"],
-        normalization=cfg["normalization"],
-        lighting="off",
-        num_threads=num_threads or cfg.get("num_threads", 4),
+    loader_cfg = LoaderConfig(
+        normalization=cfg["normalization"], num_threads=num_threads or cfg["num_threads"]
     )
-    loader = EvalLoader(data, opt, split=split, ten_crop=ten_crop)
+    feed = Feed(batch_size=batch_size, crop=cfg["crop"], device=dev.type)
+    loader = EvalLoader(data, loader_cfg, feed, split=split, ten_crop=ten_crop)
     names = [str(p) for p in paths] + ([f"average of {len(models)}"] if len(models) > 1 else [])
     total = sum(f.get("samples", 0) for f in meta["splits"][split].get("files", {}).values()) or None
     mode = "ten-crop" if ten_crop else "centre crop"

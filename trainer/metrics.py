@@ -42,3 +42,36 @@ def read_metrics(path: Path) -> list[dict]:
         shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
         warnings.warn(f"{path}: skipped {len(bad)} unreadable line(s): {shown}", stacklevel=2)
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+class MetricsWriter:
+    """metrics.jsonl (one line per finished epoch), and TensorBoard when it is installed.
+
+    Only rank 0 writes. The file is rewritten at start from the checkpoint's history (empty for a
+    new run), so a run killed between an epoch's line and its checkpoint never lists it twice.
+    """
+
+    def __init__(self, run: Path, enabled: bool, history: list[dict]):
+        import importlib.util
+
+        from shards import layout
+
+        self.path, self.enabled, self.tb = run / METRICS, enabled, None
+        if not enabled:
+            return
+        layout.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in history).encode())
+        if importlib.util.find_spec("tensorboard") is not None:  # optional extra
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tb"), purge_step=len(history) or None)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()

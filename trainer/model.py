@@ -9,59 +9,26 @@ The arithmetic is the same either way, so outputs and gradients are the same.
 
 Errata (see docs/model.md): a 224x224 input with an 11x11 stride-4 kernel does not give 55x55
 maps; we pad conv1 by 2 (torchvision's choice), giving 55x55x96 = 290,400 conv1 neurons
-(the paper prints 253,440). `input_size=227, conv1_padding=0` gives Caffe's variant.
+(the paper prints 253,440). `crop=227` (conv1 unpadded) gives Caffe's variant.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from trainer.paper import DROPOUT  # section 4.2
+from preprocess.paper import DROPOUT, INIT_STD, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, ONE_BIAS
+from trainer.config import ModelConfig
 
-# Section 3.3: k=2, n=5, alpha=1e-4, beta=0.75.
-LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
-DROPOUT_MODES = ("paper", "inverted")
-LEGACY_DROPOUT_MODE = "inverted"  # what checkpoints without the key were trained with
-INIT_STD = 0.01  # section 5: weights ~ N(0, 0.01^2)
+__all__ = ["AlexNet", "CifarNet", "ModelConfig", "build_model", "summary"]
+
 # cuda-convnet's layers-18pct.cfg (Krizhevsky's own CIFAR-10 net, the published relative of
 # Figure 1's): initW per learned layer. conv1 starts 100x smaller than the rest because its
 # input is 0-255 pixels less the mean: at 0.01 its units start with a std of ~5, deep in tanh's
 # flat tails. The paper gives no init for the Figure 1 net.
 CIFAR_INIT_STD = {"paper": (INIT_STD,) * 4, "cuda-convnet": (1e-4, 0.01, 0.01, 0.01)}
-ONE_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")  # section 5: biases 1 here, 0 elsewhere
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = "alexnet"  # "alexnet" or "cifar" (the small net of Figure 1)
-    num_classes: int = 1000
-    activation: str = "relu"  # "relu" or "tanh" (Figure 1's comparison)
-    lrn: str = "cuda-convnet"  # "cuda-convnet" (torch alpha = 1e-4), "paper" (5x stronger), "off"
-    pool: str = "overlap"  # "overlap" (3/2) or "nonoverlap" (2/2), section 3.4's ablation
-    towers: int = 2  # 2: the paper's net; 1: one GPU with half the kernels (section 3.2)
-    extra_conv: bool = False  # a sixth conv layer after pool5 ("1 CNN*", Table 2)
-    dropout: float = DROPOUT
-    dropout_mode: str = "paper"  # "paper" (section 4.2) or "inverted" (torch's nn.Dropout)
-    init: str = "paper"  # cifar only: "paper" (section 5's N(0, 0.01^2)) or "cuda-convnet"
-    conv1_padding: int = 2  # with 224 crops; 0 with 227 crops (Caffe)
-    input_size: int = 224
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, saved: dict) -> ModelConfig:
-        """A checkpoint's model config. Checkpoints from before `dropout_mode` existed were
-        trained with torch's inverted dropout, so they load as "inverted": the same function.
-        The shape-deciding keys every checkpoint has always had must be there (TypeError), so
-        that a damaged config is not read as the default 1000-class net."""
-        missing = [k for k in ("arch", "num_classes") if k not in saved]
-        if missing:
-            raise TypeError(f"no {' or '.join(missing)}")
-        return cls(**{"dropout_mode": LEGACY_DROPOUT_MODE, **saved})
 
 
 def _act(cfg: ModelConfig) -> nn.Module:
@@ -85,10 +52,31 @@ class Float32LRN(nn.LocalResponseNorm):
             return super().forward(x.float())
 
 
+class ConstantScale(nn.Module):
+    """x * k^-beta (= 2^-0.75 ~ 0.59): what LRN does to a unit whose neighbours are quiet.
+
+    With k = 2 the LRN's adaptive term is ~0.005 next to k at init, so most of what LRN does
+    early on is this fixed rescaling. `--lrn scale` puts it where LRN would be, so that a run
+    with it separates LRN's normalisation (the adaptive term) from its constant gain.
+    """
+
+    def __init__(self, factor: float = LRN_K**-LRN_BETA):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:.6f}"
+
+
 def _lrn(cfg: ModelConfig) -> nn.Module:
     """cuda-convnet divides alpha by n, as torch does; the paper's printed formula does not."""
     if cfg.lrn == "off":
         return nn.Identity()
+    if cfg.lrn == "scale":
+        return ConstantScale()
     alpha = {"cuda-convnet": LRN_ALPHA, "paper": LRN_ALPHA * LRN_SIZE}[cfg.lrn]
     return Float32LRN(LRN_SIZE, alpha=alpha, beta=LRN_BETA, k=LRN_K)
 
@@ -192,7 +180,7 @@ def _dropout(cfg: ModelConfig) -> nn.Module:
         return PaperDropout(cfg.dropout)
     if cfg.dropout_mode == "inverted":
         return nn.Dropout(cfg.dropout)
-    raise ValueError(f"dropout_mode {cfg.dropout_mode!r} not in {DROPOUT_MODES}")
+    raise ValueError(f"dropout_mode {cfg.dropout_mode!r} not paper|inverted")
 
 
 def _pool(cfg: ModelConfig) -> nn.Module:
@@ -229,7 +217,7 @@ class LayerInfo:
 class AlexNet(nn.Module):
     """The two-tower net; `cfg.towers=1` gives the one-GPU half-width comparison net."""
 
-    def __init__(self, cfg: ModelConfig = ModelConfig()):
+    def __init__(self, cfg: ModelConfig = ModelConfig()):  # noqa: B008 (frozen: one shared default)
         super().__init__()
         if cfg.arch != "alexnet":
             raise ValueError("AlexNet needs arch='alexnet'; use build_model")
@@ -251,7 +239,7 @@ class AlexNet(nn.Module):
         self.conv6 = TowerLayer("conv6", conv(c5 * t, c5, 3), t, shared=True) if cfg.extra_conv else None
         self.fc6 = TowerLayer("fc6", lambda: nn.Linear(c5 * t * 6 * 6, f), t, shared=True)
         self.fc7 = TowerLayer("fc7", lambda: nn.Linear(f * t, f), t, shared=True)
-        self.fc8 = nn.Linear(f * t, cfg.num_classes)
+        self.fc8 = nn.Linear(f * t, cfg.classes)
         self.act, self.lrn, self.pool = _act(cfg), _lrn(cfg), _pool(cfg)
         self.drop = _dropout(cfg)
         self.devices: list[torch.device] | None = None
@@ -336,7 +324,7 @@ class CifarNet(nn.Module):
         )
         with torch.no_grad():
             n = self.body(torch.zeros(1, 3, cfg.input_size, cfg.input_size)).shape[1]
-        self.fc = nn.Linear(n, cfg.num_classes)
+        self.fc = nn.Linear(n, cfg.classes)
         if cfg.init not in CIFAR_INIT_STD:
             raise ValueError(f"init {cfg.init!r} not in {tuple(CIFAR_INIT_STD)}")
         learned = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -237,7 +237,7 @@ def extract_features(
     """
     from tqdm import tqdm
 
-    from pipeline.loader import EvalLoader, LoaderOptions
+    from pipeline.loader import EvalLoader, Feed, LoaderConfig
 
     if cache.is_file():
         try:
@@ -248,17 +248,10 @@ def extract_features(
             pass
         warnings.warn(f"{cache}: damaged feature cache; computing it again", stacklevel=2)
     device = next(model.parameters()).device
-    opt = LoaderOptions(
-        batch_size=batch_size,
-        crop=crop,
-        normalization=normalization,
-        lighting="off",
-        rank=0,
-        world=1,
-        device=device.type,
-        num_threads=num_threads,
+    feed = Feed(batch_size=batch_size, crop=crop, rank=0, world=1, device=device.type)
+    loader = EvalLoader(
+        data, LoaderConfig(normalization=normalization, num_threads=num_threads), feed, split=split
     )
-    loader = EvalLoader(data, opt, split=split)
     n = loader.s.written
     tmp = layout.tmp_path(cache)
     bank = None

@@ -14,19 +14,11 @@ have no decay); `decay_biases=True` applies it to every parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from trainer.paper import (  # noqa: F401 (re-exported: the recipe's numbers, section 5)
-    BATCH_SIZE,
-    EPOCHS,
-    LEARNING_RATE,
-    LR_DROP,
-    MAX_DROPS,
-    MOMENTUM,
-    WEIGHT_DECAY,
-)
+from preprocess.paper import LEARNING_RATE, LR_DROP, MAX_DROPS, MOMENTUM, WEIGHT_DECAY
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -72,7 +64,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_biases: bool
 @dataclass
 class PlateauSchedule:
     """Divide the lr by 10 when validation error has not improved for `patience` epochs,
-    at most `max_drops` times (the paper's manual heuristic, made mechanical)."""
+    at most `max_drops` times (the paper's manual heuristic, made mechanical).
+
+    "Improved" is strictly below the best so far. Each drop is kept in `last_drop` with the
+    validation errors that triggered it (the best and every epoch since), so the metrics row and
+    the epoch line say why the lr fell: on ImageNet the epochs of the drops are not known in
+    advance, and a reader must be able to check each one.
+    """
 
     lr: float = LEARNING_RATE
     patience: int = 3
@@ -80,6 +78,8 @@ class PlateauSchedule:
     best: float = float("inf")
     bad_epochs: int = 0
     drops: int = 0
+    since_best: list[float] = field(default_factory=list)  # val errors since the best, in order
+    last_drop: dict | None = None
 
     def begin(self, epoch: int) -> None:
         """The lr of an epoch depends only on past validation errors (see update)."""
@@ -87,10 +87,18 @@ class PlateauSchedule:
     def update(self, val_error: float) -> bool:
         """Record an epoch's validation error; True when the lr was just divided."""
         if val_error < self.best:
-            self.best, self.bad_epochs = val_error, 0
+            self.best, self.bad_epochs, self.since_best = val_error, 0, []
             return False
         self.bad_epochs += 1
+        self.since_best = [*self.since_best, val_error]
         if self.bad_epochs >= self.patience and self.drops < self.max_drops:
+            self.last_drop = {
+                "lr_from": self.lr,
+                "lr_to": self.lr / LR_DROP,
+                "best_val_err": self.best,
+                "val_errs_since_best": self.since_best[-self.patience :],
+                "patience": self.patience,
+            }
             self.lr /= LR_DROP
             self.drops += 1
             self.bad_epochs = 0
@@ -105,11 +113,22 @@ class PlateauSchedule:
             best=self.best,
             bad_epochs=self.bad_epochs,
             drops=self.drops,
+            since_best=list(self.since_best),
+            last_drop=self.last_drop,
         )
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+
+def describe_drop(drop: dict) -> str:
+    """A drop for the epoch line: the lr change and the validation errors that caused it."""
+    errs = ", ".join(f"{e:.4f}" for e in drop["val_errs_since_best"])
+    return (
+        f"lr {drop['lr_from']:.2g} -> {drop['lr_to']:.2g}: val top-1 err {errs} "
+        f"not below the best {drop['best_val_err']:.4f} for {drop['patience']} epochs"
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

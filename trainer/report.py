@@ -18,6 +18,7 @@ from pathlib import Path
 from shards import layout
 from shards.reader import DatasetError, load_classes
 from trainer import imagenet
+from trainer.config import flatten
 from trainer.errors import FigureError
 from trainer.figures import pyplot, save_figure
 from trainer.metrics import METRICS, read_metrics
@@ -46,8 +47,8 @@ def table2_comparison(run: Path) -> tuple[bool, str]:
     """(whether this run may stand beside Table 2, the reason in one sentence)."""
     config = run / "config.json"
     try:
-        cfg = layout.read_json(config)
-    except layout.LayoutError:
+        cfg = flatten(layout.read_json(config), str(config))  # nested by section, or flat
+    except (layout.LayoutError, ValueError):
         return False, f"not compared with the paper's Table 2: cannot read {config} to see the run's data"
     n = cfg.get("num_classes")
     if isinstance(n, int) and n != imagenet.NUM_CLASSES:

@@ -1,35 +1,18 @@
-"""`alextrain run`: the training loop, on one device, two GPUs (model parallel), or many (DDP).
+"""`alextrain run`: the training loop and `run()`, which sets it up.
 
-Process layout: torchrun starts one process per GPU (or per pair of GPUs with
-`--model-parallel 2`, the paper's layout: tower 0 on GPU 2r, tower 1 on GPU 2r+1). Data
-parallelism is DDP over all processes (NCCL on GPUs, gloo on CPUs); multi-node is torchrun's
-rendezvous. Each rank reads its own part of the shards (see pipeline/loader.py).
-
-Exact resume: a checkpoint (at an epoch's end, or every `--checkpoint-every` steps) holds the
-model, the optimiser, the schedule, the position (epoch, step in it) and the partial epoch's
-metric sums. Every epoch's data order and augmentation are seeded from (seed, epoch, rank), and
-the loader can start an epoch at any step (`TrainLoader.epoch(e, start_step)`); dropout is
-reseeded each step from (seed, epoch, step, rank). So a run killed at any point and resumed from
-its last checkpoint repeats exactly what the uninterrupted run would have done from there on.
-
-Many processes: rank 0 alone reads and writes the run folder. It decides whether to resume,
-reads the checkpoint and broadcasts it, so the other ranks (other hosts, whose runs folder may
-not be shared) start from the same weights, position and schedule; before training, every rank
-checks that its settings and dataset agree with rank 0's.
+The pieces it uses each have a module: trainer/config.py (the settings, checked before any
+work), trainer/distributed.py (ranks, devices, the process group, the per-process batch),
+trainer/runstate.py (the checkpointed state and the resume protocol), trainer/metrics.py
+(metrics.jsonl). Each rank reads its own part of the shards (pipeline/loader.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
-import json
-import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,59 +20,22 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
+from pipeline.loader import EvalLoader, Feed, TrainLoader, epoch_seed
 from shards import layout
 from shards.reader import default_val_split, load_classes, load_dataset
 from shards.verify import preflight
-from trainer import checkpoint, finetune
-from trainer.config import TrainConfig
+from trainer import checkpoint, finetune, hosts
+from trainer.config import PER_HOST, TrainConfig
+from trainer.distributed import Env, agree, setup
 from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
-from trainer.metrics import METRICS
+from trainer.faults import maybe_die
+from trainer.metrics import MetricsWriter
 from trainer.model import build_model
-from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups, set_lr
+from trainer.optim import describe_drop, set_lr
+from trainer.runstate import Position, Sums, Trainer, start
 
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
-DIE_ENV = "ALEXTRAIN_TEST_DIE"  # tests only: "step:K" or "save:K" -> SIGKILL self (see _maybe_die)
-
-
-@dataclass
-class Env:
-    rank: int
-    world: int
-    local_rank: int
-    devices: list[torch.device]  # this process's devices: 1, or 2 with model parallel
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(cfg: TrainConfig) -> Env:
-    """Devices and (under torchrun) the process group."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda, but no CUDA GPU is visible")
-    per_proc = cfg.model_parallel
-    if want_cuda:
-        need = (local + 1) * per_proc
-        have = torch.cuda.device_count()
-        if need > have:
-            raise TrainError(
-                f"local rank {local} with --model-parallel {per_proc} needs {need} GPUs, {have} visible"
-            )
-        devices = [torch.device("cuda", local * per_proc + i) for i in range(per_proc)]
-        torch.cuda.set_device(devices[0])
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
-    else:
-        if per_proc > 1 and cfg.device != "cpu":
-            raise TrainError(f"--model-parallel {per_proc} needs {per_proc} GPUs; none is visible")
-        devices = [torch.device("cpu")] * per_proc
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-    return Env(rank, world, local, devices)
 
 
 def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
@@ -97,32 +43,30 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
 
     Returns the config and the dataset's fingerprint (what a resumed run must find again).
     """
-    data = Path(cfg.data)
+    data, r, m = Path(cfg.run.data), cfg.run, cfg.model
     meta = load_dataset(data)
     splits = meta["splits"]
-    if cfg.train_split not in splits:
-        raise TrainError(f"{data}: no {cfg.train_split} split (have: {', '.join(sorted(splits))})")
+    if r.train_split not in splits:
+        raise TrainError(f"{data}: no {r.train_split} split (have: {', '.join(sorted(splits))})")
     classes = len(load_classes(data))
-    if cfg.num_classes is None:
-        cfg.num_classes = classes
-    elif cfg.num_classes != classes:
+    if m.num_classes is not None and m.num_classes != classes:
         raise TrainError(
-            f"--num-classes (num_classes) = {cfg.num_classes}: the dataset {data} has {classes} classes"
+            f"--num-classes (num_classes) = {m.num_classes}: the dataset {data} has {classes} classes"
         )
-    if cfg.val_split is None:
-        cfg.val_split = default_val_split(meta)
-    elif cfg.val_split not in splits:
-        raise TrainError(f"--val-split (val_split) = {cfg.val_split!r}: {data} has no such split")
-    if cfg.val_split is None and cfg.schedule == "plateau":
+    val = r.val_split
+    if val is None:
+        val = default_val_split(meta)
+    elif val not in splits:
+        raise TrainError(f"--val-split (val_split) = {val!r}: {data} has no such split")
+    if val is None and cfg.optim.schedule == "plateau":
         raise TrainError(
             f"{data} has no val, validation or test split, so the plateau schedule would never drop "
             "the lr; pass --schedule step --lr-steps 30,60,80 (the paper's drops fell near those epochs)"
         )
     size = meta["size"]
-    if cfg.crop is None:
-        cfg.crop = 224 if cfg.arch == "alexnet" else size  # the paper's crop; cifar: the stored size
-    if cfg.crop > size:
-        raise TrainError(f"--crop (crop) = {cfg.crop}: larger than the stored images ({size}px) of {data}")
+    crop = m.crop or (224 if m.arch == "alexnet" else size)  # the paper's crop; cifar: the stored size
+    if crop > size:
+        raise TrainError(f"--crop (crop) = {crop}: larger than the stored images ({size}px) of {data}")
     if not (data / layout.STATS_JSON).is_file():
         raise TrainError(f"{data}/stats.json: missing; run `alexprep pca-stats {data}` first")
     fingerprint = {
@@ -131,142 +75,30 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
         "classes_sha256": hashlib.sha256((data / layout.CLASSES_JSON).read_bytes()).hexdigest(),
         "splits": {k: splits[k].get("written") for k in sorted(splits)},
     }
-    return cfg, fingerprint
+    return cfg.replace(num_classes=classes, val_split=val, crop=crop), fingerprint
 
 
-def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) -> LoaderOptions:
-    backend = cfg.loader
-    if backend == "auto":
-        try:
-            import nvidia.dali  # noqa: F401
-
-            backend = "dali"
-        except ImportError:
-            backend = "reference"
-    return LoaderOptions(
-        batch_size=batch_size or cfg.batch_size,
-        device="cuda" if env.devices[0].type == "cuda" else "cpu",
-        backend=backend,
-        num_threads=cfg.num_threads,
-        seed=cfg.seed,
-        lighting=cfg.lighting,
-        mirror=cfg.mirror,
-        lighting_scale_div=cfg.lighting_scale_div,
-        normalization=cfg.normalization,
-        crop=cfg.crop,
+def feed(cfg: TrainConfig, env: Env) -> Feed:
+    """What this process's loaders make: its share of the global batch, on its device."""
+    return Feed(
+        batch_size=env.batch,
+        crop=cfg.model.input_size,
+        seed=cfg.run.seed,
+        device="cuda" if env.cuda else "cpu",
         rank=env.rank,
         world=env.world,
     )
 
 
 def build(cfg: TrainConfig, env: Env) -> nn.Module:
-    model = build_model(cfg.model_config())
-    if cfg.model_parallel > 1:
-        if cfg.arch != "alexnet" or cfg.towers != cfg.model_parallel:
-            raise TrainError("--model-parallel 2 needs the two-tower alexnet")
+    model = build_model(cfg.model)
+    if cfg.run.model_parallel > 1:
         model.place(env.devices)
     else:
         model.to(env.devices[0])
-    if env.devices[0].type == "cuda" and cfg.channels_last:
+    if env.cuda and cfg.run.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
-
-
-def make_schedule(cfg: TrainConfig) -> PlateauSchedule | StepSchedule:
-    if cfg.schedule == "step":
-        return StepSchedule(lr=cfg.lr, base_lr=cfg.lr, steps=tuple(cfg.lr_steps or ()))
-    return PlateauSchedule(lr=cfg.lr, patience=cfg.patience, max_drops=cfg.max_drops)
-
-
-class Metrics:
-    """metrics.jsonl (one line per finished epoch), and TensorBoard when it is installed.
-
-    Only rank 0 writes. The file is rewritten at start from the checkpoint's history (empty for a
-    new run), so a run killed between an epoch's line and its checkpoint never lists it twice.
-    """
-
-    def __init__(self, run: Path, enabled: bool, history: list[dict]):
-        self.path, self.enabled, self.tb = run / METRICS, enabled, None
-        if not enabled:
-            return
-        layout.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in history).encode())
-        if importlib.util.find_spec("tensorboard") is not None:  # optional extra
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run / "tb"), purge_step=len(history) or None)
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    self.tb.add_scalar(k, v, row["epoch"])
-            self.tb.flush()
-
-
-@dataclass
-class Sums:
-    """One epoch's training sums. Loss and hits stay on the device: a step never waits for the
-    host; they are read at log intervals, checkpoints and the epoch's end."""
-
-    loss: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
-    correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
-    seen: int = 0
-    seconds: float = 0.0
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        if self.loss.device != loss.device:
-            self.loss, self.correct = self.loss.to(loss.device), self.correct.to(loss.device)
-        self.loss += loss.detach()
-        self.correct += (logits.detach().argmax(1) == y).sum()
-        self.seen += len(y)
-
-    def totals(self, world: int) -> torch.Tensor:
-        """[loss, correct, seen] of this rank, or of each rank ([world, 3]) under DDP."""
-        mine = torch.stack(
-            [self.loss, self.correct.double(), torch.tensor(float(self.seen), device=self.loss.device)]
-        )
-        if world == 1:
-            return mine[None].cpu()
-        everyone = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(everyone, mine)
-        return torch.stack(everyone).cpu()
-
-    def state(self, world: int, seconds: float) -> dict:
-        """Every rank's sums (all ranks call this together), so each resumes with its own."""
-        t = self.totals(world)
-        return {"per_rank": t, "seconds": seconds}
-
-    @classmethod
-    def from_state(cls, s: dict, rank: int) -> Sums:
-        loss, correct, seen = s["per_rank"][rank]
-        return cls(loss.clone(), correct.to(torch.int64), int(seen), float(s["seconds"]))
-
-    def epoch_row(self, world: int, steps: int) -> dict:
-        """The epoch's training metrics over all ranks."""
-        loss, correct, seen = self.totals(world).sum(0).tolist()
-        return dict(
-            train_loss=loss / (steps * world),
-            train_top1_err=1.0 - correct / max(seen, 1),
-            img_per_s=seen / max(self.seconds, 1e-9),
-            train_seconds=self.seconds,
-            steps=steps,
-        )
-
-
-@dataclass
-class Position:
-    """Where a run stands: `epoch_step` steps into `epoch`, `step` steps in all."""
-
-    epoch: int = 0
-    epoch_step: int = 0
-    step: int = 0
-    sums: Sums = field(default_factory=Sums)
-    history: list[dict] = field(default_factory=list)
-    best_top1_err: float | None = None
 
 
 def dropout_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -274,135 +106,14 @@ def dropout_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (epoch_seed(seed, epoch, rank) * 1_000_003 + step) % (2**63 - 1)
 
 
-def _maybe_die(event: str, count: int) -> None:
-    """Tests only: rank 0 SIGKILLs itself at an exact point, as a preempted host would be."""
-    if os.environ.get(DIE_ENV) == f"{event}:{count}" and int(os.environ.get("RANK", 0)) == 0:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-class Trainer:
-    """The training state of one process and the one way it is checkpointed."""
-
-    def __init__(self, cfg: TrainConfig, env: Env, fingerprint: dict, model: nn.Module):
-        self.cfg, self.env, self.fingerprint, self.model = cfg, env, fingerprint, model
-        self.opt = PaperSGD(
-            param_groups(model, cfg.weight_decay, cfg.decay_biases), lr=cfg.lr, momentum=cfg.momentum
-        )
-        self.schedule = make_schedule(cfg)
-        self.pos = Position()
-        self.run_dir = Path(cfg.out)
-        self.saves = 0
-
-    def state(self, sums: dict) -> dict:
-        """The checkpoint of the current position; `sums`: Sums.state(), every rank's."""
-        p = self.pos
-        return {
-            "format": checkpoint.FORMAT,
-            "model": checkpoint.cpu_state_dict(self.model),
-            "optimizer": self.opt.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "epoch": p.epoch,
-            "epoch_step": p.epoch_step,
-            "step": p.step,
-            "sums": sums,
-            "history": list(p.history),
-            "best_top1_err": p.best_top1_err,
-            "metrics": p.history[-1] if p.history else {},
-            "config": self.cfg.to_dict(),
-            "model_config": self.cfg.model_config().to_dict(),
-            "dataset": self.fingerprint,
-            "world": self.env.world,
-        }
-
-    def save(self, seconds: float = 0.0, best: bool = False) -> None:
-        """Rank 0 writes the checkpoint of the current position (every rank calls this)."""
-        sums = self.pos.sums.state(self.env.world, seconds)  # a collective: every rank takes part
-        if not self.env.main:
-            return
-        state = self.state(sums)
-        self.saves += 1
-        if os.environ.get(DIE_ENV) == f"save:{self.saves}":  # tests: die with a half-written file
-            layout.tmp_path(self.run_dir / checkpoint.LAST).write_bytes(b"PK\x03\x04 partial")
-            _maybe_die("save", self.saves)
-        checkpoint.save_run(self.run_dir, state, keep=self.cfg.keep, best=best)
-
-    def refusal(self, state: dict, path: Path) -> str | None:
-        """Why this run cannot continue `state`, or None (rank 0 checks; all ranks are told)."""
-        try:
-            checkpoint.check_state(state, self.model, path)
-        except checkpoint.CheckpointError as e:
-            return str(e)
-        changed = checkpoint.config_changes(state["config"], self.cfg.to_dict())
-        if state["dataset"] != self.fingerprint:
-            changed.append(f"the dataset ({Path(self.cfg.data)} is not the one the run was trained on)")
-        if state["world"] != self.env.world:
-            changed.append(f"the process count (checkpoint {state['world']}, now {self.env.world})")
-        if changed:
-            return f"{path}: --resume with other settings than the run's: " + "; ".join(changed)
-        return None
-
-    def restore(self, state: dict, path: Path) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
-            self.schedule.load_state_dict(state["schedule"])
-            self.pos = Position(
-                epoch=int(state["epoch"]),
-                epoch_step=int(state["epoch_step"]),
-                step=int(state["step"]),
-                sums=Sums.from_state(state["sums"], self.env.rank),
-                history=list(state["history"]),
-                best_top1_err=state["best_top1_err"],
-            )
-        except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise checkpoint.CheckpointError(
-                f"{path}: malformed checkpoint ({e.__class__.__name__}: {e})"
-            ) from None
-
-
-def _start(trainer: Trainer, env: Env, resume: bool, auto_resume: bool) -> None:
-    """Rank 0 decides: new run, or resume from its last.pt; every rank gets its decision and state."""
-    last = trainer.run_dir / checkpoint.LAST
-    verdict: tuple[str, object] = ("new", None)
-    if env.main:
-        try:
-            if auto_resume:
-                resume = last.is_file()
-            if resume:
-                state = checkpoint.load(last)
-                why = trainer.refusal(state, last)
-                verdict = ("error", why) if why else ("resume", state)
-            elif last.exists():
-                verdict = (
-                    "error",
-                    f"{trainer.run_dir}: holds a run already; pass --resume to continue it, "
-                    "or use a new --out",
-                )
-        except checkpoint.CheckpointError as e:
-            verdict = ("error", str(e))
-    if env.world > 1:
-        box = [verdict]
-        dist.broadcast_object_list(box, src=0)
-        verdict = box[0]
-    kind, payload = verdict
-    if kind == "error":
-        raise TrainError(payload if env.main else f"rank 0 refused to start: {payload}")
-    if kind == "resume":
-        trainer.restore(payload, last)
-
-
-def _agree(cfg: TrainConfig, fingerprint: dict, env: Env) -> None:
-    """Every rank checks, before any work, that its settings and data are rank 0's."""
-    if env.world == 1:
-        return
-    mine = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out")}
-    mine["dataset"] = fingerprint
-    everyone: list[dict] = [{}] * env.world
-    dist.all_gather_object(everyone, mine)
-    for rank, theirs in enumerate(everyone[1:], start=1):
-        diff = sorted(k for k in set(theirs) | set(everyone[0]) if theirs.get(k) != everyone[0].get(k))
-        if diff:
-            raise TrainError(f"rank {rank} disagrees with rank 0 on: {', '.join(diff)}")
+def warmup_lr(cfg: TrainConfig, step: int, steps_per_epoch: int, lr: float) -> float:
+    """Goyal et al.'s gradual warm-up: from --lr to the scaled lr over --warmup-epochs, per step
+    (a function of the step alone, so a resumed run sets the same lr)."""
+    o = cfg.optim
+    ramp = o.warmup_epochs * steps_per_epoch
+    if step >= ramp:
+        return lr
+    return o.lr + (lr - o.lr) * step / ramp
 
 
 def train_epoch(
@@ -412,19 +123,22 @@ def train_epoch(
     cfg, env, pos, opt = trainer.cfg, trainer.env, trainer.pos, trainer.opt
     net.train()
     loss_fn = nn.CrossEntropyLoss()
-    sums, start, t0 = pos.sums, pos.epoch_step, time.perf_counter()
+    sums, first, t0 = pos.sums, pos.epoch_step, time.perf_counter()
     seen0 = sums.seen
     progress = tqdm(
-        total=steps, initial=start, disable=not bar, desc=f"epoch {epoch}", unit="step", leave=False
+        total=steps, initial=first, disable=not bar, desc=f"epoch {epoch}", unit="step", leave=False
     )
     lr = opt.param_groups[0]["lr"]
-    for k, (x, y) in enumerate(loader.epoch(epoch, start_step=start), start=start):
+    warming = cfg.optim.warmup_epochs > epoch
+    for k, (x, y) in enumerate(loader.epoch(epoch, start_step=first), start=first):
         if k == steps:
             break
-        torch.manual_seed(dropout_seed(cfg.seed, epoch, k, env.rank))
-        if env.devices[0].type == "cuda" and cfg.channels_last:
+        torch.manual_seed(dropout_seed(cfg.run.seed, epoch, k, env.rank))
+        if warming:
+            set_lr(opt, warmup_lr(cfg, pos.step, steps, lr))
+        if env.cuda and cfg.run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(env.devices[0], cfg.amp):
+        with autocast(env.devices[0], cfg.run.precision):
             logits = net(x)
             y = y.to(logits.device, non_blocking=True)
             loss = loss_fn(logits.float(), y)
@@ -439,9 +153,12 @@ def train_epoch(
                 loss=f"{sums.loss.item() / (k + 1):.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}"
             )
         progress.update()
-        if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and k + 1 < steps:
+        every = cfg.run.checkpoint_every
+        if every and pos.step % every == 0 and k + 1 < steps:
+            trainer.saves += 1
+            maybe_die("save", trainer.saves, layout.tmp_path(trainer.run_dir / checkpoint.LAST))
             trainer.save(sums.seconds + time.perf_counter() - t0)
-        _maybe_die("step", pos.step)
+        maybe_die("step", pos.step)
     progress.close()
     sums.seconds += time.perf_counter() - t0
     return sums
@@ -454,23 +171,35 @@ def run(
     auto_resume: bool = False,
     given: set[str] | None = None,
 ) -> list[dict]:
-    """Train to `cfg.epochs`; returns the metrics rows of the epochs finished by this call.
+    """Train to `cfg.optim.epochs`; returns the metrics rows of the epochs finished by this call.
 
-    `resume`: continue the run in `cfg.out` (refused when a setting other than those in
-    checkpoint.RESUMABLE differs); `auto_resume`: resume if rank 0 finds a checkpoint.
+    `resume`: continue the run in `cfg.run.out` (refused when a setting other than those in
+    config.RESUMABLE differs); `auto_resume`: resume if rank 0 finds a checkpoint.
     `given`: the settings the user set explicitly (for refusing options the arch ignores).
-    Every setting is checked before anything is written.
+    Every setting is checked before anything is written or hashed.
     """
     cfg.check(given)
     env = setup(cfg)
     cfg, fingerprint = resolve_data(cfg)
-    splits = [cfg.train_split, *([cfg.val_split] if cfg.val_split else [])]
-    # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process
+    r = cfg.run
+    splits = [r.train_split, *([r.val_split] if r.val_split else [])]
+    data, run_dir = Path(r.data), Path(r.out)
+    _check_out(data, run_dir)
+    # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process,
+    # and its clean result is kept beside the run too (shards mounted read-only keep no record)
     host_main = env.local_rank == 0
     say = (lambda line: print(line, flush=True)) if host_main else None
-    preflight(Path(cfg.data), splits, cfg.verify_data == "full", hash_files=host_main, say=say)
-    _agree(cfg, fingerprint, env)
-    data, run_dir = Path(cfg.data), Path(cfg.out)
+    keep = hosts.verified_record(run_dir)
+    preflight(data, splits, r.verify_data == "full", hash_files=host_main, say=say, keep=keep)
+    hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
+    hosts.init_group(env.cuda)
+    agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, "dataset": fingerprint}, env)
+    with _run_lock(run_dir, env):
+        return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
+
+
+def _check_out(data: Path, run_dir: Path) -> None:
+    """--out is a folder of its own, not the dataset or one of its splits."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir}: exists and is not a folder")
     data_real, out_real = data.resolve(), run_dir.resolve()
@@ -480,8 +209,6 @@ def run(
         raise TrainError(
             f"--out {run_dir}: is the dataset folder or one of its splits; use a folder of its own"
         )
-    with _run_lock(run_dir, env):
-        return _train_locked(cfg, env, fingerprint, data, run_dir, resume, auto_resume, progress)
 
 
 @contextlib.contextmanager
@@ -503,40 +230,34 @@ def _run_lock(run_dir: Path, env: Env) -> Iterator[None]:
 
 
 def _train_locked(
-    cfg: TrainConfig,
-    env: Env,
-    fingerprint: str,
-    data: Path,
-    run_dir: Path,
-    resume: bool,
-    auto_resume: bool,
-    progress: bool,
+    cfg: TrainConfig, env: Env, fingerprint: dict, resume: bool, auto_resume: bool, progress: bool
 ) -> list[dict]:
     """The run itself, under the --out lock."""
-    train = TrainLoader(data, loader_options(cfg, env), split=cfg.train_split)
-    val = EvalLoader(data, loader_options(cfg, env), split=cfg.val_split) if cfg.val_split else None
-    steps = min(cfg.steps_per_epoch or train.steps_per_epoch, train.steps_per_epoch)
+    data, run_dir, r = Path(cfg.run.data), Path(cfg.run.out), cfg.run
+    train = TrainLoader(data, cfg.loader, feed(cfg, env), split=r.train_split, epochs=cfg.optim.epochs)
+    val = EvalLoader(data, cfg.loader, feed(cfg, env), split=r.val_split) if r.val_split else None
+    steps = min(r.steps_per_epoch or train.steps_per_epoch, train.steps_per_epoch)
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    torch.manual_seed(r.seed)  # the same initial weights on every rank and every run
     trainer = Trainer(cfg, env, fingerprint, build(cfg, env))
-    _start(trainer, env, resume, auto_resume)
-    if cfg.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
-        tqdm.write(finetune.describe(finetune.init_from(trainer.model, cfg.init_from, cfg.model_config())))
+    start(trainer, env, resume, auto_resume)
+    if r.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
+        tqdm.write(finetune.describe(finetune.init_from(trainer.model, r.init_from, cfg.model)))
     if env.main:
         layout.ensure_dir(run_dir)
         layout.remove_stale_tmp(run_dir)  # half-written checkpoints of a killed run
         layout.write_json(run_dir / "config.json", cfg.to_dict())
-        _announce(cfg, env, steps, trainer.pos)
-    metrics = Metrics(run_dir, env.main, trainer.pos.history)
+        print(announce(cfg, env, steps, trainer.pos), flush=True)
+    metrics = MetricsWriter(run_dir, env.main, trainer.pos.history)
 
     net = trainer.model
     if env.world > 1:
-        ids = [env.devices[0]] if env.devices[0].type == "cuda" and cfg.model_parallel == 1 else None
+        ids = [env.devices[0]] if env.cuda and r.model_parallel == 1 else None
         net = nn.parallel.DistributedDataParallel(trainer.model, device_ids=ids)
-    if cfg.compile:
+    if r.compile:
         net = torch.compile(net)
     rows, pos, schedule = [], trainer.pos, trainer.schedule
-    for epoch in range(pos.epoch, cfg.epochs):
+    for epoch in range(pos.epoch, cfg.optim.epochs):
         schedule.begin(epoch)
         set_lr(trainer.opt, schedule.lr)
         row = {"epoch": epoch, "lr": schedule.lr}
@@ -544,9 +265,11 @@ def _train_locked(
         row.update(sums.epoch_row(env.world, steps))
         best = False
         if val is not None:
-            ev = evaluate([net], val, cfg.amp)
+            ev = evaluate([net], val, r.precision)
             row.update({f"val_{k}": v for k, v in ev.items()})
             row["lr_dropped"] = schedule.update(ev["top1_err"])
+            if row["lr_dropped"]:  # why, with the val errors that triggered it
+                row["lr_drop"] = schedule.last_drop
             best = pos.best_top1_err is None or ev["top1_err"] < pos.best_top1_err
             if best:
                 pos.best_top1_err = ev["top1_err"]
@@ -557,26 +280,37 @@ def _train_locked(
         metrics.write(row)
         if progress and env.main:
             tqdm.write(_line(row))
+        trainer.saves += 1
+        maybe_die("save", trainer.saves, layout.tmp_path(run_dir / checkpoint.LAST))
         trainer.save(best=best)
         if env.world > 1:
             dist.barrier()
     return rows
 
 
-def _announce(cfg: TrainConfig, env: Env, steps: int, pos: Position) -> None:
-    """What a user must know before a long run: the global batch, the lr and where it starts."""
-    if cfg.schedule == "step":
-        schedule = f"/10 at epochs {','.join(map(str, cfg.lr_steps or []))}"
-    elif cfg.max_drops == 0:
+def announce(cfg: TrainConfig, env: Env, steps: int, pos: Position) -> str:
+    """What a user must know before a long run: the global batch, the lr, precision, where it starts."""
+    o = cfg.optim
+    if o.schedule == "step":
+        schedule = f"/10 at epochs {','.join(map(str, o.lr_steps or []))}"
+    elif o.max_drops == 0:
         schedule = "fixed: --max-drops 0"
     else:
-        schedule = f"/10 on plateaus of {cfg.val_split!r} error, at most {cfg.max_drops} times"
+        schedule = f"/10 on plateaus of {cfg.run.val_split!r} error, at most {o.max_drops} times"
+    lr = f"lr {o.base_lr():g}"
+    if o.lr_scaling == "linear":
+        lr += f" (= {o.lr:g} x {o.global_batch}/128, linear scaling)"
+    if o.warmup_epochs:
+        lr += f", warm-up from {o.lr:g} over {o.warmup_epochs} epochs"
     where = f"resuming at epoch {pos.epoch} step {pos.epoch_step}" if pos.step else "starting"
-    print(
-        f"{where}: global batch {cfg.batch_size * env.world} ({cfg.batch_size} per process x {env.world}), "
-        f"lr {cfg.lr:g} ({schedule}), {steps} steps per epoch, {cfg.epochs} epochs",
-        flush=True,
+    line = (
+        f"{where}: global batch {o.global_batch} ({env.batch} per process x {env.world}), {lr} ({schedule}), "
+        f"{cfg.run.precision}, {steps} steps per epoch, {o.epochs} epochs"
     )
+    if o.global_batch != 128 and o.lr_scaling == "none":
+        line += f"\nnote: global batch {o.global_batch} is not the paper's 128 and the lr is not rescaled"
+        line += " (see --lr-scaling linear --warmup-epochs 5, docs/runbook.md)"
+    return line
 
 
 def _line(row: dict) -> str:
@@ -588,4 +322,6 @@ def _line(row: dict) -> str:
     ]
     if "val_top1_err" in row:
         parts += [f"val top-1 err {row['val_top1_err']:.4f}", f"top-5 err {row['val_top5_err']:.4f}"]
+    if row.get("lr_drop"):
+        parts.append(describe_drop(row["lr_drop"]))
     return " | ".join(parts)

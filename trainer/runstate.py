@@ -1,0 +1,196 @@
+"""A run's state, its one checkpoint format, and the resume protocol.
+
+Exact resume: a checkpoint (at an epoch's end, or every `--checkpoint-every` steps) holds the
+model, the optimiser, the schedule, the position (epoch, step in it) and the partial epoch's
+metric sums of every rank. Every epoch's data order and augmentation are seeded from (seed,
+epoch, rank), the loader can start an epoch at any step, and dropout is reseeded each step, so a
+run killed at any point and resumed from its last checkpoint repeats exactly what the
+uninterrupted run would have done from there on.
+
+Many processes: rank 0 alone reads and writes the run folder. It decides whether to resume,
+reads the checkpoint and broadcasts it, so the other ranks (other hosts, whose runs folder may
+not be shared) start from the same weights, position and schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainer import checkpoint
+from trainer.config import TrainConfig, config_changes
+from trainer.distributed import Env, broadcast
+from trainer.errors import TrainError
+from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups
+
+
+@dataclass
+class Sums:
+    """One epoch's training sums. Loss and hits stay on the device: a step never waits for the
+    host; they are read at log intervals, checkpoints and the epoch's end."""
+
+    loss: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
+    seen: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        if self.loss.device != loss.device:
+            self.loss, self.correct = self.loss.to(loss.device), self.correct.to(loss.device)
+        self.loss += loss.detach()
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def totals(self, world: int) -> torch.Tensor:
+        """[loss, correct, seen] of this rank, or of each rank ([world, 3]) under DDP."""
+        mine = torch.stack(
+            [self.loss, self.correct.double(), torch.tensor(float(self.seen), device=self.loss.device)]
+        )
+        if world == 1:
+            return mine[None].cpu()
+        everyone = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(everyone, mine)
+        return torch.stack(everyone).cpu()
+
+    def state(self, world: int, seconds: float) -> dict:
+        """Every rank's sums (all ranks call this together), so each resumes with its own."""
+        return {"per_rank": self.totals(world), "seconds": seconds}
+
+    @classmethod
+    def from_state(cls, s: dict, rank: int) -> Sums:
+        loss, correct, seen = s["per_rank"][rank]
+        return cls(loss.clone(), correct.to(torch.int64), int(seen), float(s["seconds"]))
+
+    def epoch_row(self, world: int, steps: int) -> dict:
+        """The epoch's training metrics over all ranks."""
+        loss, correct, seen = self.totals(world).sum(0).tolist()
+        return dict(
+            train_loss=loss / (steps * world),
+            train_top1_err=1.0 - correct / max(seen, 1),
+            img_per_s=seen / max(self.seconds, 1e-9),
+            train_seconds=self.seconds,
+            steps=steps,
+        )
+
+
+@dataclass
+class Position:
+    """Where a run stands: `epoch_step` steps into `epoch`, `step` steps in all."""
+
+    epoch: int = 0
+    epoch_step: int = 0
+    step: int = 0
+    sums: Sums = field(default_factory=Sums)
+    history: list[dict] = field(default_factory=list)
+    best_top1_err: float | None = None
+
+
+def make_schedule(cfg: TrainConfig) -> PlateauSchedule | StepSchedule:
+    o = cfg.optim
+    if o.schedule == "step":
+        return StepSchedule(lr=o.base_lr(), base_lr=o.base_lr(), steps=tuple(o.lr_steps or ()))
+    return PlateauSchedule(lr=o.base_lr(), patience=o.patience, max_drops=o.max_drops)
+
+
+class Trainer:
+    """The training state of one process and the one way it is checkpointed."""
+
+    def __init__(self, cfg: TrainConfig, env: Env, fingerprint: dict, model: nn.Module):
+        self.cfg, self.env, self.fingerprint, self.model = cfg, env, fingerprint, model
+        o = cfg.optim
+        self.opt = PaperSGD(param_groups(model, o.weight_decay, o.decay_biases), lr=o.lr, momentum=o.momentum)
+        self.schedule = make_schedule(cfg)
+        self.pos = Position()
+        self.run_dir = Path(cfg.run.out)
+        self.saves = 0
+
+    def state(self, sums: dict) -> dict:
+        """The checkpoint of the current position; `sums`: Sums.state(), every rank's."""
+        p = self.pos
+        return {
+            "format": checkpoint.FORMAT,
+            "model": checkpoint.cpu_state_dict(self.model),
+            "optimizer": self.opt.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": p.epoch,
+            "epoch_step": p.epoch_step,
+            "step": p.step,
+            "sums": sums,
+            "history": list(p.history),
+            "best_top1_err": p.best_top1_err,
+            "metrics": p.history[-1] if p.history else {},
+            "config": self.cfg.to_dict(),
+            "model_config": self.cfg.model.to_dict(),
+            "dataset": self.fingerprint,
+            "world": self.env.world,
+        }
+
+    def save(self, seconds: float = 0.0, best: bool = False) -> None:
+        """Rank 0 writes the checkpoint of the current position (every rank calls this)."""
+        sums = self.pos.sums.state(self.env.world, seconds)  # a collective: every rank takes part
+        if self.env.main:
+            checkpoint.save_run(self.run_dir, self.state(sums), keep=self.cfg.run.keep, best=best)
+
+    def refusal(self, state: dict, path: Path) -> str | None:
+        """Why this run cannot continue `state`, or None (rank 0 checks; all ranks are told)."""
+        try:
+            checkpoint.check_state(state, self.model, path)
+            changed = config_changes(state["config"], self.cfg)
+        except (checkpoint.CheckpointError, ValueError) as e:
+            return f"{path}: {e}"
+        if state["dataset"] != self.fingerprint:
+            changed.append(f"the dataset ({self.cfg.run.data} is not the one the run was trained on)")
+        if state["world"] != self.env.world:
+            changed.append(f"the process count (checkpoint {state['world']}, now {self.env.world})")
+        if changed:
+            return f"{path}: --resume with other settings than the run's: " + "; ".join(changed)
+        return None
+
+    def restore(self, state: dict, path: Path) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.pos = Position(
+                epoch=int(state["epoch"]),
+                epoch_step=int(state["epoch_step"]),
+                step=int(state["step"]),
+                sums=Sums.from_state(state["sums"], self.env.rank),
+                history=list(state["history"]),
+                best_top1_err=state["best_top1_err"],
+            )
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise checkpoint.CheckpointError(
+                f"{path}: malformed checkpoint ({e.__class__.__name__}: {e})"
+            ) from None
+
+
+def start(trainer: Trainer, env: Env, resume: bool, auto_resume: bool) -> None:
+    """Rank 0 decides: new run, or resume from its last.pt; every rank gets its decision and state."""
+    last = trainer.run_dir / checkpoint.LAST
+    verdict: tuple[str, object] = ("new", None)
+    if env.main:
+        try:
+            if auto_resume:
+                resume = last.is_file()
+            if resume:
+                state = checkpoint.load(last)
+                why = trainer.refusal(state, last)
+                verdict = ("error", why) if why else ("resume", state)
+            elif last.exists():
+                verdict = (
+                    "error",
+                    f"{trainer.run_dir}: holds a run already; pass --resume to continue it, "
+                    "or use a new --out",
+                )
+        except checkpoint.CheckpointError as e:
+            verdict = ("error", str(e))
+    kind, payload = broadcast(verdict, env)
+    if kind == "error":
+        raise TrainError(payload if env.main else f"rank 0 refused to start: {payload}")
+    if kind == "resume":
+        trainer.restore(payload, last)
