@@ -233,10 +233,11 @@ def test_report_on_partial_and_garbage_metrics(tmp_path):
         proc.stderr.strip() == f"alextrain: warning: {run / 'metrics.jsonl'}: skipped 1 unreadable line(s): 3"
     )
     text = (run / "report.md").read_text()
-    assert "| this run (epoch 2, centre crop) | 60.0 | 20.0 |" in text
+    assert "| this run (epoch 1, numbered from 0; centre crop) | 60.0 | 20.0 |" in text
     (run / "metrics.jsonl").write_text('{"epoch": 0}\n')  # no metric at all: n/a, not a crash
     cli("report", run)
-    assert "| this run (epoch 1, centre crop) | n/a | n/a |" in (run / "report.md").read_text()
+    text = (run / "report.md").read_text()
+    assert "| this run (epoch 0, numbered from 0; centre crop) | n/a | n/a |" in text
     (run / "metrics.jsonl").write_bytes(b"\x00\xff garbage\n")
     _fails_cleanly(cli("report", run, check=False), "no readable epochs")
 
