@@ -117,7 +117,10 @@ def test_each_net_is_swept_by_the_criterion_then_trained_for_each_seed(straight,
             run = out / net / f"lr{p['lr']:g}-seed0"
             assert p["train_error"] == [r["train_top1_err"] for r in _rows(run)]
             assert len(p["train_error"]) == 2
-            assert f"fig1: {net}, sweep point lr {p['lr']:g}, seed 0: epochs 1-2 of 2" in stdout
+            assert (
+                f"fig1: {net}, sweep point lr {p['lr']:g}, seed 0: epochs 0-1 (numbered from 0) of 2"
+                in stdout
+            )
         ok = [p for p in sweep["points"] if p["flag"] is None]
         assert (
             sweep["chosen_lr"]
@@ -143,7 +146,10 @@ def test_each_net_is_swept_by_the_criterion_then_trained_for_each_seed(straight,
             assert (
                 r["train_error"] == [x["train_top1_err"] for x in _rows(run)] and len(r["train_error"]) == 3
             )
-            assert f"fig1: {net}, final lr {result['lr']:g}, seed {r['seed']}: epochs 1-3 of 3" in stdout
+            assert (
+                f"fig1: {net}, final lr {result['lr']:g}, seed {r['seed']}: epochs 0-2 (numbered from 0) of 3"
+                in stdout
+            )
         # seeds differ (init and data order), so the band has a width
         assert result["runs"][0]["train_error"] != result["runs"][1]["train_error"]
     assert set(summary["ratios"]) == {

@@ -130,7 +130,7 @@ def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list
             raise TrainError(f"{folder}: made with other settings: {'; '.join(changes)}; use another --out")
     done = len(read_metrics(folder / METRICS))
     if done < epochs:
-        say(f"fig1: {label}: epochs {done + 1}-{epochs} of {epochs} ({folder})")
+        say(f"fig1: {label}: epochs {done}-{epochs - 1} (numbered from 0) of {epochs} ({folder})")
         run(cfg, auto_resume=True, progress=progress)
     else:
         say(f"fig1: {label}: {epochs} epochs done, read back ({folder})")
