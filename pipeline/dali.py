@@ -28,7 +28,11 @@ READER_NAME = "Reader"
 DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
 
 
-def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
+def _read(tars, idxs, shard_id, num_shards, train, initial_fill, mmap=True):
+    """The shards' `.jpg` and `.cls` members. `mmap` False: plain file reads (`dont_use_mmap`)
+    instead of mapping the tars: a shard truncated while mapped is a SIGBUS that kills the
+    process with no message; read, it is a short read that DALI reports as an error, which the
+    loader turns into one line naming the split (and network filesystems map poorly anyway)."""
     return fn.readers.webdataset(
         paths=tars,
         index_paths=idxs,
@@ -40,6 +44,7 @@ def _read(tars, idxs, shard_id, num_shards, train, initial_fill):
         num_shards=num_shards,
         pad_last_batch=not train,  # eval: pad instead of wrapping, the iterator trims the pad
         stick_to_shard=not train,
+        dont_use_mmap=not mmap,
         name=READER_NAME,
     )
 
@@ -117,6 +122,7 @@ def train_pipeline(
     draws: Callable | None = None,
     mirror: bool = True,
     mean_on_host: bool = False,
+    mmap: bool = True,
 ):
     """Random crop + mirror + PCA lighting + mean subtraction (paper, section 4.1), times `scale`.
 
@@ -125,7 +131,7 @@ def train_pipeline(
     in torch: DALI's CPU arithmetic on a per-sample cropped constant costs ~30 % of this graph,
     an in-place torch subtraction of a strided view a fraction of that. The GPU graph keeps it.
     """
-    jpg, cls = _read(tars, idxs, shard_id, num_shards, True, initial_fill)
+    jpg, cls = _read(tars, idxs, shard_id, num_shards, True, initial_fill, mmap)
     if draws is None:
         steps = size - crop
         positions = [i / steps for i in range(steps + 1)] if steps else [0.0]  # whole pixels
@@ -169,9 +175,10 @@ def eval_pipeline(
     dtype: str,
     gpu: bool,
     hw_decoder_load: float,
+    mmap: bool = True,
 ):
     """Centre crop, or the paper's 10 crops (4 corners + centre, each mirrored) as [10, C, H, W]."""
-    jpg, cls = _read(tars, idxs, shard_id, num_shards, False, 1)
+    jpg, cls = _read(tars, idxs, shard_id, num_shards, False, 1, mmap)
     images = fn.decoders.image(jpg, output_type=types.RGB, **_decoder(gpu, hw_decoder_load))
     mean = [0.0, 0.0, 0.0] if channel_mean is None else [float(v) for v in channel_mean]
     crops = [

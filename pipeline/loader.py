@@ -96,6 +96,7 @@ class LoaderOptions:
     dtype: str = "float32"
     crop: int = CROP_SIZE
     shuffle_buffer: int = 4096  # DALI initial_fill / webdataset shuffle buffer
+    mmap: bool = True  # DALI: memory-map the shards (False: plain reads; see pipeline/dali.py)
     rank: int | None = None
     world: int | None = None
 
@@ -216,6 +217,7 @@ class _Split:
             prefetch_queue_depth=self.opt.prefetch,
             gpu=gpu,
             hw_decoder_load=self.opt.hw_decoder_load,
+            mmap=self.opt.mmap,
             mean_image=self.mean_image,
             channel_mean=self.channel_mean,
             channel_std=self.channel_std,

@@ -30,6 +30,7 @@ from shards import layout
 from trainer.checkpoint import config_changes
 from trainer.config import TrainConfig
 from trainer.errors import TrainError
+from trainer.guard import NonFiniteError
 from trainer.metrics import METRICS, read_metrics
 from trainer.train import resolve_data, run
 
@@ -105,7 +106,10 @@ def _sweep_point(
 ) -> dict:
     cfg = _config(base, data, out / "sweep" / f"{name}-lr{lr:g}", name, lr, length.epochs)
     cfg = replace(cfg, steps_per_epoch=length.steps) if length.steps else cfg
-    rows = _train(cfg, progress)
+    try:
+        rows = _train(cfg, progress)
+    except NonFiniteError:  # the run stopped at its first NaN loss: this lr diverged
+        return {"lr": lr, "steps": 0, "epochs": 0, "train_loss": None, "train_top1_err": None, "diverged": True}
     last = rows[-1]
     finite = all(math.isfinite(r["train_loss"]) for r in rows)
     return {
@@ -180,7 +184,11 @@ def run_figure1(
         if lr is None:
             results[name] = {"lr": None, "note": "every lr of the sweep diverged"}
             continue
-        rows = _train(_config(base, data, out / f"{name}-lr{lr:g}", name, lr, epochs[name]), progress)
+        try:
+            rows = _train(_config(base, data, out / f"{name}-lr{lr:g}", name, lr, epochs[name]), progress)
+        except NonFiniteError as e:
+            results[name] = {"lr": lr, "note": f"diverged at lr {lr:g} ({e})"}
+            continue
         results[name] = {
             "lr": lr,
             "train_error": [r["train_top1_err"] for r in rows],

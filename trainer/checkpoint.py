@@ -48,7 +48,7 @@ KEYS = frozenset(
     }
 )
 # Settings a resumed run may change: none of them touches the arithmetic or the data order.
-RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data"})
+RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data", "mmap"})
 # settings added after checkpoints were first written, with what those checkpoints used
 ADDED_SETTINGS = {"init": "paper"}
 _STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
@@ -129,7 +129,32 @@ def load(path: Path) -> dict:
         raise CheckpointError(
             f"{path}: not an alextrain checkpoint (holds a {type(state).__name__}, not a dict)"
         )
+    bad = nonfinite(state.get("model")) + nonfinite(_velocities(state))
+    if bad:  # eval, predict, kernels, neighbors, --resume and --init-from all read through here
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]}): the run diverged; use an "
+            "earlier checkpoint, or train again with a lower --lr"
+        )
     return state
+
+
+def nonfinite(tensors: object) -> list[str]:
+    """Names of the floating-point tensors of a {name: tensor} table holding a NaN or an inf."""
+    if not isinstance(tensors, dict):
+        return []
+    return [
+        str(k)
+        for k, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _velocities(state: dict) -> dict:
+    opt = state.get("optimizer")
+    per_param = opt.get("state") if isinstance(opt, dict) else None
+    if not isinstance(per_param, dict):
+        return {}
+    return {f"optimizer velocity {k}": s.get("velocity") for k, s in per_param.items() if isinstance(s, dict)}
 
 
 def check_model(state: dict, model_config: dict, path: Path) -> None:

@@ -194,6 +194,8 @@ _HELP = {
     "weight_decay": "L2 weight decay (section 5).",
     "epochs": "Epochs in all (section 5: roughly 90); raise it to extend a run with --resume.",
     "train_split": "Split to train on.",
+    "mmap": "DALI reads the shards memory-mapped (fastest on a local disk); --no-mmap: plain file "
+    "reads (network filesystems; a shard truncated under a mapped reader kills it with SIGBUS).",
     "loader": "dali (the pipeline, CPU or GPU), reference (webdataset + torch), auto: dali if installed.",
     "normalization": "mean-image: subtract the training set's mean image (section 2); "
     "channel: per-channel mean and std (torchvision style).",

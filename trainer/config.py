@@ -57,6 +57,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str | None = None  # None: val, validation or test, whichever exists
     loader: str = "auto"  # auto (DALI if installed), dali, reference
+    mmap: bool = True  # DALI memory-maps the shards; False: plain reads (NFS/Lustre, shards that may change)
     lighting: str = "cuda-convnet"
     mirror: bool = True  # random reflections (section 4.1); Figure 1 turns them off
     lighting_scale_div: float = 1.0  # cuda-convnet: 1.1 (divide after colour noise; docs/model.md)

@@ -45,6 +45,8 @@ from trainer import checkpoint, finetune
 from trainer.config import TrainConfig
 from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
+from trainer.guard import check as check_finite
+from trainer.guard import mark as mark_nonfinite
 from trainer.metrics import METRICS
 from trainer.model import build_model
 from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups, set_lr
@@ -130,8 +132,20 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
         "classes": classes,
         "classes_sha256": hashlib.sha256((data / layout.CLASSES_JSON).read_bytes()).hexdigest(),
         "splits": {k: splits[k].get("written") for k in sorted(splits)},
+        # the images, their labels and order (plan_sha256), their sharding and JPEG quality: other
+        # images with the same classes, or a re-shard with another --seed, --shard-size or
+        # --quality, is another dataset to --resume (another data order, other pixels)
+        **{k: meta.get(k) for k in ("plan_sha256", "shard_size", "quality")},
     }
     return cfg, fingerprint
+
+
+def dataset_change(saved: object, now: dict, data: Path) -> str:
+    """What differs between a checkpoint's dataset fingerprint and this run's, as one clause."""
+    saved = saved if isinstance(saved, dict) else {}
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    what = ", ".join("its images or their order (plan_sha256 in dataset.json)" if k == "plan_sha256" else k for k in keys)
+    return f"the dataset ({data} is not the one the run was trained on: {what} differ)"
 
 
 def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) -> LoaderOptions:
@@ -148,6 +162,7 @@ def loader_options(cfg: TrainConfig, env: Env, batch_size: int | None = None) ->
         device="cuda" if env.devices[0].type == "cuda" else "cpu",
         backend=backend,
         num_threads=cfg.num_threads,
+        mmap=cfg.mmap,
         seed=cfg.seed,
         lighting=cfg.lighting,
         mirror=cfg.mirror,
@@ -216,10 +231,14 @@ class Sums:
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
     seen: int = 0
     seconds: float = 0.0
+    # the epoch step of the first non-finite loss, -1 if none (trainer/guard.py; not checkpointed)
+    bad_step: torch.Tensor = field(default_factory=lambda: torch.full((), -1, dtype=torch.int64))
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int = 0) -> None:
         if self.loss.device != loss.device:
             self.loss, self.correct = self.loss.to(loss.device), self.correct.to(loss.device)
+            self.bad_step = self.bad_step.to(loss.device)
+        self.bad_step = mark_nonfinite(self.bad_step, loss, step)
         self.loss += loss.detach()
         self.correct += (logits.detach().argmax(1) == y).sum()
         self.seen += len(y)
@@ -316,6 +335,8 @@ class Trainer:
 
     def save(self, seconds: float = 0.0, best: bool = False) -> None:
         """Rank 0 writes the checkpoint of the current position (every rank calls this)."""
+        # never a non-finite state as last.pt or best.pt (all ranks check together)
+        check_finite(self.pos.sums.bad_step, self.model, self.pos.epoch, self.pos.epoch_step, self.env.world)
         sums = self.pos.sums.state(self.env.world, seconds)  # a collective: every rank takes part
         if not self.env.main:
             return
@@ -334,7 +355,7 @@ class Trainer:
             return str(e)
         changed = checkpoint.config_changes(state["config"], self.cfg.to_dict())
         if state["dataset"] != self.fingerprint:
-            changed.append(f"the dataset ({Path(self.cfg.data)} is not the one the run was trained on)")
+            changed.append(dataset_change(state["dataset"], self.fingerprint, Path(self.cfg.data)))
         if state["world"] != self.env.world:
             changed.append(f"the process count (checkpoint {state['world']}, now {self.env.world})")
         if changed:
@@ -431,9 +452,11 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sums.add(loss, logits, y)
+        sums.add(loss, logits, y, k)
         pos.epoch_step, pos.step = k + 1, pos.step + 1
-        if bar and (k + 1) % LOG_EVERY == 0:  # the only host reads of the sums within an epoch
+        if (k + 1) % LOG_EVERY == 0:  # the only host reads of the sums within an epoch
+            check_finite(sums.bad_step, None, epoch, k, env.world)
+        if bar and (k + 1) % LOG_EVERY == 0:
             rate = (sums.seen - seen0) * env.world / (time.perf_counter() - t0)
             progress.set_postfix(
                 loss=f"{sums.loss.item() / (k + 1):.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}"
@@ -443,6 +466,7 @@ def train_epoch(
             trainer.save(sums.seconds + time.perf_counter() - t0)
         _maybe_die("step", pos.step)
     progress.close()
+    check_finite(sums.bad_step, net, epoch, pos.epoch_step, env.world)  # before eval, metrics, save
     sums.seconds += time.perf_counter() - t0
     return sums
 
