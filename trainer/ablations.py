@@ -109,7 +109,14 @@ def _sweep_point(
     try:
         rows = _train(cfg, progress)
     except NonFiniteError:  # the run stopped at its first NaN loss: this lr diverged
-        return {"lr": lr, "steps": 0, "epochs": 0, "train_loss": None, "train_top1_err": None, "diverged": True}
+        return {
+            "lr": lr,
+            "steps": 0,
+            "epochs": 0,
+            "train_loss": None,
+            "train_top1_err": None,
+            "diverged": True,
+        }
     last = rows[-1]
     finite = all(math.isfinite(r["train_loss"]) for r in rows)
     return {

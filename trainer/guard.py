@@ -34,9 +34,7 @@ def _weights_bad(model: nn.Module, device: torch.device) -> torch.Tensor:
     return torch.stack(flags).any() if flags else torch.zeros((), dtype=torch.bool, device=device)
 
 
-def check(
-    bad_step: torch.Tensor, model: nn.Module | None, epoch: int, step: int, world: int
-) -> None:
+def check(bad_step: torch.Tensor, model: nn.Module | None, epoch: int, step: int, world: int) -> None:
     """Raise NonFiniteError if a loss so far this epoch (or, with `model`, a weight) is not finite.
 
     `step`: the epoch's step reached (named when only the weights are bad). Every rank calls this

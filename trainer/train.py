@@ -144,7 +144,9 @@ def dataset_change(saved: object, now: dict, data: Path) -> str:
     """What differs between a checkpoint's dataset fingerprint and this run's, as one clause."""
     saved = saved if isinstance(saved, dict) else {}
     keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    what = ", ".join("its images or their order (plan_sha256 in dataset.json)" if k == "plan_sha256" else k for k in keys)
+    what = ", ".join(
+        "its images or their order (plan_sha256 in dataset.json)" if k == "plan_sha256" else k for k in keys
+    )
     return f"the dataset ({data} is not the one the run was trained on: {what} differ)"
 
 
