@@ -197,6 +197,13 @@ def shard_cmd(
         click.echo(f"all rejects with reasons: {_printable(str(out))}/<split>/rejects.parquet")
     if summary.wrote_nothing:
         click.echo("nothing to do: every shard is complete and matches its manifest part; nothing written")
+    if summary.empty_classes:
+        n, first = len(summary.empty_classes), _printable(summary.empty_classes[0])
+        click.echo(
+            f"alexprep: warning: {n} class(es) with no image written (e.g. {first}: every one "
+            "rejected); `alextrain run` refuses this dataset: fix or remove their images, then re-shard",
+            err=True,
+        )
     if summary.complete:
         click.echo(f"complete: {_printable(str(out))}")
     else:

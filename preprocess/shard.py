@@ -37,6 +37,7 @@ from tqdm import tqdm
 from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, MAX_BYTES, MAX_PIXELS, RejectedImage, process_file
 from preprocess.sources import Source, clean_name
 from shards import layout
+from shards.reader import classes_without_samples
 from shards.verify import shard_problem
 from shards.writer import MANIFEST_SCHEMA, ShardWriter, shard_record
 
@@ -95,6 +96,7 @@ class Summary:
     complete: bool = False
     first_rejects: list[str] = field(default_factory=list)
     wrote_nothing: bool = False  # complete already: no file in OUT was touched
+    empty_classes: list[str] = field(default_factory=list)  # no sample written to train on
 
 
 def plan_splits(source: Source, shard_size: int, seed: int) -> list[SplitPlan]:
@@ -452,6 +454,10 @@ def _shard_locked(
         records = {layout.shard_name(n, i): rec for (n, i), (rec, _) in states.items()}
         counts = _merge(out, plans, records)
         layout.write_json_if_changed(out / layout.DATASET_JSON, _dataset_json(identity, counts))
+        names = [p.name for p in plans]
+        learn = "train" if "train" in names else names[0] if len(names) == 1 else None
+        if learn is not None:  # every image of a class rejected: said loudly, refused by `run`
+            summary.empty_classes = classes_without_samples(out, learn, _classes_json(source))
     else:  # this node's share only: the others are still running (or not started)
         counts = _count_parts(out, plans, opt)
     _fill_counts(summary, counts)

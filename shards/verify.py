@@ -300,6 +300,12 @@ def verify(out: Path, workers: int = 1, progress: bool = True) -> list[str]:
                 f"{split}: manifest has {len(manifest)} rows, "
                 f"dataset.json says {counts.get('written')} written"
             )
+        outside = sorted({r["label"] for r in manifest if not 0 <= r["label"] < len(classes)})
+        if outside:  # training would die on them ("Target 5 is out of bounds")
+            problems.append(
+                f"{split}: manifest labels {', '.join(map(str, outside[:5]))} are not classes of "
+                f"{layout.CLASSES_JSON} ({len(classes)} classes); it is not this dataset's list"
+            )
         by_shard = _expected(manifest, classes)
         records = _records(meta, split)
         for i in range(counts["shards"]):

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from pipeline.loader import EvalLoader, LoaderOptions, TrainLoader, epoch_seed
 from shards import layout
-from shards.reader import default_val_split, load_classes, load_dataset
+from shards.reader import classes_without_samples, default_val_split, load_classes, load_dataset
 from shards.verify import preflight
 from trainer import checkpoint, finetune
 from trainer.config import TrainConfig
@@ -104,7 +104,14 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     splits = meta["splits"]
     if cfg.train_split not in splits:
         raise TrainError(f"{data}: no {cfg.train_split} split (have: {', '.join(sorted(splits))})")
-    classes = len(load_classes(data))
+    names = load_classes(data)
+    classes = len(names)
+    empty = classes_without_samples(data, cfg.train_split, names)
+    if empty:  # an output no image ever trains
+        raise TrainError(
+            f"{data}: {len(empty)} class(es) have no {cfg.train_split} image (e.g. {empty[0]!r}: every "
+            "one was rejected when sharding); fix or remove them and re-shard"
+        )
     if cfg.num_classes is None:
         cfg.num_classes = classes
     elif cfg.num_classes != classes:
