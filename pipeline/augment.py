@@ -20,6 +20,7 @@ pipeline, the reference loader and the tests all take M from here. Lighting conv
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ def load_stats(out: Path) -> Stats:
     meta = _dataset_meta(out)
     _check_plan(sj, s, meta, redo)
     size = meta.get("size") if isinstance(meta.get("size"), int) else None
+    _check_pair(sj, s, mi, redo)
     mean = _load_mean_image(mi, size, redo)
     return Stats(v["mean_rgb"], v["std_rgb"], v["eigval"], v["eigvec"], mean)
 
@@ -114,6 +116,22 @@ def _check_plan(sj: Path, s: dict, meta: dict, redo: str) -> None:
         f"{sj}: computed from another dataset (plan {str(recorded)[:12]}, this one is "
         f"{str(here)[:12]}: other images, --seed or --shard-size); {redo}"
     )
+
+
+def _check_pair(sj: Path, s: dict, mi: Path, redo: str) -> None:
+    """mean_image.npy is the one this stats.json was written with (its recorded SHA-256): a
+    pca-stats that failed between the two files, or a mean image copied from elsewhere, is not."""
+    record = s.get("computed_from")
+    want = record.get("mean_image_sha256") if isinstance(record, dict) else None
+    if want is None:
+        return
+    try:
+        with open(mi, "rb") as f:
+            have = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise StatsError(f"{mi}: unreadable ({e.strerror}); {redo}") from None
+    if have != want:
+        raise StatsError(f"{mi}: not the mean image {sj.name} was computed with; {redo}")
 
 
 def _load_mean_image(mi: Path, size: int | None, redo: str) -> np.ndarray:

@@ -209,6 +209,11 @@ def write_shard(task: ShardTask) -> ShardResult:
     hashing and manifest stay in the process that made the bytes, so nothing large crosses
     process boundaries and the parent is idle (near-linear scaling with --workers).
     """
+    with layout.writing(layout.tar_path(task.out, task.split, task.index)):  # disk full: one line
+        return _write_shard(task)
+
+
+def _write_shard(task: ShardTask) -> ShardResult:
     result = ShardResult()
     writer = ShardWriter(task.out, task.split, task.index)
     try:

@@ -66,6 +66,7 @@ def shard_problem(tar: Path, record: dict | None) -> str | None:
         why = layout.regular_file_problem(path)
         if why:
             return f"{path.name}: {why}"
+    _readable(tar)
     if record is None:
         return None
     for path, key in ((tar, "tar_bytes"), (idx, "idx_bytes")):
@@ -76,6 +77,15 @@ def shard_problem(tar: Path, record: dict | None) -> str | None:
     if count != record["samples"]:
         return f"{idx.name}: index lists {count} samples, {record['samples']} were written"
     return None
+
+
+def _readable(tar: Path) -> None:
+    """A shard this user cannot read is a permissions problem, not damage: said as such (one
+    DatasetError), never as "truncated", "index lists None samples" or "re-shard it"."""
+    for path in (tar, layout.idx_path(tar)):
+        why = layout.unreadable(path)
+        if why:
+            raise DatasetError(why)
 
 
 def shard_hash_problem(tar: Path, record: dict) -> str | None:
@@ -314,6 +324,7 @@ def verify(out: Path, workers: int = 1, progress: bool = True) -> list[str]:
             if why:
                 problems.append(f"{tar.name}: {why}")
                 continue
+            _readable(tar)
             jobs.append((str(tar), meta["size"], by_shard.get(tar.name, {})))
             if tar.stem in records:
                 hashed.append((tar, records[tar.stem]))

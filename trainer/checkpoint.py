@@ -70,7 +70,8 @@ def _publish(src: Path, dst: Path) -> None:
         layout.write_atomic(dst, src.read_bytes())
         return
     try:
-        os.replace(tmp, dst)
+        with layout.writing(dst):
+            os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -8,11 +8,13 @@ centre 224 crop (or the 10 crops) minus the mean image (`pipeline.single.image_i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -421,22 +423,16 @@ def extract_features(
 
     Rows follow the split's manifest order (the eval reader's order on one rank). The loader
     runs on the device the model is on (a CUDA loader feeding a CPU model crashed). `cache`
-    names the checkpoint's content (`feature_cache`): an existing file is reused as is; a new
-    one is written atomically (fsync, rename) and older caches of the same checkpoint file and
-    split are removed.
+    names the checkpoint's content (`feature_cache`); an existing file is used only if it is
+    what this model gives (`_cache_problem`: shape, dtype, finite values, and its first rows
+    computed again), else computed again. A new one is written atomically (fsync, rename) and
+    older caches of the same checkpoint file and split are removed; where the folder cannot be
+    written (permissions, a read-only filesystem) the features are kept in memory instead.
     """
     from tqdm import tqdm
 
     from pipeline.loader import EvalLoader, LoaderOptions
 
-    if cache.is_file():
-        try:
-            cached = np.load(cache, mmap_mode="r")  # no pickles
-            if cached.ndim == 2 and cached.dtype == np.float32:
-                return cached
-        except (OSError, ValueError, EOFError):  # truncated or garbage: it is only a cache
-            pass
-        warnings.warn(f"{cache}: damaged feature cache; computing it again", stacklevel=2)
     device = next(model.parameters()).device
     opt = LoaderOptions(
         batch_size=batch_size,
@@ -450,30 +446,111 @@ def extract_features(
     )
     loader = EvalLoader(data, opt, split=split)
     n = loader.s.written
-    tmp = layout.tmp_path(cache)
-    bank = None
-    row = 0
     model.eval()
-    with torch.no_grad():
-        for x, _ in tqdm(
-            loader, total=-(-n // batch_size), unit="batch", disable=not progress, desc="features"
-        ):
-            feats = torch.cat([f.float().cpu() for f in model.features(x.to(device))], 1).numpy()
-            if bank is None:
-                bank = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, feats.shape[1]))
-            bank[row : row + len(feats)] = feats
-            row += len(feats)
-    if bank is None or row != n:
-        raise FigureError(f"{data}/{split}: the loader gave {row} samples, the manifest says {n}")
-    bank.flush()
-    del bank
+    if cache.is_file():
+        why, cached = _cache_problem(cache, n, lambda: _first_features(model, loader, device))
+        if why is None:
+            return cached
+        warnings.warn(f"{cache}: damaged feature cache ({why}); computing it again", stacklevel=2)
+    tmp = layout.tmp_path(cache)
+    out: _Rows | None = None
+    row = 0
     try:
-        layout.commit(tmp, cache)
-    except OSError as e:  # e.g. a folder at the cache's name
+        with torch.no_grad():
+            for x, _ in tqdm(
+                loader, total=-(-n // batch_size), unit="batch", disable=not progress, desc="features"
+            ):
+                feats = _features(model, x, device)
+                out = out or _Rows(tmp, cache, (n, feats.shape[1]))
+                out.write(feats)
+                row += len(feats)
+        if out is None or row != n:
+            raise FigureError(f"{data}/{split}: the loader gave {row} samples, the manifest says {n}")
+        bank = out.finish()
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise FigureError(f"{cache}: cannot write the feature cache ({e.strerror})") from None
+        raise
+    if bank is not None:  # kept in memory: nothing written
+        return bank
     stem = cache.name.rsplit("-", 1)[0]
     for old in cache.parent.glob(f"{stem}-{'[0-9a-f]' * 16}.npy"):
         if old != cache:
             old.unlink(missing_ok=True)
     return np.load(cache, mmap_mode="r")
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class _Rows:
+    """The feature rows as they come: appended to the cache's temporary file with plain writes
+    (a full disk is an error naming the cache, never a SIGBUS as with a written memmap), or, where
+    the cache's folder cannot be written, kept in memory with a warning."""
+
+    def __init__(self, tmp: Path, cache: Path, shape: tuple[int, int]):
+        self.tmp, self.cache, self.kept = tmp, cache, None
+        try:
+            self.f = os.fdopen(layout.open_exclusive(tmp), "wb")
+        except OSError as e:
+            if e.errno not in _NOT_WRITABLE:
+                raise layout.LayoutError(layout.write_problem(cache, e)) from None
+            warnings.warn(f"{layout.write_problem(cache, e)}; working without the cache", stacklevel=3)
+            self.f, self.kept = None, []
+            return
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+        with layout.writing(cache):
+            np.lib.format.write_array_header_1_0(self.f, {**header, "shape": shape})
+
+    def write(self, feats: np.ndarray) -> None:
+        if self.kept is not None:
+            self.kept.append(feats)
+            return
+        with layout.writing(self.cache):
+            self.f.write(np.ascontiguousarray(feats, np.float32).tobytes())
+
+    def finish(self) -> np.ndarray | None:
+        """The rows in memory, or None once the cache file is in place."""
+        if self.kept is not None:
+            return np.concatenate(self.kept)
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            os.replace(self.tmp, self.cache)
+        except OSError as e:
+            if e.errno in layout.WRITE_ERRNOS:
+                raise layout.LayoutError(layout.write_problem(self.cache, e)) from None
+            raise FigureError(f"{self.cache}: cannot write the feature cache ({e.strerror})") from None
+        return None
+
+
+def _features(model, x: torch.Tensor, device: torch.device) -> np.ndarray:  # noqa: ANN001
+    with torch.no_grad():
+        return torch.cat([f.float().cpu() for f in model.features(x.to(device))], 1).numpy()
+
+
+def _first_features(model, loader, device: torch.device) -> np.ndarray:  # noqa: ANN001
+    for x, _ in loader:
+        return _features(model, x, device)
+    return np.zeros((0, 0), np.float32)
+
+
+def _cache_problem(cache: Path, n: int, first: Callable[[], np.ndarray]) -> tuple[str | None, np.ndarray]:
+    """(why the cache is not this model's features of the split's n samples, the cache): its
+    header (n rows, float32), every value finite (read in blocks), and its first rows equal to
+    the model's features computed again (`first`): an all-zero cache of the right shape is not."""
+    try:
+        cached = np.load(cache, mmap_mode="r")  # no pickles
+    except (OSError, ValueError, EOFError) as e:  # truncated or garbage: it is only a cache
+        return f"unreadable: {e.__class__.__name__}", None
+    if cached.ndim != 2 or cached.dtype != np.float32 or cached.shape[0] != n:
+        return f"{cached.dtype} {cached.shape}, not {n} rows of float32", None
+    for o in range(0, n, 65536):
+        if not np.isfinite(cached[o : o + 65536]).all():
+            return "holds NaN or inf", None
+    probe = first()
+    if probe.shape[1:] != cached.shape[1:] or not np.allclose(
+        cached[: len(probe)], probe, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(probe).max(initial=0)))
+    ):
+        return "its first rows are not this model's features", None
+    return None, cached

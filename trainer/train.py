@@ -222,7 +222,7 @@ class Metrics:
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with layout.writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:
             for k, v in row.items():
@@ -587,10 +587,10 @@ def _train_locked(
         rows.append(row)
         pos.history.append(row)
         pos.epoch, pos.epoch_step, pos.sums = epoch + 1, 0, Sums()
+        trainer.save(best=best)  # first: metrics.jsonl never lists an epoch without its checkpoint
         metrics.write(row)
         if progress and env.main:
             tqdm.write(_line(row))
-        trainer.save(best=best)
         if env.world > 1:
             dist.barrier()
     return rows
