@@ -149,7 +149,10 @@ def emit(result: object, as_json: bool, json_out: Path | None, table: Callable[[
     else:
         table()
     if json_out:
-        layout.write_atomic(json_out, text.encode())
+        try:
+            layout.write_atomic(json_out, text.encode())
+        except layout.LayoutError as e:  # a full disk, a read-only folder
+            _fail(str(e))
         _note(f"wrote {json_out}", as_json)
 
 
