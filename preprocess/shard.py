@@ -132,7 +132,13 @@ def _identity(source: Source, plans: list[SplitPlan], opt: Options) -> dict:
 
 def _check_out(src: Path, out: Path, identity: dict) -> dict | None:
     """OUT's existing dataset.json if it is the same dataset; refuse anything else (reads only)."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():  # written through, a link would put the dataset somewhere OUT does not say
+        target = "a folder" if out.is_dir() else "nothing" if not out.exists() else "a file"
+        raise ShardError(
+            f"{out}: is a symbolic link (to {target}); pass a real folder's path as OUT "
+            f"(e.g. the link's target, {os.path.realpath(out)})"
+        )
+    if out.exists() and not out.is_dir():
         raise ShardError(f"{out}: exists and is not a folder")
     if out.resolve() == src.resolve():
         raise ShardError(f"{out}: OUT must not be SRC itself (a subfolder of SRC is fine)")
@@ -271,7 +277,7 @@ def _merge(out: Path, plans: list[SplitPlan], records: dict[str, dict]) -> dict:
     counts = {}
     for p in plans:
         tables = [
-            pq.read_table(layout.part_path(out, p.name, i)).replace_schema_metadata(None)
+            layout.read_parquet(layout.part_path(out, p.name, i)).replace_schema_metadata(None)
             for i in range(p.num_shards)
         ]
         table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
@@ -474,7 +480,7 @@ def _count_parts(out: Path, plans: list[SplitPlan], opt: Options) -> dict:
     for p in plans:
         mine = [i for i in range(p.num_shards) if i % opt.num_nodes == opt.node_rank]
         reasons = [
-            pq.read_table(layout.part_path(out, p.name, i), columns=["reason"])["reason"] for i in mine
+            layout.read_parquet(layout.part_path(out, p.name, i), columns=["reason"])["reason"] for i in mine
         ]
         rejected = sum(len(r) - r.null_count for r in reasons)
         found = sum(len(p.shard_items(i)) for i in mine)

@@ -357,10 +357,12 @@ def _labels_from_names(src: Path, human: dict[str, str]) -> list[tuple[str, str]
     """
     rows = []
     for name in _images_in(src):
-        label, _, rest = Path(name).stem.partition("_")
-        if not rest:
+        label, sep, rest = Path(name).stem.partition("_")
+        if not sep:
             raise SourceError(f"{src / name}: no `_` in the name to take a label from")
-        if not rest.isdigit():
+        if not label:
+            raise SourceError(f"{src / name}: nothing before the `_` to take a label from")
+        if rest and not rest.isdigit():
             human.setdefault(clean_name(label), clean_name(rest.replace("_", " ")))
         rows.append((name, label))
     if not rows:

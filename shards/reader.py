@@ -128,11 +128,10 @@ def load_classes(out: Path) -> list[dict]:
 def classes_without_samples(out: Path, split: str, classes: list[dict]) -> list[str]:
     """Names of the classes with no written sample in `split` (every image of them rejected)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = out / split / layout.MANIFEST
     try:
-        labels = set(pq.read_table(path, columns=["label"])["label"].to_pylist())
+        labels = set(layout.read_parquet(path, columns=["label"])["label"].to_pylist())
     except (OSError, pa.ArrowException) as e:
         raise DatasetError(
             f"{path}: not a readable manifest ({type(e).__name__}); re-run `alexprep shard`"

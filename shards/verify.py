@@ -24,7 +24,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from shards import layout
@@ -279,7 +278,7 @@ def read_manifest(
     path = out / split / layout.MANIFEST
     cols = columns or ["key", "label", "source", "width", "height", "shard", "sha256"]
     try:
-        table = pq.read_table(path, columns=cols, filters=[("shard", "=", shard)] if shard else None)
+        table = layout.read_parquet(path, columns=cols, filters=[("shard", "=", shard)] if shard else None)
     except FileNotFoundError:
         raise DatasetError(f"{path}: missing; re-run `alexprep shard` to rebuild it") from None
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds on a garbage file

@@ -62,6 +62,9 @@ def main() -> None:
     --json prints a command's result as JSON on stdout; --json-out PATH writes it to a file.
     """
     warnings.formatwarning = _one_line_warning
+    from trainer.stopping import second_interrupt_exits  # no torch: --help stays fast
+
+    second_interrupt_exits("alextrain")
 
 
 # ---- options shared by several commands: one definition, one help text -------------------------

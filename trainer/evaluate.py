@@ -83,6 +83,8 @@ def evaluate_many(models: list[torch.nn.Module], loader, amp: bool = False) -> l
         m.eval()
     tallies = [Tally() for _ in range(len(models) + (len(models) > 1))]
     for x, y in loader:
+        if len(y) == 0:  # a rank whose part of a tiny split is empty this batch
+            continue
         probs = predict_each(models, x, amp)
         if len(models) > 1:
             probs.append(torch.stack(probs).mean(0))

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
@@ -312,7 +311,9 @@ def plot_neighbors(queries: list[np.ndarray], neighbours: list[list[np.ndarray]]
 
 def train_images(data: Path, indices: list[int], split: str = "train") -> list[np.ndarray]:
     """Stored images by their position in the split's manifest (the eval reader's order)."""
-    table = pq.read_table(data / split / layout.MANIFEST, columns=["shard", "offset", "bytes"]).to_pylist()
+    table = layout.read_parquet(
+        data / split / layout.MANIFEST, columns=["shard", "offset", "bytes"]
+    ).to_pylist()
     out = []
     for i in indices:
         row = table[i]

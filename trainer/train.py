@@ -50,6 +50,7 @@ from trainer.guard import mark as mark_nonfinite
 from trainer.metrics import METRICS
 from trainer.model import build_model
 from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups, set_lr
+from trainer.stopping import lost_peers
 
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
 DIE_ENV = "ALEXTRAIN_TEST_DIE"  # tests only: "step:K" or "save:K" -> SIGKILL self (see _maybe_die)
@@ -513,7 +514,7 @@ def run(
         raise TrainError(
             f"--out {run_dir}: is the dataset folder or one of its splits; use a folder of its own"
         )
-    with _run_lock(run_dir, env):
+    with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir):
         return _train_locked(cfg, env, fingerprint, data, run_dir, resume, auto_resume, progress)
 
 
