@@ -74,8 +74,8 @@ def load_stats(out: Path) -> Stats:
     meta = _dataset_meta(out)
     _check_plan(sj, s, meta, redo)
     size = meta.get("size") if isinstance(meta.get("size"), int) else None
-    _check_pair(sj, s, mi, redo)
     mean = _load_mean_image(mi, size, redo)
+    _check_pair(sj, s, mi, redo)
     return Stats(v["mean_rgb"], v["std_rgb"], v["eigval"], v["eigvec"], mean)
 
 

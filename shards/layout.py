@@ -215,10 +215,12 @@ def read_parquet(path: Path, schema_only: bool = False, **kw: object) -> object:
     """A Parquet table (or its schema) read through a Python file object: pyarrow encodes a path
     string as UTF-8, which fails on a name the filesystem encoding carried as surrogates (a
     non-UTF-8 locale and a non-ASCII OUT), where Python's own `open` does not."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with open(path, "rb") as f:
-        return pq.read_schema(f) if schema_only else pq.read_table(f, **kw)
+    with open(path, "rb") as f:  # the bytes through Python, parsed from memory (no callbacks)
+        buf = pa.BufferReader(f.read())
+    return pq.read_schema(buf) if schema_only else pq.read_table(buf, **kw)
 
 
 def _load_json(path: Path, kind: type) -> object:
