@@ -200,8 +200,9 @@ def shard_cmd(
     if summary.empty_classes:
         n, first = len(summary.empty_classes), _printable(summary.empty_classes[0])
         click.echo(
-            f"alexprep: warning: {n} class(es) with no image written (e.g. {first}: every one "
-            "rejected); `alextrain run` refuses this dataset: fix or remove their images, then re-shard",
+            f"alexprep: warning: {n} class(es) with no training image written (e.g. {first}: its "
+            "folder is empty, or every image in it was rejected or hidden); `alextrain run` refuses "
+            "this dataset: add or fix their images, or remove their folders, then re-shard",
             err=True,
         )
     if summary.complete:

@@ -449,7 +449,6 @@ def discover(
         _excluded.add(os.path.realpath(exclude))
     try:
         source = _discover(src, labels_csv, synsets, devkit, split, label_from_name)
-        _check_classes(source)
         if _skipped and labels_csv is None:
             example = clean_name(os.path.relpath(min(_skipped), src))
             source.notes.append(
@@ -460,21 +459,6 @@ def discover(
     finally:
         _excluded.clear()
         _skipped.clear()
-
-
-def _check_classes(source: Source) -> None:
-    """Every class must have an input to train on: an empty class folder (or one whose images
-    are all in hidden or linked sub-folders) would become a network output never trained."""
-    has = {split: {label for _, label in items} for split, items in source.splits.items()}
-    pool = has.get("train") if "train" in has else set().union(*has.values())
-    empty = [c.name for c in source.classes if c.index not in pool]
-    if empty:
-        where = "no training image" if "train" in has else "no image"
-        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
-        raise SourceError(
-            f"{source.root}: class {empty[0]!r}{more} has {where}; each class is a network output: "
-            "add images to it or remove its folder"
-        )
 
 
 def _discover(

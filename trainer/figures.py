@@ -453,6 +453,7 @@ def extract_features(
         if why is None:
             return cached
         warnings.warn(f"{cache}: damaged feature cache ({why}); computing it again", stacklevel=2)
+    layout.remove_stale_tmp(cache.parent)  # what a killed or failed extraction left
     tmp = layout.tmp_path(cache)
     out: _Rows | None = None
     row = 0

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -110,8 +111,9 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     empty = classes_without_samples(data, cfg.train_split, names)
     if empty:  # an output no image ever trains
         raise TrainError(
-            f"{data}: {len(empty)} class(es) have no {cfg.train_split} image (e.g. {empty[0]!r}: every "
-            "one was rejected when sharding); fix or remove them and re-shard"
+            f"{data}: {len(empty)} class(es) have no {cfg.train_split} image (e.g. {empty[0]!r}: none was "
+            "found or every one was rejected when sharding); add or fix their images, or remove "
+            "their folders, then re-shard"
         )
     if cfg.num_classes is None:
         cfg.num_classes = classes
@@ -464,19 +466,18 @@ def train_epoch(
         opt.step()
         sums.add(loss, logits, y, k)
         pos.epoch_step, pos.step = k + 1, pos.step + 1
-        if (k + 1) % LOG_EVERY == 0:  # the only host reads of the sums within an epoch
-            check_finite(sums.bad_step, None, epoch, k, env.world)
-        if bar and (k + 1) % LOG_EVERY == 0:
-            rate = (sums.seen - seen0) * env.world / (time.perf_counter() - t0)
-            progress.set_postfix(
-                loss=f"{sums.loss.item() / (k + 1):.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}"
-            )
+        if (k + 1) % LOG_EVERY == 0:  # the only host read of the sums within an epoch
+            total = sums.loss.item()  # a sum of the losses: NaN or inf once any one was
+            if env.world > 1 or not math.isfinite(total):  # DDP: every rank decides together
+                check_finite(sums.bad_step, None, epoch, k, env.world)
+            if bar:
+                rate = (sums.seen - seen0) * env.world / (time.perf_counter() - t0)
+                progress.set_postfix(loss=f"{total / (k + 1):.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}")
         progress.update()
         if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and k + 1 < steps:
             trainer.save(sums.seconds + time.perf_counter() - t0)
         _maybe_die("step", pos.step)
     progress.close()
-    check_finite(sums.bad_step, net, epoch, pos.epoch_step, env.world)  # before eval, metrics, save
     sums.seconds += time.perf_counter() - t0
     return sums
 
@@ -575,6 +576,7 @@ def _train_locked(
         set_lr(trainer.opt, schedule.lr)
         row = {"epoch": epoch, "lr": schedule.lr}
         sums = train_epoch(trainer, net, train, epoch, steps, progress and env.main)
+        check_finite(sums.bad_step, net, epoch, pos.epoch_step, env.world)  # before eval and saving
         row.update(sums.epoch_row(env.world, steps))
         best = False
         if val is not None:
