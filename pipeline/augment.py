@@ -20,6 +20,7 @@ pipeline, the reference loader and the tests all take M from here. Lighting conv
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ class Stats:
 
 
 def load_stats(out: Path) -> Stats:
+    """OUT's stats.json and mean_image.npy, checked where they are read: shapes, dtypes, finite
+    values, and (when OUT has a train split and stats.json records one) the plan they were
+    computed from. A NaN here would otherwise train to NaN weights without a word."""
     sj, mi = out / layout.STATS_JSON, out / layout.MEAN_IMAGE
     for p in (sj, mi):
         if not p.is_file():
@@ -59,13 +63,98 @@ def load_stats(out: Path) -> Stats:
     bad = [f"{k} {v[k].shape}" for k, want in shapes.items() if v[k].shape != want]
     if bad:
         raise StatsError(f"{sj}: wrong shapes ({', '.join(bad)}); {redo}")
+    problem = _stats_problem(v)
+    if problem:
+        raise StatsError(f"{sj}: {problem}; {redo}")
+    meta = _dataset_meta(out)
+    _check_plan(sj, s, meta, redo)
+    size = meta.get("size") if isinstance(meta.get("size"), int) else None
+    mean = _load_mean_image(mi, size, redo)
+    _check_pair(sj, s, mi, redo)
+    return Stats(v["mean_rgb"], v["std_rgb"], v["eigval"], v["eigvec"], mean)
+
+
+def _stats_problem(v: dict[str, np.ndarray]) -> str | None:
+    """What makes these statistics unusable, or None: non-finite values (one NaN makes every
+    weight NaN), a zero or negative std (channel normalisation divides by it), a channel mean off
+    the 0-255 scale, eigenvectors that are not orthonormal."""
+    nonfinite = [k for k, a in v.items() if not np.isfinite(a).all()]
+    if nonfinite:
+        return f"non-finite values (NaN or inf) in {', '.join(nonfinite)}"
+    if (v["std_rgb"] <= 0).any():
+        return f"std_rgb {v['std_rgb'].tolist()} has a value <= 0 (channel normalisation divides by it)"
+    if ((v["mean_rgb"] < 0) | (v["mean_rgb"] > 255)).any():
+        return f"mean_rgb {v['mean_rgb'].tolist()} is not on the 0-255 pixel scale"
+    if not np.allclose(v["eigvec"].T @ v["eigvec"], np.eye(3), atol=1e-3):
+        return "eigvec is not orthonormal (columns of unit length, at right angles)"
+    return None
+
+
+def _dataset_meta(out: Path) -> dict:
+    try:
+        return layout.read_json(out / layout.DATASET_JSON)
+    except layout.LayoutError:
+        return {}  # the dataset's own loader names a missing dataset.json
+
+
+def _check_plan(sj: Path, s: dict, meta: dict, redo: str) -> None:
+    """Stats computed from another dataset (another shard plan) are refused where this dataset
+    has a train split to compute its own from; a dataset without one (an eval-only set) uses the
+    training set's statistics, as the paper does. Hand-written stats record no plan."""
+    record = s.get("computed_from")
+    recorded = record.get("dataset_plan_sha256") if isinstance(record, dict) else None
+    here = meta.get("plan_sha256")
+    has_train = "train" in (meta.get("splits") or {})
+    if recorded is None or here is None or not has_train or recorded == here:
+        return
+    raise StatsError(
+        f"{sj}: computed from another dataset (plan {str(recorded)[:12]}, this one is "
+        f"{str(here)[:12]}: other images, --seed or --shard-size); {redo}"
+    )
+
+
+def _check_pair(sj: Path, s: dict, mi: Path, redo: str) -> None:
+    """mean_image.npy is the one this stats.json was written with (its recorded SHA-256): a
+    pca-stats that failed between the two files, or a mean image copied from elsewhere, is not."""
+    record = s.get("computed_from")
+    want = record.get("mean_image_sha256") if isinstance(record, dict) else None
+    if want is None:
+        return
+    try:
+        with open(mi, "rb") as f:
+            have = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise StatsError(f"{mi}: unreadable ({e.strerror}); {redo}") from None
+    if have != want:
+        raise StatsError(f"{mi}: not the mean image {sj.name} was computed with; {redo}")
+
+
+def _load_mean_image(mi: Path, size: int | None, redo: str) -> np.ndarray:
+    """The mean image, its header checked before any allocation (a forged shape would ask for
+    gigabytes), as float32: a real float dtype, the dataset's size, finite, on the 0-255 scale."""
+    try:
+        with open(mi, "rb") as f:
+            fmt = np.lib.format
+            header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = header(f)
+    except (OSError, ValueError, EOFError, SyntaxError) as e:
+        raise StatsError(f"{mi}: not a readable .npy ({e.__class__.__name__}); {redo}") from None
+    want = (size, size, 3) if size else None
+    if len(shape) != 3 or shape[2] != 3 or (want and tuple(shape) != want):
+        expect = f"{size} x {size} x 3" if size else "H x W x 3"
+        raise StatsError(f"{mi}: shape {tuple(shape)}, not a {expect} mean image; {redo}")
+    if dtype.kind != "f":  # ints wrap, complex has no order, objects would need pickle
+        raise StatsError(f"{mi}: dtype {dtype}, not a float mean image; {redo}")
     try:
         mean = np.load(mi)  # no pickles
     except (OSError, ValueError, EOFError) as e:
         raise StatsError(f"{mi}: not a readable .npy ({e.__class__.__name__}); {redo}") from None
-    if mean.ndim != 3 or mean.shape[2] != 3 or not np.issubdtype(mean.dtype, np.number):
-        raise StatsError(f"{mi}: shape {mean.shape} {mean.dtype}, not an H x W x 3 mean image; {redo}")
-    return Stats(v["mean_rgb"], v["std_rgb"], v["eigval"], v["eigvec"], mean)
+    mean = mean.astype(np.float32)
+    if not np.isfinite(mean).all():
+        raise StatsError(f"{mi}: {int((~np.isfinite(mean)).sum())} non-finite values (NaN or inf); {redo}")
+    if mean.min() < 0 or mean.max() > 255:
+        raise StatsError(f"{mi}: values outside 0-255 ({mean.min():g} .. {mean.max():g}); {redo}")
+    return mean
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ ever made.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -29,9 +30,13 @@ READER_NAME = "Reader"
 
 
 def _read(tars, idxs, shard_id, num_shards, train, initial_fill, mmap: bool):
+    """The shards' `.jpg` and `.cls` members. `mmap` False: plain file reads (`dont_use_mmap`)
+    instead of mapping the tars: a shard truncated while mapped is a SIGBUS that kills the
+    process with no message; read, it is a short read that DALI reports as an error, which the
+    loader turns into one line naming the split (and network filesystems map poorly anyway)."""
     return fn.readers.webdataset(
-        paths=tars,
-        index_paths=idxs,
+        paths=[utf8_path(p) for p in tars],
+        index_paths=[utf8_path(p) for p in idxs],
         ext=["jpg", "cls"],
         missing_component_behavior="error",
         random_shuffle=train,
@@ -40,9 +45,23 @@ def _read(tars, idxs, shard_id, num_shards, train, initial_fill, mmap: bool):
         num_shards=num_shards,
         pad_last_batch=not train,  # eval: pad instead of wrapping, the iterator trims the pad
         stick_to_shard=not train,
-        dont_use_mmap=not mmap,  # NFS/Lustre, or shards that may change under a run: no SIGBUS
+        dont_use_mmap=not mmap,
         name=READER_NAME,
     )
+
+
+def utf8_path(path: str) -> str:
+    """A path as DALI must get it, UTF-8 text. Under a non-UTF-8 locale (LANG=C without UTF-8
+    mode) Python holds a non-ASCII name as surrogates, which DALI refuses ("Unsupported argument
+    type"); the name's bytes, decoded as UTF-8, name the same file."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{raw.decode('utf-8', 'backslashreplace')}: DALI opens only UTF-8 paths; rename the "
+            "folder or use --loader reference"
+        ) from None
 
 
 def _window(crop: int, x, y) -> dict:  # noqa: ANN001

@@ -200,6 +200,14 @@ def shard_cmd(
         click.echo(f"all rejects with reasons: {_printable(str(out))}/<split>/rejects.parquet")
     if summary.wrote_nothing:
         click.echo("nothing to do: every shard is complete and matches its manifest part; nothing written")
+    if summary.empty_classes:
+        n, first = len(summary.empty_classes), _printable(summary.empty_classes[0])
+        click.echo(
+            f"alexprep: warning: {n} class(es) with no training image written (e.g. {first}: its "
+            "folder is empty, or every image in it was rejected or hidden); `alextrain run` refuses "
+            "this dataset: add or fix their images, or remove their folders, then re-shard",
+            err=True,
+        )
     if summary.complete:
         click.echo(f"complete: {_printable(str(out))}")
     else:

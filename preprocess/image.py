@@ -13,6 +13,7 @@ content (the decoder sniffs the signature, not the name), and EXIF orientation i
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass
@@ -67,6 +68,42 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker; not a stuffed 0xFF or a restart
+
+
+def jpeg_complete(data: bytes) -> bool:
+    """Whether the JPEG's own structure reaches its end-of-image marker (EOI, FFD9).
+
+    Walks the segments and, after each start of scan, the entropy-coded data to the next
+    marker, so what follows the EOI does not matter: a trailing newline or NULs, or the video
+    of a motion photo appended after the image, leave a complete JPEG complete. A file that
+    ends inside a segment or a scan is truncated.
+    """
+    i, n = 2, len(data)
+    while i + 2 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length field
+            i += 2
+            continue
+        if i + 4 > n:
+            return False
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        i += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            found = _NEXT_MARKER.search(data, i)
+            if found is None:
+                return False
+            i = found.start()  # the last 0xFF before the marker (fill bytes skipped)
+    return False
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) as the file's header states it, without decoding; None if unknown.
 
@@ -118,9 +155,9 @@ def decode(data: bytes, size: int = IMAGE_SIZE, max_pixels: int = MAX_PIXELS) ->
     if not data:
         raise RejectedImage("empty file")
     is_jpeg = data[:2] == _JPEG_SOI
-    if is_jpeg and not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+    if is_jpeg and not jpeg_complete(data):
         # libjpeg "recovers" truncated files by padding them with grey; that is not our image.
-        raise RejectedImage("truncated JPEG (no end-of-image marker)")
+        raise RejectedImage("truncated JPEG (its data ends before the end-of-image marker)")
     dims = image_size(data)
     if dims is None:
         raise RejectedImage("not a decodable image (no image header found)")

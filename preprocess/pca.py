@@ -11,6 +11,8 @@ the float64 moments computed from the totals are exact up to one final rounding.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -144,6 +146,8 @@ def pca_stats(out: Path, workers: int = 0, max_images: int | None = None, progre
     """Compute and write OUT/stats.json and OUT/mean_image.npy; returns the stats."""
     meta = load_dataset(out)
     check_structure(out, ["train"])  # a truncated shard is named up front, with how to repair it
+    layout.check_writable(out)  # a read-only OUT is said now, not after the whole pass
+    layout.remove_stale_tmp(out)  # what a killed or failed run left
     jobs = plan_jobs(out, meta["size"], max_images)
     total = Moments.zero(meta["size"])
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
@@ -162,9 +166,11 @@ def pca_stats(out: Path, workers: int = 0, max_images: int | None = None, progre
         "dataset_plan_sha256": meta["plan_sha256"],
         "decoder": f"OpenCV {cv2.__version__} (libjpeg-turbo)",
     }
+    buf = io.BytesIO()
+    np.save(buf, mean_image)
+    # the pair: stats.json names its mean image's hash (checked by `load_stats`) and is written
+    # last, so a failure between the two files is a mismatch that is refused, never used
+    stats["computed_from"]["mean_image_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    layout.write_atomic(out / layout.MEAN_IMAGE, buf.getvalue())
     layout.write_json(out / layout.STATS_JSON, stats)
-    tmp = layout.tmp_path(out / layout.MEAN_IMAGE)
-    with open(tmp, "wb") as f:
-        np.save(f, mean_image)
-    layout.commit(tmp, out / layout.MEAN_IMAGE)
     return stats

@@ -38,6 +38,7 @@ from preprocess.defaults import DEFAULT_SEED, DEFAULT_SHARD_SIZE
 from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, MAX_BYTES, MAX_PIXELS, RejectedImage, process_file
 from preprocess.sources import Source, clean_name
 from shards import layout
+from shards.reader import classes_without_samples
 from shards.verify import shard_problem
 from shards.writer import MANIFEST_SCHEMA, ShardWriter, shard_record
 
@@ -91,6 +92,7 @@ class Summary:
     complete: bool = False
     first_rejects: list[str] = field(default_factory=list)
     wrote_nothing: bool = False  # complete already: no file in OUT was touched
+    empty_classes: list[str] = field(default_factory=list)  # no sample written to train on
 
 
 def plan_splits(source: Source, shard_size: int, seed: int) -> list[SplitPlan]:
@@ -126,7 +128,13 @@ def _identity(source: Source, plans: list[SplitPlan], opt: Options) -> dict:
 
 def _check_out(src: Path, out: Path, identity: dict) -> dict | None:
     """OUT's existing dataset.json if it is the same dataset; refuse anything else (reads only)."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():  # written through, a link would put the dataset somewhere OUT does not say
+        target = "a folder" if out.is_dir() else "nothing" if not out.exists() else "a file"
+        raise ShardError(
+            f"{out}: is a symbolic link (to {target}); pass a real folder's path as OUT "
+            f"(e.g. the link's target, {os.path.realpath(out)})"
+        )
+    if out.exists() and not out.is_dir():
         raise ShardError(f"{out}: exists and is not a folder")
     if out.resolve() == src.resolve():
         raise ShardError(f"{out}: OUT must not be SRC itself (a subfolder of SRC is fine)")
@@ -203,6 +211,11 @@ def write_shard(task: ShardTask) -> ShardResult:
     hashing and manifest stay in the process that made the bytes, so nothing large crosses
     process boundaries and the parent is idle (near-linear scaling with --workers).
     """
+    with layout.writing(layout.tar_path(task.out, task.split, task.index)):  # disk full: one line
+        return _write_shard(task)
+
+
+def _write_shard(task: ShardTask) -> ShardResult:
     result = ShardResult()
     writer = ShardWriter(task.out, task.split, task.index)
     try:
@@ -260,7 +273,7 @@ def _merge(out: Path, plans: list[SplitPlan], records: dict[str, dict]) -> dict:
     counts = {}
     for p in plans:
         tables = [
-            pq.read_table(layout.part_path(out, p.name, i)).replace_schema_metadata(None)
+            layout.read_parquet(layout.part_path(out, p.name, i)).replace_schema_metadata(None)
             for i in range(p.num_shards)
         ]
         table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
@@ -448,6 +461,10 @@ def _shard_locked(
         records = {layout.shard_name(n, i): rec for (n, i), (rec, _) in states.items()}
         counts = _merge(out, plans, records)
         layout.write_json_if_changed(out / layout.DATASET_JSON, _dataset_json(identity, counts))
+        names = [p.name for p in plans]
+        learn = "train" if "train" in names else names[0] if len(names) == 1 else None
+        if learn is not None:  # every image of a class rejected: said loudly, refused by `run`
+            summary.empty_classes = classes_without_samples(out, learn, _classes_json(source))
     else:  # this node's share only: the others are still running (or not started)
         counts = _count_parts(out, plans, opt)
     _fill_counts(summary, counts)
@@ -459,7 +476,7 @@ def _count_parts(out: Path, plans: list[SplitPlan], opt: Options) -> dict:
     for p in plans:
         mine = [i for i in range(p.num_shards) if i % opt.num_nodes == opt.node_rank]
         reasons = [
-            pq.read_table(layout.part_path(out, p.name, i), columns=["reason"])["reason"] for i in mine
+            layout.read_parquet(layout.part_path(out, p.name, i), columns=["reason"])["reason"] for i in mine
         ]
         rejected = sum(len(r) - r.null_count for r in reasons)
         found = sum(len(p.shard_items(i)) for i in mine)

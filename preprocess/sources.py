@@ -125,8 +125,44 @@ def _images_in(folder: Path) -> list[str]:
     return sorted(names)
 
 
+def _images_under(folder: Path) -> list[str]:
+    """`_images_in` of a class folder and of every folder below it (`cat/sub/x.jpg`, as
+    torchvision's ImageFolder reads), as paths relative to `folder`. Hidden folders and folder
+    links are not entered; the files in them are counted as not read (`_skipped`)."""
+    found = [name for name in _images_in(folder)]
+    for e in _scandir(folder):
+        if not _is_dir(e):
+            continue
+        if e.name.startswith(".") or e.is_symlink():
+            _skip_tree(Path(e.path))
+            continue
+        found += [f"{e.name}/{name}" for name in _images_under(Path(e.path))]
+    return sorted(found)
+
+
+def _skip_tree(folder: Path) -> None:
+    """Count every file under a folder that is not read (a hidden or linked folder) in `_skipped`,
+    so the summary's "not read" line says that it was passed over."""
+    if folder.is_symlink():
+        _skipped.add(str(folder))
+        return
+    for base, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(base, d)) not in _excluded]
+        _skipped.update(os.path.join(base, f) for f in files)
+
+
 def _subdirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in _scandir(folder) if _is_dir(e) and not e.name.startswith("."))
+    """Class (or split) folders: hidden ones are not classes (`.git`, `.ipynb_checkpoints`); what
+    they hold is counted as not read."""
+    names = []
+    for e in _scandir(folder):
+        if not _is_dir(e):
+            continue
+        if e.name.startswith("."):
+            _skip_tree(Path(e.path))
+        else:
+            names.append(e.name)
+    return sorted(names)
 
 
 def read_synset_names(path: Path) -> dict[str, str]:
@@ -154,7 +190,7 @@ def _folder_split(root: Path, split_dir: Path, index: dict[str, int]) -> list[tu
             raise SourceError(
                 f"{clean_name(str(split_dir / cls))}: class folder not present in the class list"
             )
-        for name in _images_in(split_dir / cls):
+        for name in _images_under(split_dir / cls):
             items.append((str((split_dir / cls / name).relative_to(root)), index[clean_name(cls)]))
     return items
 
@@ -255,7 +291,7 @@ def _imagefolder(src: Path, human: dict[str, str], split: str | None) -> Source 
         for d in split_dirs:
             source.splits[d] = _folder_split(src, src / d, index)
         return source
-    class_dirs = [d for d in top if _images_in(src / d)]
+    class_dirs = [d for d in top if _images_under(src / d)]
     if class_dirs:
         classes = _make_classes(class_dirs, human)
         source = Source(src, "imagefolder", classes)
@@ -321,10 +357,12 @@ def _labels_from_names(src: Path, human: dict[str, str]) -> list[tuple[str, str]
     """
     rows = []
     for name in _images_in(src):
-        label, _, rest = Path(name).stem.partition("_")
-        if not rest:
+        label, sep, rest = Path(name).stem.partition("_")
+        if not sep:
             raise SourceError(f"{src / name}: no `_` in the name to take a label from")
-        if not rest.isdigit():
+        if not label:
+            raise SourceError(f"{src / name}: nothing before the `_` to take a label from")
+        if rest and not rest.isdigit():
             human.setdefault(clean_name(label), clean_name(rest.replace("_", " ")))
         rows.append((name, label))
     if not rows:

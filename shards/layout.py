@@ -19,6 +19,7 @@ share a temporary file, and a reader sees a file either absent or complete.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -26,6 +27,7 @@ import os
 import secrets
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 FORMAT_VERSION = 1
@@ -42,6 +44,64 @@ TMP_SUFFIX = ".tmp"
 
 class LayoutError(Exception):
     """OUT (or a file in it) is not what it must be: the message names the path and why."""
+
+
+# What a user can do about a failed write, by errno: one line instead of a traceback.
+_WRITE_REMEDY = {
+    errno.ENOSPC: "no space left on the device: free some space (or write elsewhere), then re-run",
+    errno.EDQUOT: "disk quota exceeded: free some space (or write elsewhere), then re-run",
+    errno.EFBIG: "file too large for this filesystem: write elsewhere",
+    errno.EACCES: "permission denied: make it writable by this user (or write elsewhere)",
+    errno.EPERM: "operation not permitted: make it writable by this user (or write elsewhere)",
+    errno.EROFS: "read-only filesystem: write elsewhere",
+}
+
+
+WRITE_ERRNOS = frozenset(_WRITE_REMEDY)
+
+
+def write_problem(path: Path, e: OSError) -> str:
+    """One line for a failed write: the path and what to do."""
+    remedy = _WRITE_REMEDY.get(e.errno, f"cannot write ({e.strerror or e})")
+    return f"{path}: {remedy}"
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Every writer runs its writes in this: an OSError (disk full, permissions, a read-only
+    filesystem) becomes one LayoutError naming `path` and what to do. The writer's own
+    `except BaseException` clean-up of its temporary file has run by then."""
+    try:
+        yield
+    except LayoutError:
+        raise
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise LayoutError(write_problem(path, e)) from None
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, not after an hour's pass, if files cannot be created in `folder`: a probe file
+    is created and removed (access() would say yes to root on a read-only mount)."""
+    probe = tmp_path(folder / "write-probe")
+    with writing(folder):
+        os.close(open_exclusive(probe))
+        probe.unlink()
+
+
+def unreadable(path: Path) -> str | None:
+    """Why this process cannot read `path` (permissions), or None; damage is another matter."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # absence is reported by the structural checks
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"{path}: not readable by this user ({e.strerror}): fix its permissions; it is not damaged"
+        return None
+    os.close(fd)
+    return None
 
 
 def shard_name(split: str, index: int) -> str:
@@ -86,12 +146,17 @@ def open_exclusive(path: Path) -> int:
 
 def commit(tmp: Path, final: Path) -> None:
     """fsync then rename: after a crash `final` is either absent or complete, never partial."""
-    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
+    with writing(final):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def ensure_dir(path: Path) -> None:
@@ -109,18 +174,21 @@ def ensure_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """`path` becomes `data` or stays as it was; a failed write leaves no temporary file and is
+    one LayoutError naming the path (`writing`)."""
     ensure_dir(path.parent)
     tmp = tmp_path(path)
-    fd = open_exclusive(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd = open_exclusive(tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def json_bytes(obj: object) -> bytes:
@@ -141,6 +209,18 @@ def write_json_if_changed(path: Path, obj: object) -> bool:
         pass
     write_atomic(path, data)
     return True
+
+
+def read_parquet(path: Path, schema_only: bool = False, **kw: object) -> object:
+    """A Parquet table (or its schema) read through a Python file object: pyarrow encodes a path
+    string as UTF-8, which fails on a name the filesystem encoding carried as surrogates (a
+    non-UTF-8 locale and a non-ASCII OUT), where Python's own `open` does not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with open(path, "rb") as f:  # the bytes through Python, parsed from memory (no callbacks)
+        buf = pa.BufferReader(f.read())
+    return pq.read_schema(buf) if schema_only else pq.read_table(buf, **kw)
 
 
 def _load_json(path: Path, kind: type) -> object:
@@ -254,9 +334,7 @@ class NodeLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise LayoutError(
-                f"{self.path}: cannot create the lock file ({e.strerror}); is OUT writable?"
-            ) from None
+            raise LayoutError(write_problem(self.path, e)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -268,8 +346,13 @@ class NodeLock:
                     "wait for it to finish or stop it, then re-run"
                 ) from None
             raise LayoutError(f"{self.path}: cannot lock ({e.strerror})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            with writing(self.path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except LayoutError:
+            os.close(fd)
+            raise
         self.fd = fd
         return self
 

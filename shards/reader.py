@@ -113,7 +113,30 @@ def load_classes(out: Path) -> list[dict]:
         raise DatasetError(f"{path}: not a list of classes with an index each")
     if [c["index"] for c in classes] != list(range(len(classes))):
         raise DatasetError(f"{path}: class indices are not 0..{len(classes) - 1} in order")
+    try:  # the shards' labels run to dataset.json's class count: a shortened list is not theirs
+        stated = layout.read_json(out / layout.DATASET_JSON).get("num_classes")
+    except layout.LayoutError:
+        stated = None
+    if isinstance(stated, int) and stated != len(classes):
+        raise DatasetError(
+            f"{path}: lists {len(classes)} classes, dataset.json says {stated}; "
+            "restore it by re-running `alexprep shard` with the original arguments"
+        )
     return classes
+
+
+def classes_without_samples(out: Path, split: str, classes: list[dict]) -> list[str]:
+    """Names of the classes with no written sample in `split` (every image of them rejected)."""
+    import pyarrow as pa
+
+    path = out / split / layout.MANIFEST
+    try:
+        labels = set(layout.read_parquet(path, columns=["label"])["label"].to_pylist())
+    except (OSError, pa.ArrowException) as e:
+        raise DatasetError(
+            f"{path}: not a readable manifest ({type(e).__name__}); re-run `alexprep shard`"
+        ) from None
+    return [str(c.get("name")) for c in classes if c["index"] not in labels]
 
 
 def default_val_split(meta: dict) -> str | None:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from shards import layout
@@ -66,6 +65,7 @@ def shard_problem(tar: Path, record: dict | None) -> str | None:
         why = layout.regular_file_problem(path)
         if why:
             return f"{path.name}: {why}"
+    _readable(tar)
     if record is None:
         return None
     for path, key in ((tar, "tar_bytes"), (idx, "idx_bytes")):
@@ -76,6 +76,15 @@ def shard_problem(tar: Path, record: dict | None) -> str | None:
     if count != record["samples"]:
         return f"{idx.name}: index lists {count} samples, {record['samples']} were written"
     return None
+
+
+def _readable(tar: Path) -> None:
+    """A shard this user cannot read is a permissions problem, not damage: said as such (one
+    DatasetError), never as "truncated", "index lists None samples" or "re-shard it"."""
+    for path in (tar, layout.idx_path(tar)):
+        why = layout.unreadable(path)
+        if why:
+            raise DatasetError(why)
 
 
 def shard_hash_problem(tar: Path, record: dict) -> str | None:
@@ -275,7 +284,7 @@ def read_manifest(
     path = out / split / layout.MANIFEST
     cols = columns or ["key", "label", "source", "width", "height", "shard", "sha256"]
     try:
-        table = pq.read_table(path, columns=cols, filters=[("shard", "=", shard)] if shard else None)
+        table = layout.read_parquet(path, columns=cols, filters=[("shard", "=", shard)] if shard else None)
     except FileNotFoundError:
         raise DatasetError(f"{path}: missing; re-run `alexprep shard` to rebuild it") from None
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds on a garbage file
@@ -306,6 +315,12 @@ def verify(out: Path, workers: int = 1, progress: bool = True) -> list[str]:
                 f"{split}: manifest has {len(manifest)} rows, "
                 f"dataset.json says {counts.get('written')} written"
             )
+        outside = sorted({r["label"] for r in manifest if not 0 <= r["label"] < len(classes)})
+        if outside:  # training would die on them ("Target 5 is out of bounds")
+            problems.append(
+                f"{split}: manifest labels {', '.join(map(str, outside[:5]))} are not classes of "
+                f"{layout.CLASSES_JSON} ({len(classes)} classes); it is not this dataset's list"
+            )
         by_shard = _expected(manifest, classes)
         records = _records(meta, split)
         for i in range(counts["shards"]):
@@ -314,6 +329,7 @@ def verify(out: Path, workers: int = 1, progress: bool = True) -> list[str]:
             if why:
                 problems.append(f"{tar.name}: {why}")
                 continue
+            _readable(tar)
             jobs.append((str(tar), meta["size"], by_shard.get(tar.name, {})))
             if tar.stem in records:
                 hashed.append((tar, records[tar.stem]))

@@ -173,7 +173,7 @@ class ShardWriter:
 
 def shard_record(part: Path) -> dict | None:
     """The tar/index sizes and hashes a committed shard must have (None: an older part without them)."""
-    meta = pq.read_schema(part).metadata or {}
+    meta = layout.read_parquet(part, schema_only=True).metadata or {}
     if not all(k.encode() in meta for k in RECORD_KEYS):
         return None
     return {

@@ -421,8 +421,8 @@ def test_feature_loader_follows_the_models_device(tiny, tiny_run, tmp_path, monk
     Here the host claims a GPU (as a careless `torch.cuda.is_available()` check would see it);
     the model is on the CPU, so the features must be extracted on the CPU, and work.
     """
+    from trainer.features import extract_features
     from trainer.inference import load_model, pick_device
-    from trainer.neighbors import extract_features
 
     model, state = load_model(tiny_run, torch.device("cpu"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -27,6 +27,7 @@ rewritten after the sweep and after each round of seeds, so a long run has numbe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from trainer import fig1_report
 from trainer import fig1_stats as stats
 from trainer.config import TrainConfig, config_changes
 from trainer.errors import TrainError
+from trainer.guard import NonFiniteError
 from trainer.metrics import METRICS, read_metrics
 from trainer.train import resolve_data, run
 
@@ -51,6 +53,7 @@ NETS = {
 }
 EXTEND = 2  # grid steps added past an end where the winner lies
 SWEEP_SEED = 0
+DIVERGED = "DIVERGED.json"  # in a sweep point's folder: its loss became NaN, it is not trained again
 # (fast net, slow net, key in ablation.json, the question the ratio answers)
 PAIRS = (
     ("relu", "tanh", "tanh_over_relu", "Figure 1 as captioned (no LRN)"),
@@ -118,9 +121,15 @@ def _config(plan: Plan, data: Path, out: Path, net: str, lr: float, seed: int, e
     )
 
 
-def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list[dict], int]:
+def _train(
+    cfg: TrainConfig, label: str, say: Say, progress: bool, stop_on_nan: bool = False
+) -> tuple[list[dict], int]:
     """Train (or resume) one run to cfg.epochs; returns its rows and class count. A finished run
-    with the same settings is only read back; one made with other settings is refused."""
+    with the same settings is only read back; one made with other settings is refused.
+
+    `stop_on_nan` (sweep points): a run whose loss became NaN (the trainer stops it, saving
+    nothing of it) ends there, marked by DIVERGED in its folder so a re-run does not train it
+    again; its rows then end with one whose loss is NaN, which `stats.flag` calls diverged."""
     folder, epochs = Path(cfg.run.out), cfg.optim.epochs
     saved = folder / "config.json"
     resolved = resolve_data(cfg)[0]  # what `run` compares: with the data's class count
@@ -129,12 +138,23 @@ def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list
         if changes:
             raise TrainError(f"{folder}: made with other settings: {'; '.join(changes)}; use another --out")
     done = len(read_metrics(folder / METRICS))
-    if done < epochs:
+    if (folder / DIVERGED).is_file():
+        say(f"fig1: {label}: diverged before, read back ({folder})")
+    elif done < epochs:
         say(f"fig1: {label}: epochs {done}-{epochs - 1} (numbered from 0) of {epochs} ({folder})")
-        run(cfg, auto_resume=True, progress=progress)
+        try:
+            run(cfg, auto_resume=True, progress=progress)
+        except NonFiniteError as e:
+            if not stop_on_nan:
+                raise
+            say(f"fig1: {label}: {e}")
+            layout.write_json(folder / DIVERGED, {"error": str(e)})
     else:
         say(f"fig1: {label}: {epochs} epochs done, read back ({folder})")
-    return read_metrics(folder / METRICS)[:epochs], resolved.model.num_classes or 0
+    rows = read_metrics(folder / METRICS)[:epochs]
+    if (folder / DIVERGED).is_file():
+        rows.append({"train_loss": math.nan, "train_top1_err": rows[-1]["train_top1_err"] if rows else 1.0})
+    return rows, resolved.model.num_classes or 0
 
 
 def _curve(rows: list[dict], key: str = "train_top1_err") -> list[float]:
@@ -143,7 +163,7 @@ def _curve(rows: list[dict], key: str = "train_top1_err") -> list[float]:
 
 def sweep_point(plan: Plan, data: Path, out: Path, net: str, lr: float, say: Say, progress: bool) -> dict:
     cfg = _config(plan, data, out, net, lr, SWEEP_SEED, plan.budget)
-    rows, classes = _train(cfg, f"{net}, sweep point lr {lr:g}, seed {SWEEP_SEED}", say, progress)
+    rows, classes = _train(cfg, f"{net}, sweep point lr {lr:g}, seed {SWEEP_SEED}", say, progress, True)
     curve, losses = _curve(rows), _curve(rows, "train_loss")
     why = stats.flag(losses, curve, classes)
     if why:

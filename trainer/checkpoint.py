@@ -67,7 +67,8 @@ def _publish(src: Path, dst: Path) -> None:
         layout.write_atomic(dst, src.read_bytes())
         return
     try:
-        os.replace(tmp, dst)
+        with layout.writing(dst):
+            os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -126,7 +127,32 @@ def load(path: Path) -> dict:
         raise CheckpointError(
             f"{path}: not an alextrain checkpoint (holds a {type(state).__name__}, not a dict)"
         )
+    bad = nonfinite(state.get("model")) + nonfinite(_velocities(state))
+    if bad:  # eval, predict, kernels, neighbors, --resume and --init-from all read through here
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or inf (e.g. {bad[0]}): the run diverged; use an "
+            "earlier checkpoint, or train again with a lower --lr"
+        )
     return state
+
+
+def nonfinite(tensors: object) -> list[str]:
+    """Names of the floating-point tensors of a {name: tensor} table holding a NaN or an inf."""
+    if not isinstance(tensors, dict):
+        return []
+    return [
+        str(k)
+        for k, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _velocities(state: dict) -> dict:
+    opt = state.get("optimizer")
+    per_param = opt.get("state") if isinstance(opt, dict) else None
+    if not isinstance(per_param, dict):
+        return {}
+    return {f"optimizer velocity {k}": s.get("velocity") for k, s in per_param.items() if isinstance(s, dict)}
 
 
 def check_state(state: dict, model: torch.nn.Module, path: Path) -> None:

@@ -64,6 +64,9 @@ def main() -> None:
     --json prints a command's result as JSON on stdout; --json-out PATH writes it to a file.
     """
     warnings.formatwarning = _one_line_warning
+    from trainer.stopping import second_interrupt_exits  # no torch: --help stays fast
+
+    second_interrupt_exits("alextrain")
 
 
 # ---- options shared by several commands: one definition, one help text -------------------------
@@ -141,7 +144,10 @@ def emit(result: object, as_json: bool, json_out: Path | None, table: Callable[[
     else:
         table()
     if json_out:
-        layout.write_atomic(json_out, text.encode())
+        try:
+            layout.write_atomic(json_out, text.encode())
+        except layout.LayoutError as e:  # a full disk, a read-only folder
+            _fail(str(e))
         _note(f"wrote {json_out}", as_json)
 
 
@@ -384,7 +390,8 @@ def bench_loader_cmd(
 
 def _in_run_folder(checkpoint: Path, name: str, optional: bool = False) -> Path | None:
     """A figure's default path: `name` in the run folder (a checkpoint file's folder), not the
-    current one. An `optional` figure (predict's, neighbors') is None without matplotlib."""
+    current one. An `optional` figure (predict's, neighbors') is None without matplotlib or
+    where the run folder cannot be written (the results are still printed)."""
     import importlib.util
 
     if optional and importlib.util.find_spec("matplotlib") is None:
@@ -392,7 +399,11 @@ def _in_run_folder(checkpoint: Path, name: str, optional: bool = False) -> Path 
             "note: no figure: matplotlib is not installed (pip install 'alexnet2012[figures]')", err=True
         )
         return None
-    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / name
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    if optional and folder.is_dir() and not os.access(folder, os.W_OK):
+        click.echo(f"note: no figure: {folder} is not writable (pass --out to write one elsewhere)", err=True)
+        return None
+    return folder / name
 
 
 @main.command("kernels")

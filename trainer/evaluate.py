@@ -11,6 +11,8 @@ import contextlib
 import torch
 import torch.distributed as dist
 
+from trainer.errors import TrainError
+
 
 def autocast(device: torch.device, precision: str = "fp32"):  # noqa: ANN201
     """bf16 autocast for `--precision bf16` (CUDA or CPU; LRN stays fp32 inside, model.py);
@@ -43,16 +45,19 @@ def predict_each(
 
 
 class Tally:
-    """Running sums of samples, NLL, top-1 and top-5 hits; all-reduced across ranks at the end."""
+    """Running sums of samples, NLL, top-1 and top-5 hits, and of samples whose prediction is not
+    finite (refused at the end: a NaN model's "error 0.9000" is not a result); all-reduced
+    across ranks at the end."""
 
     def __init__(self) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64)
+        self.sums = torch.zeros(5, dtype=torch.float64)
 
     def add(self, probs: torch.Tensor, y: torch.Tensor) -> None:
         y = y.to(probs.device)
         nll = -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).sum()
         c1, c5 = topk_correct(probs, y)
-        self.sums += torch.tensor([len(y), float(nll), c1, c5], dtype=torch.float64)
+        bad = int((~torch.isfinite(probs)).any(1).sum())
+        self.sums += torch.tensor([len(y), float(nll), c1, c5, bad], dtype=torch.float64)
 
     def result(self) -> dict:
         sums = self.sums
@@ -62,6 +67,11 @@ class Tally:
             dist.all_reduce(s)
             sums = s.cpu()
         n = max(sums[0].item(), 1.0)
+        if sums[4].item():
+            raise TrainError(
+                f"{int(sums[4].item())} of {int(sums[0].item())} predictions are NaN or inf: the "
+                "model's weights or its input statistics are not finite; no error rate is reported"
+            )
         return {
             "samples": int(sums[0].item()),
             "loss": sums[1].item() / n,
@@ -78,6 +88,8 @@ def evaluate_many(models: list[torch.nn.Module], loader, precision: str = "fp32"
         m.eval()
     tallies = [Tally() for _ in range(len(models) + (len(models) > 1))]
     for x, y in loader:
+        if len(y) == 0:  # a rank whose part of a tiny split is empty this batch
+            continue
         probs = predict_each(models, x, precision)
         if len(models) > 1:
             probs.append(torch.stack(probs).mean(0))

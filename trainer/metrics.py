@@ -11,6 +11,8 @@ import json
 import warnings
 from pathlib import Path
 
+from shards import layout
+
 METRICS = "metrics.jsonl"
 
 
@@ -54,8 +56,6 @@ class MetricsWriter:
     def __init__(self, run: Path, enabled: bool, history: list[dict]):
         import importlib.util
 
-        from shards import layout
-
         self.path, self.enabled, self.tb = run / METRICS, enabled, None
         if not enabled:
             return
@@ -68,7 +68,7 @@ class MetricsWriter:
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with layout.writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.tb is not None:
             for k, v in row.items():

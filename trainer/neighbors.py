@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from pipeline.augment import load_stats
@@ -31,6 +29,7 @@ from preprocess.image import RejectedImage, process_file
 from shards import layout
 from shards.reader import load_classes
 from trainer.errors import FigureError
+from trainer.features import extract_features, feature_cache
 from trainer.figures import class_names, load_for_figures, load_image, pyplot, save_figure, true_class
 
 
@@ -63,7 +62,7 @@ def find_neighbors(
     loaded = [
         load_image(q, stats, cfg["crop"], False, meta["size"], cfg["normalization"], limits) for q in queries
     ]
-    manifest = pq.read_table(
+    manifest = layout.read_parquet(
         data / split / layout.MANIFEST, columns=["key", "label", "source", "sha256"]
     ).to_pydict()
     excluded = [[] if include_self else _copies_of(q, meta, limits, manifest["sha256"]) for q in queries]
@@ -192,7 +191,9 @@ def plot_neighbors(results: list[dict], queries: list[np.ndarray], data: Path, p
 
 def stored_images(data: Path, indices: list[int], split: str = "train") -> list[np.ndarray]:
     """Stored images by their position in the split's manifest (the eval reader's order)."""
-    table = pq.read_table(data / split / layout.MANIFEST, columns=["shard", "offset", "bytes"]).to_pylist()
+    table = layout.read_parquet(
+        data / split / layout.MANIFEST, columns=["shard", "offset", "bytes"]
+    ).to_pylist()
     out = []
     for i in indices:
         row = table[i]
@@ -203,80 +204,3 @@ def stored_images(data: Path, indices: list[int], split: str = "train") -> list[
             cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         )
     return out
-
-
-def feature_cache(checkpoint: Path, split: str) -> Path:
-    """Where the split's features are cached: beside the checkpoint, keyed on its content.
-
-    The key is a hash of the checkpoint's bytes, so a checkpoint overwritten by a later epoch
-    (same name, new weights) never reuses the old features.
-    """
-    with open(checkpoint, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-    return checkpoint.parent / f"features-{checkpoint.stem}-{split}-{digest}.npy"
-
-
-def extract_features(
-    model,  # noqa: ANN001
-    data: Path,
-    split: str,
-    crop: int,
-    normalization: str,
-    cache: Path,
-    batch_size: int = 128,
-    progress: bool = True,
-    num_threads: int = 4,
-) -> np.ndarray:
-    """The last hidden layer (fc7, after ReLU; dropout off) of every sample, cached as .npy.
-
-    Rows follow the split's manifest order (the eval reader's order on one rank). The loader
-    runs on the device the model is on (a CUDA loader feeding a CPU model crashed). `cache`
-    names the checkpoint's content (`feature_cache`): an existing file is reused as is; a new
-    one is written atomically (fsync, rename) and older caches of the same checkpoint file and
-    split are removed.
-    """
-    from tqdm import tqdm
-
-    from pipeline.loader import EvalLoader, Feed, LoaderConfig
-
-    if cache.is_file():
-        try:
-            cached = np.load(cache, mmap_mode="r")  # no pickles
-            if cached.ndim == 2 and cached.dtype == np.float32:
-                return cached
-        except (OSError, ValueError, EOFError):  # truncated or garbage: it is only a cache
-            pass
-        warnings.warn(f"{cache}: damaged feature cache; computing it again", stacklevel=2)
-    device = next(model.parameters()).device
-    feed = Feed(batch_size=batch_size, crop=crop, rank=0, world=1, device=device.type)
-    loader = EvalLoader(
-        data, LoaderConfig(normalization=normalization, num_threads=num_threads), feed, split=split
-    )
-    n = loader.s.written
-    tmp = layout.tmp_path(cache)
-    bank = None
-    row = 0
-    model.eval()
-    with torch.no_grad():
-        for x, _ in tqdm(
-            loader, total=-(-n // batch_size), unit="batch", disable=not progress, desc="features"
-        ):
-            feats = torch.cat([f.float().cpu() for f in model.features(x.to(device))], 1).numpy()
-            if bank is None:
-                bank = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, feats.shape[1]))
-            bank[row : row + len(feats)] = feats
-            row += len(feats)
-    if bank is None or row != n:
-        raise FigureError(f"{data}/{split}: the loader gave {row} samples, the manifest says {n}")
-    bank.flush()
-    del bank
-    try:
-        layout.commit(tmp, cache)
-    except OSError as e:  # e.g. a folder at the cache's name
-        tmp.unlink(missing_ok=True)
-        raise FigureError(f"{cache}: cannot write the feature cache ({e.strerror})") from None
-    stem = cache.name.rsplit("-", 1)[0]
-    for old in cache.parent.glob(f"{stem}-{'[0-9a-f]' * 16}.npy"):
-        if old != cache:
-            old.unlink(missing_ok=True)
-    return np.load(cache, mmap_mode="r")

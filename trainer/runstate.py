@@ -25,6 +25,8 @@ from trainer import checkpoint
 from trainer.config import TrainConfig, config_changes
 from trainer.distributed import Env, broadcast
 from trainer.errors import TrainError
+from trainer.guard import check as check_finite
+from trainer.guard import mark as mark_nonfinite
 from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups
 
 
@@ -37,10 +39,14 @@ class Sums:
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
     seen: int = 0
     seconds: float = 0.0
+    # the epoch step of the first non-finite loss, -1 if none (trainer/guard.py; not checkpointed)
+    bad_step: torch.Tensor = field(default_factory=lambda: torch.full((), -1, dtype=torch.int64))
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int = 0) -> None:
         if self.loss.device != loss.device:
             self.loss, self.correct = self.loss.to(loss.device), self.correct.to(loss.device)
+            self.bad_step = self.bad_step.to(loss.device)
+        self.bad_step = mark_nonfinite(self.bad_step, loss, step)
         self.loss += loss.detach()
         self.correct += (logits.detach().argmax(1) == y).sum()
         self.seen += len(y)
@@ -89,6 +95,16 @@ class Position:
     best_top1_err: float | None = None
 
 
+def dataset_change(saved: object, now: dict, data: Path) -> str:
+    """What differs between a checkpoint's dataset fingerprint and this run's, as one clause."""
+    saved = saved if isinstance(saved, dict) else {}
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    what = ", ".join(
+        "its images or their order (plan_sha256 in dataset.json)" if k == "plan_sha256" else k for k in keys
+    )
+    return f"the dataset ({data} is not the one the run was trained on: {what} differ)"
+
+
 def make_schedule(cfg: TrainConfig) -> PlateauSchedule | StepSchedule:
     o = cfg.optim
     if o.schedule == "step":
@@ -131,6 +147,8 @@ class Trainer:
 
     def save(self, seconds: float = 0.0, best: bool = False) -> None:
         """Rank 0 writes the checkpoint of the current position (every rank calls this)."""
+        # never a non-finite state as last.pt or best.pt (all ranks check together)
+        check_finite(self.pos.sums.bad_step, self.model, self.pos.epoch, self.pos.epoch_step, self.env.world)
         sums = self.pos.sums.state(self.env.world, seconds)  # a collective: every rank takes part
         if self.env.main:
             checkpoint.save_run(self.run_dir, self.state(sums), keep=self.cfg.run.keep, best=best)
@@ -143,7 +161,7 @@ class Trainer:
         except (checkpoint.CheckpointError, ValueError) as e:
             return f"{path}: {e}"
         if state["dataset"] != self.fingerprint:
-            changed.append(f"the dataset ({self.cfg.run.data} is not the one the run was trained on)")
+            changed.append(dataset_change(state["dataset"], self.fingerprint, Path(self.cfg.run.data)))
         if state["world"] != self.env.world:
             changed.append(f"the process count (checkpoint {state['world']}, now {self.env.world})")
         if changed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline.loader import EvalLoader, Feed, TrainLoader, epoch_seed
 from shards import layout
-from shards.reader import default_val_split, load_classes, load_dataset
+from shards.reader import classes_without_samples, default_val_split, load_classes, load_dataset
 from shards.verify import preflight
 from trainer import checkpoint, finetune, hosts
 from trainer.config import PER_HOST, TrainConfig
@@ -30,10 +31,12 @@ from trainer.distributed import Env, agree, setup
 from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
 from trainer.faults import maybe_die
+from trainer.guard import check as check_finite
 from trainer.metrics import MetricsWriter
 from trainer.model import build_model
 from trainer.optim import describe_drop, set_lr
 from trainer.runstate import Position, Sums, Trainer, start
+from trainer.stopping import lost_peers
 
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
 
@@ -48,7 +51,15 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     splits = meta["splits"]
     if r.train_split not in splits:
         raise TrainError(f"{data}: no {r.train_split} split (have: {', '.join(sorted(splits))})")
-    classes = len(load_classes(data))
+    names = load_classes(data)
+    classes = len(names)
+    empty = classes_without_samples(data, r.train_split, names)
+    if empty:  # an output no image ever trains
+        raise TrainError(
+            f"{data}: {len(empty)} class(es) have no {r.train_split} image (e.g. {empty[0]!r}: none was "
+            "found or every one was rejected when sharding); add or fix their images, or remove "
+            "their folders, then re-shard"
+        )
     if m.num_classes is not None and m.num_classes != classes:
         raise TrainError(
             f"--num-classes (num_classes) = {m.num_classes}: the dataset {data} has {classes} classes"
@@ -74,6 +85,10 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
         "classes": classes,
         "classes_sha256": hashlib.sha256((data / layout.CLASSES_JSON).read_bytes()).hexdigest(),
         "splits": {k: splits[k].get("written") for k in sorted(splits)},
+        # the images, their labels and order (plan_sha256), their sharding and JPEG quality: other
+        # images with the same classes, or a re-shard with another --seed, --shard-size or
+        # --quality, is another dataset to --resume (another data order, other pixels)
+        **{k: meta.get(k) for k in ("plan_sha256", "shard_size", "quality")},
     }
     return cfg.replace(num_classes=classes, val_split=val, crop=crop), fingerprint
 
@@ -145,13 +160,15 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sums.add(loss, logits, y)
+        sums.add(loss, logits, y, k)
         pos.epoch_step, pos.step = k + 1, pos.step + 1
-        if bar and (k + 1) % LOG_EVERY == 0:  # the only host reads of the sums within an epoch
-            rate = (sums.seen - seen0) * env.world / (time.perf_counter() - t0)
-            progress.set_postfix(
-                loss=f"{sums.loss.item() / (k + 1):.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}"
-            )
+        if (k + 1) % LOG_EVERY == 0:  # the only host read of the sums within an epoch
+            total = sums.loss.item()  # a sum of the losses: NaN or inf once any one was
+            if env.world > 1 or not math.isfinite(total):  # DDP: every rank decides together
+                check_finite(sums.bad_step, None, epoch, k, env.world)
+            if bar:
+                rate = (sums.seen - seen0) * env.world / (time.perf_counter() - t0)
+                progress.set_postfix(loss=f"{total / (k + 1):.4f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}")
         progress.update()
         every = cfg.run.checkpoint_every
         if every and pos.step % every == 0 and k + 1 < steps:
@@ -194,7 +211,7 @@ def run(
     hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
     hosts.init_group(env.cuda)
     agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, "dataset": fingerprint}, env)
-    with _run_lock(run_dir, env):
+    with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir):
         return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
 
 
@@ -262,6 +279,7 @@ def _train_locked(
         set_lr(trainer.opt, schedule.lr)
         row = {"epoch": epoch, "lr": schedule.lr}
         sums = train_epoch(trainer, net, train, epoch, steps, progress and env.main)
+        check_finite(sums.bad_step, net, epoch, pos.epoch_step, env.world)  # before eval and saving
         row.update(sums.epoch_row(env.world, steps))
         best = False
         if val is not None:
@@ -277,12 +295,12 @@ def _train_locked(
         rows.append(row)
         pos.history.append(row)
         pos.epoch, pos.epoch_step, pos.sums = epoch + 1, 0, Sums()
+        trainer.saves += 1
+        maybe_die("save", trainer.saves, layout.tmp_path(run_dir / checkpoint.LAST))
+        trainer.save(best=best)  # first: metrics.jsonl never lists an epoch without its checkpoint
         metrics.write(row)
         if progress and env.main:
             tqdm.write(_line(row))
-        trainer.saves += 1
-        maybe_die("save", trainer.saves, layout.tmp_path(run_dir / checkpoint.LAST))
-        trainer.save(best=best)
         if env.world > 1:
             dist.barrier()
     return rows

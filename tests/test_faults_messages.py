@@ -1,0 +1,83 @@
+"""Messages that misled (issue 21, class 12): each case now says what is really wrong, or works.
+(The unreadable tar and .idx are in test_faults_permissions.py: they need another user.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import alexprep
+from tests.faults_common import jpeg, make_source
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "target, said", [("folder", "a folder"), ("nothing", "nothing")]
+)  # nothing: not listed
+def test_out_that_is_a_symlink_says_so(tmp_path, target, said):
+    src = make_source(tmp_path / "src", train=1, val=1)
+    real = tmp_path / "real"
+    if target == "folder":
+        real.mkdir()
+    (tmp_path / "out").symlink_to(real)
+    proc = alexprep("shard", src, tmp_path / "out", "--size", 16, check=False)
+    assert proc.returncode == 2 and f"out: is a symbolic link (to {said}); pass a real folder" in proc.stderr
+    assert not real.exists() or list(real.iterdir()) == []
+
+
+def _ascii_locale(*args: object) -> subprocess.CompletedProcess:
+    """A CLI under LANG=C without Python's UTF-8 mode: the filesystem encoding is ASCII."""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    return subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+
+
+def test_non_ascii_names_under_an_ascii_locale(tmp_path):
+    src = make_source(tmp_path / "sourcé", train=4, val=1)  # a non-ASCII SRC, class and OUT
+    (src / "train" / "c0").rename(src / "train" / "caté")
+    (src / "val" / "c0").rename(src / "val" / "caté")
+    out = tmp_path / "donnéés"
+    proc = _ascii_locale(
+        "-m", "preprocess.cli", "shard", src, out, "--size", 32, "--shard-size", 2, "--quiet"
+    )
+    assert proc.returncode == 0 and "changed while writing" not in proc.stderr, proc.stderr
+    assert "train: found 12, written 12, rejected 0" in proc.stdout
+    for args in (("verify", out, "--quiet"), ("pca-stats", out, "--quiet")):
+        proc = _ascii_locale("-m", "preprocess.cli", *args)
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "classes.json").read_text())[2]["name"] == "caté"
+    # not in the issue's list: training there too (DALI takes paths as UTF-8 text)
+    proc = _ascii_locale(
+        "-m", "trainer.cli", "run", "--data", out, "--out", tmp_path / "rün", "--arch", "cifar",
+        "--epochs", 1, "--global-batch", 4, "--num-threads", 1, "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0 and "done: epoch 0" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "name, outcome",
+    [
+        ("n01443537_.JPEG", "ok"),  # a label before the `_`, nothing after: a label all the same
+        ("_goldfish.JPEG", "nothing before the `_` to take a label from"),  # not in the list
+        ("n01443537.JPEG", "no `_` in the name to take a label from"),
+    ],
+)
+def test_label_from_name_says_what_is_missing(tmp_path, name, outcome):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / name).write_bytes(jpeg((30, 60, 90)))
+    (src / "n01440764_tench.JPEG").write_bytes(jpeg((90, 60, 30)))
+    proc = alexprep("shard", src, tmp_path / "out", "--label-from-name", "--size", 16, "--quiet", check=False)
+    if outcome == "ok":
+        assert proc.returncode == 0 and "train: found 2, written 2, rejected 0" in proc.stdout, proc.stderr
+        names = [c["name"] for c in json.loads((tmp_path / "out" / "classes.json").read_text())]
+        assert names == ["n01440764", "n01443537"]
+    else:
+        assert proc.returncode == 2 and outcome in proc.stderr, proc.stderr

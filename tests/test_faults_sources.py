@@ -1,0 +1,138 @@
+"""What `alexprep shard` reads and refuses (issue 21, classes 4-6): complete JPEGs with a
+trailer, images in sub-folders and hidden folders, classes with no image, a classes.json that is
+not the manifest's."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from preprocess.image import RejectedImage, jpeg_complete, process
+from tests.conftest import IMAGENET, alexprep, alextrain
+from tests.faults_common import jpeg, make_dataset
+
+
+def _progressive(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((64, 48), 60).convert("RGB").save(buf, "JPEG", progressive=True, quality=80)
+    return buf.getvalue()
+
+
+def _real() -> bytes:
+    files = sorted(IMAGENET.glob("*.JPEG"))
+    if not files:
+        pytest.skip("no ImageNet samples")
+    return files[0].read_bytes()
+
+
+@pytest.mark.parametrize(
+    "make, trailer",
+    [
+        (_real, b"\n"),  # a trailing newline
+        (_real, b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4),  # a motion photo's video
+        (lambda: _progressive((1, 2, 3)), b"\r\n\xff\xd8 junk"),  # not in the list: progressive
+    ],
+)
+def test_a_complete_jpeg_with_bytes_after_its_end_is_accepted(make, trailer):
+    data = make()
+    whole = process(data, 32)
+    assert process(data + trailer, 32) == whole  # the same sample: the trailer is not read
+
+
+@pytest.mark.parametrize("make", [_real, lambda: _progressive((1, 2, 3))])
+@pytest.mark.parametrize("cut", [0.5, 0.9, -1])
+def test_a_truncated_jpeg_is_still_rejected(make, cut):
+    data = make()
+    short = data[:cut] if cut == -1 else data[: int(len(data) * cut)]
+    assert jpeg_complete(data) and not jpeg_complete(short)
+    with pytest.raises(RejectedImage, match="truncated JPEG"):
+        process(short, 32)
+    with pytest.raises(RejectedImage, match="truncated JPEG"):
+        process(short + b"\x00" * 64, 32)  # zero-padded: still cut inside the scan
+
+
+def _summary(proc) -> dict[str, str]:  # noqa: ANN001
+    return {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()}
+
+
+def test_images_in_sub_folders_are_read_and_hidden_folders_counted(tmp_path):
+    src = tmp_path / "src"
+    for rel in ("train/cat/a.jpg", "train/cat/sub/b.jpg", "train/cat/sub/deeper/c.jpg", "train/dog/d.jpg"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(jpeg((len(rel) * 7 % 255, 40, 90)))
+    hidden = ["train/.cache/e.jpg", "train/.cache/f.jpg", "train/dog/.thumbs/g.jpg"]  # last: not in the list
+    for rel in hidden:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(jpeg((5, 5, 5)))
+    (src / "train" / "dog" / "linked").symlink_to(src / "train" / "cat" / "sub")  # not entered
+    proc = alexprep("shard", src, tmp_path / "out", "--size", 16, "--quiet")
+    s = _summary(proc)
+    assert s["train"] == "found 4, written 4, rejected 0", proc.stdout
+    assert "4 file(s) not read: hidden or not an image suffix" in s["layout"], proc.stdout
+    classes = json.loads((tmp_path / "out" / "classes.json").read_text())
+    assert [c["name"] for c in classes] == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("kind", ["empty", "only-hidden", "only-val", "all-rejected"])  # only-*: not listed
+def test_a_class_without_a_training_image_is_said_and_refused_by_run(tmp_path, kind):
+    src = tmp_path / "src"
+    for split, cls in (("train", "cat"), ("train", "dog"), ("val", "cat"), ("val", "dog")):
+        (src / split / cls).mkdir(parents=True)
+        for i in range(4 if split == "train" else 1):
+            (src / split / cls / f"{i}.jpg").write_bytes(jpeg((30 * i, 9 if cls == "cat" else 99, 9)))
+    emu = src / ("val" if kind == "only-val" else "train") / "emu"
+    emu.mkdir()
+    if kind == "only-hidden":
+        (emu / ".x").mkdir()
+        (emu / ".x" / "a.jpg").write_bytes(jpeg((9, 9, 9)))
+    elif kind in ("only-val", "all-rejected"):
+        for i in range(2):
+            (emu / f"{i}.jpg").write_bytes(jpeg((9, 9, 9)) if kind == "only-val" else b"")
+    out = tmp_path / "out"
+    proc = alexprep("shard", src, out, "--size", 32, "--quiet")
+    assert "1 class(es) with no training image written (e.g. emu" in proc.stderr, proc.stderr
+    if kind != "all-rejected":  # one `run` suffices: the check reads only the manifest
+        return
+    alexprep("pca-stats", out, "--quiet")
+    run = alextrain(
+        "run", "--data", out, "--out", tmp_path / "run", "--arch", "cifar", "--global-batch", 2,
+        "--device", "cpu", "--quiet", check=False,
+    )  # fmt: skip
+    assert run.returncode == 2 and "1 class(es) have no train image (e.g. 'emu'" in run.stderr, run.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("sources"), stats=False, classes=6, train=2)
+
+
+def test_a_shortened_classes_json_fails_verify_and_run(data, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(data, out)
+    classes = json.loads((out / "classes.json").read_text())
+    (out / "classes.json").write_text(json.dumps(classes[:5]))
+    proc = alexprep("verify", out, "--quiet", check=False)
+    assert proc.returncode != 0 and "lists 5 classes, dataset.json says 6" in proc.stderr, proc.stderr
+    run = alextrain("run", "--data", out, "--out", tmp_path / "run", "--arch", "cifar", check=False)
+    assert run.returncode == 2 and "lists 5 classes, dataset.json says 6" in run.stderr, run.stderr
+
+
+def test_classes_json_and_dataset_json_both_shortened_fail_verify(data, tmp_path):
+    # not in the list: the two files agree with each other, not with the shards' labels
+    out = tmp_path / "out"
+    shutil.copytree(data, out)
+    classes = json.loads((out / "classes.json").read_text())
+    (out / "classes.json").write_text(json.dumps(classes[:5]))
+    meta = json.loads((out / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**meta, "num_classes": 5}))
+    proc = alexprep("verify", out, "--quiet", check=False)
+    assert (
+        proc.returncode != 0
+        and "manifest labels 5 are not classes of classes.json" in proc.stdout + proc.stderr
+    )
