@@ -21,30 +21,25 @@ write the same bytes. A run with nothing to do writes nothing (a complete OUT ma
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from preprocess import workers
 from preprocess.defaults import DEFAULT_SEED, DEFAULT_SHARD_SIZE
-from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, MAX_BYTES, MAX_PIXELS, RejectedImage, process_file
+from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, MAX_BYTES, MAX_PIXELS
 from preprocess.sources import Source, clean_name
+from preprocess.workers import ShardError, ShardTask  # noqa: F401 (ShardError: re-exported)
 from shards import layout
 from shards.reader import classes_without_samples
 from shards.verify import shard_problem
-from shards.writer import MANIFEST_SCHEMA, ShardWriter, shard_record
-
-
-class ShardError(Exception):
-    """A user-facing failure (different dataset in OUT, a reject under --strict, ...)."""
+from shards.writer import MANIFEST_SCHEMA, shard_record
 
 
 @dataclass(frozen=True)
@@ -166,101 +161,6 @@ def _check_out(src: Path, out: Path, identity: dict) -> dict | None:
         if entries:
             raise ShardError(f"{out}: not empty and has no {layout.DATASET_JSON}; refusing to mix")
     return None
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    """One shard's work, self-contained so a worker process can do all of it."""
-
-    root: Path
-    out: Path
-    split: str
-    index: int
-    items: list[tuple[str, str, int, str | None]]  # (key, source path relative to root, label, reason)
-    wnids: dict[int, str | None]
-    size: int
-    quality: int
-    strict: bool
-    max_pixels: int
-    max_bytes: int
-
-
-@dataclass
-class ShardResult:
-    rejects: list[str] = field(default_factory=list)
-
-
-_progress = None  # a shared counter of processed images, set in each worker
-
-
-def _init_worker(counter) -> None:  # noqa: ANN001 (a multiprocessing.Value)
-    global _progress
-    _progress = counter
-    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
-
-
-def _init_pool_worker(counter) -> None:  # noqa: ANN001
-    layout.die_with_parent()
-    _init_worker(counter)
-
-
-def write_shard(task: ShardTask) -> ShardResult:
-    """Decode, resize and store every input of one shard, then commit it (in a worker).
-
-    Whole shards per worker, rather than images per worker with one writer: the tar writing,
-    hashing and manifest stay in the process that made the bytes, so nothing large crosses
-    process boundaries and the parent is idle (near-linear scaling with --workers).
-    """
-    with layout.writing(layout.tar_path(task.out, task.split, task.index)):  # disk full: one line
-        return _write_shard(task)
-
-
-def _write_shard(task: ShardTask) -> ShardResult:
-    result = ShardResult()
-    writer = ShardWriter(task.out, task.split, task.index)
-    try:
-        for key, path, label, reason in task.items:
-            name = clean_name(path)
-            try:
-                if reason is not None:
-                    raise RejectedImage(reason)
-                enc = process_file(
-                    os.path.join(task.root, path), task.size, task.quality, task.max_pixels, task.max_bytes
-                )
-            except RejectedImage as e:
-                if task.strict:
-                    raise ShardError(f"{clean_name(str(task.root / path))}: {e} (--strict)") from None
-                writer.reject(label if label >= 0 else None, name, str(e))
-                result.rejects.append(f"{name}: {e}")
-            else:
-                writer.add(key, label, name, enc.jpeg, enc.width, enc.height, task.wnids[label])
-            with _progress.get_lock():
-                _progress.value += 1
-    except BaseException:
-        writer.abort()
-        raise
-    writer.commit()
-    return result
-
-
-def _run(tasks: list[ShardTask], workers: int) -> Iterator[ShardResult | None]:
-    """Results as shards finish; one worker runs inline, more use a process pool."""
-    ctx = mp.get_context("fork")
-    counter = ctx.Value("q", 0)
-    _init_worker(counter)  # the parent reads the same counter for its progress bar
-    if workers <= 1:
-        for t in tasks:
-            yield write_shard(t)
-        return
-    with ctx.Pool(min(workers, len(tasks)) or 1, initializer=_init_pool_worker, initargs=(counter,)) as pool:
-        pending = pool.imap_unordered(write_shard, tasks)
-        for _ in tasks:
-            while True:
-                try:
-                    yield pending.next(timeout=0.25)
-                    break
-                except mp.TimeoutError:
-                    yield None  # a tick, so the caller can refresh its progress bar
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -426,18 +326,18 @@ def _shard_locked(
         for p, i in todo
     ]
     total = sum(len(t.items) for t in tasks)
-    workers = opt.workers or os.cpu_count() or 1
+    n_workers = opt.workers or os.cpu_count() or 1
     bar = tqdm(
         total=total,
         unit="img",
         disable=not opt.progress,
         smoothing=0.1,
-        desc=f"shard x{min(workers, len(tasks)) or 1}",
+        desc=f"shard x{min(n_workers, len(tasks)) or 1}",
     )
     start = time.perf_counter()
     try:
-        for result in _run(tasks, workers):
-            bar.update(_progress.value - bar.n)
+        for result in workers.run(tasks, n_workers):
+            bar.update(workers.progress.value - bar.n)
             if result is not None:
                 summary.shards_done_now += 1
                 summary.first_rejects.extend(result.rejects[: 5 - len(summary.first_rejects)])

@@ -218,9 +218,15 @@ def read_parquet(path: Path, schema_only: bool = False, **kw: object) -> object:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with open(path, "rb") as f:  # the bytes through Python, parsed from memory (no callbacks)
-        buf = pa.BufferReader(f.read())
-    return pq.read_schema(buf) if schema_only else pq.read_table(buf, **kw)
+    with open(path, "rb") as f:  # the bytes through Python, parsed from memory
+        sink = pa.BufferOutputStream()
+        sink.write(f.read())
+    # An Arrow-owned copy, not a view of the Python bytes: Arrow's IO threads may drop the last
+    # reference to the buffer after the interpreter began to exit, and a buffer that refers to
+    # a Python object must take the GIL to die, which at that point aborts the process
+    # ("terminate called without an active exception", exit 134, after the work was done).
+    buf = pa.BufferReader(sink.getvalue())
+    return pq.read_schema(buf) if schema_only else pq.read_table(buf, use_threads=False, **kw)
 
 
 def _load_json(path: Path, kind: type) -> object:

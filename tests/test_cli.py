@@ -20,7 +20,8 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import alexprep, alextrain
-from trainer.cli import HELP, main
+from trainer.cli import main
+from trainer.cli_common import HELP
 
 CLASSES = ("cat", "dog", "n09999999")  # the last is a bare wnid in no table: no human-readable name known
 

@@ -92,3 +92,22 @@ def test_a_killed_peer_is_one_line_on_the_survivor(data, tmp_path):
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert err.startswith("alextrain: error: rank 0: rank 1 of this run stopped (Connection"), err
     assert "--resume" in err
+
+
+@pytest.mark.slow  # eight interpreters that import torch
+def test_a_process_that_read_a_manifest_exits_with_its_own_code(data):
+    """Arrow's IO threads may drop a buffer after the interpreter began to exit; one that viewed
+    Python bytes took the GIL to die and aborted the process (exit 134, about half the time with
+    torch loaded) after its work was done: `alextrain run` refusing a dataset exited 134, not 2."""
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from shards import layout\n"
+        f"t = layout.read_parquet(Path({str(data / 'train' / 'manifest.parquet')!r}), columns=['label'])\n"
+        "sys.exit(2)\n"
+    )
+    codes = [
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode
+        for _ in range(8)
+    ]
+    assert codes == [2] * 8, codes

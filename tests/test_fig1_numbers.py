@@ -10,7 +10,7 @@ import pytest
 from trainer import fig1_stats as stats
 from trainer.ablations import PAIRS, net_result, ratios
 from trainer.fig1_report import common_text, figure, ratio_text, spread_text
-from trainer.figures import _mpl
+from trainer.figures import pyplot
 
 
 def _point(lr: float, curve: list[float], flag: str | None = None) -> dict:
@@ -121,4 +121,4 @@ def test_the_curves_have_seed_bands_and_markers_only_on_short_runs():
     assert list(relu.get_ydata()) == pytest.approx([0.88, 0.87, 0.86])  # the mean of seeds 0-2
     (band,) = fig.axes[0].collections  # only the net with several seeds has a band
     assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(0.84)  # down to the best seed
-    _mpl().close(fig)
+    pyplot().close(fig)

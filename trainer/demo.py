@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+
 from preprocess.demo import CLASSES, make_images
 from trainer.errors import TrainError
 
@@ -100,12 +102,12 @@ def steps(out: Path, epochs: int = EPOCHS) -> list[Step]:
     ]
 
 
-def _invoke(step: Step) -> None:
+def _invoke(step: Step, alextrain: click.Group) -> None:
     """Run one step's command in this process, exactly as its console script would."""
     if step.program == "alexprep":
         from preprocess.cli import main
     else:
-        from trainer.cli import main
+        main = alextrain
     try:
         main.main(step.args, prog_name=step.program, standalone_mode=False)
     except SystemExit as e:  # a command's own refusal (already printed) or verify's exit 1
@@ -115,8 +117,11 @@ def _invoke(step: Step) -> None:
         raise DemoError(f"step failed ({type(e).__name__}: {e}): {step.line()}") from None
 
 
-def run_demo(out: Path, epochs: int = EPOCHS, echo: Callable[[str], None] = print) -> dict:
-    """Make the images, run every step, and say what was made where; returns the timings."""
+def run_demo(
+    out: Path, alextrain: click.Group, epochs: int = EPOCHS, echo: Callable[[str], None] = print
+) -> dict:
+    """Make the images, run every step, and say what was made where; returns the timings.
+    `alextrain`: the CLI group whose commands the steps run (passed in: this module is below it)."""
     t0 = time.perf_counter()
     echo(f"== making the demo images: {len(CLASSES)} classes ({', '.join(CLASSES)})")
     try:
@@ -129,7 +134,7 @@ def run_demo(out: Path, epochs: int = EPOCHS, echo: Callable[[str], None] = prin
     for step in steps(out, epochs):
         echo(f"\n== {step.title}\n$ {step.line()}")
         t = time.perf_counter()
-        _invoke(step)
+        _invoke(step, alextrain)
         timings[step.args[0]] = time.perf_counter() - t
         echo(f"({timings[step.args[0]]:.1f} s)")
     total = time.perf_counter() - t0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer import fig1_stats as stats
-from trainer.figures import _mpl, save_figure
+from trainer.figures import pyplot, save_figure
 
 INIT_NOTE = {
     "paper": "every layer N(0, 0.01^2), section 5",
@@ -19,7 +19,7 @@ MARKERS_UP_TO = 15  # epochs: a shorter curve gets a marker per epoch
 def require_matplotlib() -> None:
     """FigureError (one line naming the extra) when matplotlib is missing: fig1 checks this
     before it trains for hours, not when it plots."""
-    _mpl()
+    pyplot()
 
 
 def spread_text(s: dict) -> str:
@@ -161,7 +161,7 @@ def plot(summary: dict, path: Path) -> None:
 
 def figure(summary: dict):  # noqa: ANN201 (a matplotlib Figure; matplotlib is imported lazily)
     """Each net's seed-mean training error, with a band from its lowest to its highest seed."""
-    plt = _mpl()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for i, (net, r) in enumerate(summary["nets"].items()):
         curves = [x["train_error"] for x in r["runs"]]

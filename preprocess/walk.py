@@ -1,0 +1,150 @@
+"""Walking a source folder: which files are inputs, which are counted as not read, and the
+types `discover` returns (preprocess/sources.py decides the layout; this module reads folders).
+
+Names are kept as the file system gives them (bytes that are not UTF-8 are carried with Python's
+`surrogateescape`, so the file can be opened); wherever a name is written out such bytes appear
+as `\\xHH` (`clean_name`). OUT is never walked, even when it lies inside SRC (`excluded`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SPLIT_NAMES = ("train", "val", "validation", "valid", "test")
+WNID = re.compile(r"^n\d{8}$")
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_TEXT_BYTES = 256 * 2**20  # a labels CSV / synsets file larger than this is not one
+
+_excluded: set[str] = set()  # real paths never walked (OUT, when it lies inside SRC)
+_skipped: set[str] = set()  # files seen in image folders that are not inputs (said in the summary)
+
+
+class SourceError(Exception):
+    """SRC is not a layout we can read; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    index: int
+    name: str
+    wnid: str | None
+    label: str | None  # human-readable, where known
+
+
+@dataclass
+class Source:
+    root: Path
+    layout: str
+    classes: list[ClassInfo]
+    # split -> [(path relative to root, class index)], in source (sorted) order
+    splits: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    # split -> {position in splits[split]: reason}: inputs rejected before reading (a CSV row
+    # outside SRC, a duplicate row); they count as found and rejected like any other
+    reasons: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+def clean_name(name: str) -> str:
+    """`name` as valid UTF-8 text: undecodable bytes (surrogateescape'd) become `\\xHH`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_split_name(split: str) -> str:
+    """A split is a plain folder name inside OUT (no `/`, no `..`, not absolute)."""
+    if not SPLIT_NAME.match(split) or split in (".", ".."):
+        raise SourceError(
+            f"--split {split!r}: a split is a plain name (letters, digits, `_`, `-`, `.`; e.g. train, val)"
+        )
+    return split
+
+
+def _scandir(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as e:
+        raise SourceError(f"{folder}: cannot list folder ({e.strerror})") from None
+    if not _excluded:
+        return entries
+    return [e for e in entries if not _is_dir(e) or os.path.realpath(e.path) not in _excluded]
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()
+    except OSError:
+        return False
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small UTF-8 text file (BOM allowed; undecodable bytes kept, see clean_name)."""
+    try:
+        if not path.is_file():
+            raise SourceError(f"{path}: {what} is not a regular file")
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise SourceError(f"{path}: {what} is over {MAX_TEXT_BYTES:,} bytes")
+        data = path.read_bytes()
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if b"\x00" in data:
+        raise SourceError(f"{path}: {what} is binary (contains NUL bytes), not text")
+    return data.decode("utf-8-sig", "surrogateescape")
+
+
+def _images_in(folder: Path) -> list[str]:
+    """Every non-folder entry with an image suffix: links, FIFOs and devices included, so that
+    each is counted as found and then rejected with its reason. Other files (hidden, or another
+    suffix) are not inputs; they are counted in `_skipped` and the summary says so."""
+    names = []
+    for e in _scandir(folder):
+        if _is_dir(e):
+            continue
+        if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+            names.append(e.name)
+        else:
+            _skipped.add(os.path.join(folder, e.name))
+    return sorted(names)
+
+
+def _images_under(folder: Path) -> list[str]:
+    """`_images_in` of a class folder and of every folder below it (`cat/sub/x.jpg`, as
+    torchvision's ImageFolder reads), as paths relative to `folder`. Hidden folders and folder
+    links are not entered; the files in them are counted as not read (`_skipped`)."""
+    found = [name for name in _images_in(folder)]
+    for e in _scandir(folder):
+        if not _is_dir(e):
+            continue
+        if e.name.startswith(".") or e.is_symlink():
+            _skip_tree(Path(e.path))
+            continue
+        found += [f"{e.name}/{name}" for name in _images_under(Path(e.path))]
+    return sorted(found)
+
+
+def _skip_tree(folder: Path) -> None:
+    """Count every file under a folder that is not read (a hidden or linked folder) in `_skipped`,
+    so the summary's "not read" line says that it was passed over."""
+    if folder.is_symlink():
+        _skipped.add(str(folder))
+        return
+    for base, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(base, d)) not in _excluded]
+        _skipped.update(os.path.join(base, f) for f in files)
+
+
+def _subdirs(folder: Path) -> list[str]:
+    """Class (or split) folders: hidden ones are not classes (`.git`, `.ipynb_checkpoints`); what
+    they hold is counted as not read."""
+    names = []
+    for e in _scandir(folder):
+        if not _is_dir(e):
+            continue
+        if e.name.startswith("."):
+            _skip_tree(Path(e.path))
+        else:
+            names.append(e.name)
+    return sorted(names)

@@ -1,0 +1,140 @@
+"""What every `alextrain` command shares: the one-line error, the shared options (one
+definition, one help text each), output checks and the JSON/table result.
+
+Only click and light modules are imported here, so `alextrain --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from pipeline.augment import StatsError
+from shards import layout
+from shards.reader import DatasetError
+from trainer.errors import CheckpointError, FigureError, TrainError
+from trainer.options import option
+
+USER_ERRORS = (
+    DatasetError,
+    layout.LayoutError,
+    StatsError,
+    CheckpointError,
+    TrainError,
+    FigureError,
+    ValueError,
+)
+
+
+def fail(message: str) -> None:
+    click.echo(f"alextrain: error: {message}", err=True)
+    sys.exit(2)
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"alextrain: warning: {message}\n"
+
+
+# ---- options shared by several commands: one definition, one help text -------------------------
+
+HELP = {
+    "data": "Sharded dataset folder (alexprep shard, then alexprep pca-stats).",
+    "checkpoint": "A checkpoint file, or a run folder (its best.pt, else last.pt).",
+    "json": "Print the result as JSON on stdout (instead of the table).",
+    "json_out": "Write the result as JSON to this file (parent folders are created).",
+}
+
+
+def data_option(required: bool = True) -> Callable:
+    help_ = HELP["data"] + ("" if required else " [default: the one the checkpoint was trained on]")
+    return click.option(
+        "--data", required=required, type=click.Path(file_okay=False, path_type=Path), help=help_
+    )
+
+
+def checkpoint_argument(f: Callable) -> Callable:
+    return click.argument("checkpoint", type=click.Path(path_type=Path))(f)
+
+
+device_option = option("device")  # the same flag, default and help as `alextrain run`'s
+num_threads_option = option("num_threads")
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Images per batch."
+)
+
+
+def json_options(f: Callable) -> Callable:
+    """--json (print) and --json-out PATH (write): the same two flags on every command with a result."""
+    f = click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help=HELP["json_out"])(f)
+    return click.option("--json", "as_json", is_flag=True, help=HELP["json"])(f)
+
+
+IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what the figures can be saved as
+
+
+def prepare_outputs(
+    image: Path | None = None, data: Path | None = None, image_types: tuple[str, ...] = IMAGE_TYPES
+) -> None:
+    """Check a command's output files before any work, and make their folders.
+
+    So a typo in --out fails in a second with one line, not with a traceback after an hour of
+    feature extraction. `image` must end in one of `image_types`; `data` (JSON, Markdown) may
+    be named anything.
+    """
+    for path in (image, data):
+        if path is not None and path.is_dir():
+            fail(f"{path}: is a folder; give a file name")
+    if image is not None and image.suffix.lower() not in image_types:
+        fail(f"{image}: unknown image type {image.suffix!r}; use one of {', '.join(image_types)}")
+    for path in (image, data):
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            fail(f"{path}: cannot create its folder ({e.strerror or e})")
+        if not os.access(path.parent, os.W_OK):
+            fail(f"{path}: folder {path.parent} is not writable")
+
+
+def note(message: str, as_json: bool) -> None:
+    """Progress notes go to stderr when stdout carries JSON."""
+    click.echo(message, err=as_json)
+
+
+def emit(result: object, as_json: bool, json_out: Path | None, table: Callable[[], None]) -> None:
+    """The result as a table (default) or JSON on stdout, and as a JSON file with --json-out."""
+    text = json.dumps(result, indent=2) + "\n"
+    if as_json:
+        click.echo(text, nl=False)
+    else:
+        table()
+    if json_out:
+        try:
+            layout.write_atomic(json_out, text.encode())
+        except layout.LayoutError as e:  # a full disk, a read-only folder
+            fail(str(e))
+        note(f"wrote {json_out}", as_json)
+
+
+def in_run_folder(checkpoint: Path, name: str, optional: bool = False) -> Path | None:
+    """A figure's default path: `name` in the run folder (a checkpoint file's folder), not the
+    current one. An `optional` figure (predict's, neighbors') is None without matplotlib or
+    where the run folder cannot be written (the results are still printed)."""
+    import importlib.util
+
+    if optional and importlib.util.find_spec("matplotlib") is None:
+        click.echo(
+            "note: no figure: matplotlib is not installed (pip install 'alexnet2012[figures]')", err=True
+        )
+        return None
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    if optional and folder.is_dir() and not os.access(folder, os.W_OK):
+        click.echo(f"note: no figure: {folder} is not writable (pass --out to write one elsewhere)", err=True)
+        return None
+    return folder / name

@@ -1,0 +1,175 @@
+"""`alextrain run`, `fig1` and `demo`: the commands that train."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from trainer import fig1_stats  # torch-free: fig1's defaults
+from trainer.cli_common import (
+    USER_ERRORS,
+    fail,
+)
+from trainer.config import TrainConfig, load_config_file
+from trainer.errors import TrainError
+from trainer.options import option, run_options
+
+
+@click.command("run")
+@run_options
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON or TOML file of the same settings; flags override it.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last checkpoint; settings not given come from its "
+    "config.json (a different one is refused, except --epochs, --data and a few others).",
+)
+@click.option(
+    "--auto-resume",
+    is_flag=True,
+    help="Resume if --out has a checkpoint, else start (for restart policies and schedulers).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bool, **flags) -> None:
+    """Train AlexNet with the paper's recipe (all values overridable)."""
+    from trainer.train import run
+
+    try:
+        values = load_config_file(config_file) if config_file else {}
+        # only flags count as given: a config file (a run's config.json) may hold every key, the
+        # defaults of options its arch lacks too, and is refused only where a value would matter
+        given = {k for k, v in flags.items() if v is not None}
+        values.update({k: flags[k] for k in given})
+        if resume or auto_resume:  # what the user leaves out is what the run was started with
+            from trainer.hosts import run_settings  # rank 0's, on hosts that do not share --out
+
+            saved = run_settings(values.get("out"), _saved_settings)
+            if resume and not saved and values.get("out") and not values.get("data"):
+                raise TrainError(f"--resume: no such checkpoint: no run was started in {values['out']}")
+            values = {**saved, **values}
+        cfg = TrainConfig.from_flat(values)
+        if not cfg.run.data or not cfg.run.out:
+            raise TrainError("--data and --out are required (flags or config file)")
+        rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=given)
+    except USER_ERRORS as e:
+        fail(str(e))
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 speaks for the run
+    if rows:
+        last = rows[-1]
+        click.echo(
+            f"done: epoch {last['epoch']}, train loss {last['train_loss']:.4f}"
+            + (f", val top-1 err {last['val_top1_err']:.4f}" if "val_top1_err" in last else "")
+            + f"; checkpoint {Path(cfg.run.out) / 'last.pt'}"
+        )
+    else:
+        click.echo(f"nothing to do: {cfg.run.out} has finished its {cfg.optim.epochs} epochs")
+
+
+def _saved_settings(out: str | None) -> dict:
+    """The settings in OUT/config.json of the run to resume ({} when there is none yet)."""
+    saved = Path(out) / "config.json" if out else None
+    if saved is None or not saved.is_file():
+        return {}
+    return {k: v for k, v in load_config_file(saved).items() if k != "out"}
+
+
+@click.command("fig1")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="CIFAR-10 shards (--size 32).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the runs, JSON, Markdown and PNG.",
+)
+@click.option(
+    "--nets",
+    default=",".join(fig1_stats.DEFAULT_NETS),
+    show_default=True,
+    help="Comma-separated: relu, tanh (Figure 1); relu-lrn, tanh-lrn (with LRN); relu-scale, "
+    "tanh-scale (LRN's constant gain alone: the control).",
+)
+@click.option(
+    "--lrs",
+    default=",".join(f"{lr:g}" for lr in fig1_stats.GRID),
+    show_default=True,
+    help="The lr grid each net is swept on (steps of at most sqrt(10); extended past an end that "
+    "wins); one value: no sweep.",
+)
+@click.option(
+    "--sweep-epochs",
+    type=click.IntRange(1),
+    default=fig1_stats.BUDGET_EPOCHS,
+    show_default=True,
+    help="Budget per sweep point: the lr that reaches 25% training error soonest within it wins "
+    "(none or a tie: the lowest error at its end).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=fig1_stats.EPOCHS,
+    show_default=True,
+    help="Epochs per final run.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(1),
+    default=fig1_stats.SEEDS,
+    show_default=True,
+    help="Final runs per net (seeds 1..N).",
+)
+@click.option("--crop", type=int, default=32, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")
+@click.option("--num-threads", type=click.IntRange(1), default=4, show_default=True)
+@option("init")
+@click.option("--quiet", is_flag=True, help="No progress bars (each run is still named).")
+def fig1_cmd(
+    data: Path,
+    out: Path,
+    nets: str,
+    lrs: str,
+    sweep_epochs: int,
+    epochs: int,
+    seeds: int,
+    crop: int,
+    steps_per_epoch: int | None,
+    num_threads: int,
+    init: str,
+    quiet: bool,
+) -> None:
+    """Figure 1, settled (docs/figures.md): each net's lr swept by the caption's criterion, then
+    several seeds per net; epochs to 25% training error with ranges, ratios, curves with bands."""
+    from trainer.ablations import Plan, parse_list, run_figure1
+    from trainer.fig1_report import lines
+
+    try:
+        base = TrainConfig.of(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
+        plan = Plan(
+            parse_list(nets, "--nets"), parse_list(lrs, "--lrs", float), sweep_epochs, epochs, seeds, base
+        )
+        summary = run_figure1(plan, data, out, say=click.echo, progress=not quiet)
+    except USER_ERRORS as e:
+        fail(str(e))
+    for line in lines(summary):
+        click.echo(line)
+    click.echo(f"wrote {out / 'ablation.json'}, {out / 'fig1.md'} and {out / 'fig1.png'}")
+
+
+@click.command("demo")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+def demo_cmd(out: Path) -> None:
+    """The whole chain on a small image set it draws: shard, verify, pca-stats, run, eval,
+    Figures 3 and 4, report (about a minute on 2 CPU cores; OUT/run holds the results)."""
+    from trainer.demo import run_demo
+
+    try:
+        run_demo(out, click.get_current_context().find_root().command, echo=click.echo)
+    except USER_ERRORS as e:
+        fail(str(e))
