@@ -21,6 +21,7 @@ Rank and world come from torch.distributed when it is initialised, else 0 and 1.
 from __future__ import annotations
 
 import gc
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +65,18 @@ def _named_errors(it: Iterator, s: _Split) -> Iterator:
         yield from it
     except DamagedSampleError as e:
         message = _one_line(e)
+        traceback.clear_frames(e.__traceback__)
     except RuntimeError as e:  # DALI: no sample named, only the operator that failed
         message = (
             f"{s.data}/{s.split}: reading the shards failed ({_one_line(e)}); a shard may be "
             f"damaged: run `alexprep verify {s.data}` to find it, then re-shard it"
         )
-    if message is not None:  # raised outside `except`, and the failed reader's reference cycles
-        it.close()  # collected now: its DataLoader workers are shut down here, not in a later fork
+        traceback.clear_frames(e.__traceback__)
+    if message is not None:  # raised outside `except`; the failed reader is let go of now, not
+        # in a later fork: the traceback's frames, which hold it, are cleared above, so a
+        # DataLoader's workers are shut down as its last reference goes. (Shut down from inside
+        # a gc pass, torch 2.13 waits 5 s for each worker, which never gets its stop message.)
+        it.close()
         gc.collect()
         raise DamagedSampleError(message)
 

@@ -40,7 +40,14 @@ def test_ctrl_c_twice_is_one_line_not_an_atexit_traceback(data, tmp_path, gap):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "trainer.cli", "run", "--data", data, "--out", run, *LONG, "--device", "cpu"]
     proc = subprocess.Popen(
-        list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        list(map(str, cmd)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        # as from a terminal: a background job of a script inherits SIGINT ignored, and then the
+        # run rightly leaves it ignored (nohup's contract), which is not the case under test
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for(run / "config.json")
     time.sleep(1.5)  # training, DALI pipelines alive

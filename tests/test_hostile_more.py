@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -214,10 +215,12 @@ def test_two_runs_on_one_out_at_once_one_is_refused_and_each_epoch_is_listed_onc
 
 
 def test_a_refused_run_leaves_no_folder_behind(tiny_data, tmp_path):
+    data = tmp_path / "data"  # never hashed: the hash pass would keep its record in --out
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("verified.json"))
     proc = alextrain(
         "run",
         "--data",
-        tiny_data,
+        data,
         "--out",
         tmp_path / "new",
         "--arch",
@@ -228,7 +231,12 @@ def test_a_refused_run_leaves_no_folder_behind(tiny_data, tmp_path):
         check=False,
     )
     assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+    assert "hash" not in proc.stdout + proc.stderr  # refused before the hash pass, not after it
     assert not (tmp_path / "new").exists()
+    args = ("--arch", "cifar", "--global-batch", 64)  # more than the 9 training images
+    proc = alextrain("run", "--data", data, "--out", tmp_path / "fresh", *args, check=False)
+    assert proc.returncode == 2 and "hashing" in proc.stdout, proc.stderr  # after the hash pass
+    assert not (tmp_path / "fresh").exists(), proc.stderr
     proc = alextrain("run", "--out", tmp_path / "new", "--resume", check=False)  # settings from nowhere
     assert proc.returncode == 2 and "no such checkpoint: no run was started in" in proc.stderr
     assert not (tmp_path / "new").exists()

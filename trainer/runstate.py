@@ -187,24 +187,30 @@ class Trainer:
             ) from None
 
 
+def folder_refusal(run_dir: Path, resume: bool, auto_resume: bool) -> str | None:
+    """Why rank 0 refuses to start in `run_dir`, as far as the folder alone tells (a resume
+    with no checkpoint, a new run over an old one); None if it may. Asked before any hashing."""
+    last = run_dir / checkpoint.LAST
+    if resume and not auto_resume and not last.is_file():
+        return f"{last}: no such checkpoint (--resume): no run was started in {run_dir}"
+    if not (resume or auto_resume) and last.exists():
+        return f"{run_dir}: holds a run already; pass --resume to continue it, or use a new --out"
+    return None
+
+
 def start(trainer: Trainer, env: Env, resume: bool, auto_resume: bool) -> None:
     """Rank 0 decides: new run, or resume from its last.pt; every rank gets its decision and state."""
     last = trainer.run_dir / checkpoint.LAST
     verdict: tuple[str, object] = ("new", None)
     if env.main:
         try:
-            if auto_resume:
-                resume = last.is_file()
-            if resume:
+            why = folder_refusal(trainer.run_dir, resume, auto_resume)
+            if why:
+                verdict = ("error", why)
+            elif resume or (auto_resume and last.is_file()):
                 state = checkpoint.load(last)
                 why = trainer.refusal(state, last)
                 verdict = ("error", why) if why else ("resume", state)
-            elif last.exists():
-                verdict = (
-                    "error",
-                    f"{trainer.run_dir}: holds a run already; pass --resume to continue it, "
-                    "or use a new --out",
-                )
         except checkpoint.CheckpointError as e:
             verdict = ("error", str(e))
     kind, payload = broadcast(verdict, env)

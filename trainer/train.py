@@ -35,8 +35,10 @@ from trainer.guard import check as check_finite
 from trainer.metrics import MetricsWriter
 from trainer.model import build_model
 from trainer.optim import describe_drop, set_lr
-from trainer.runstate import Position, Sums, Trainer, start
+from trainer.runstate import Position, Sums, Trainer, folder_refusal, start
 from trainer.stopping import lost_peers
+
+LOCK = ".alextrain.lock"  # in --out: held by the run that writes there
 
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
 
@@ -202,17 +204,25 @@ def run(
     splits = [r.train_split, *([r.val_split] if r.val_split else [])]
     data, run_dir = Path(r.data), Path(r.out)
     _check_out(data, run_dir)
+    why = folder_refusal(run_dir, resume, auto_resume) if env.main else None
+    if why:  # said before an hour of hashing; start() decides for good, under the lock
+        raise TrainError(why)
     # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process,
     # and its clean result is kept beside the run too (shards mounted read-only keep no record)
     host_main = env.local_rank == 0
-    say = (lambda line: print(line, flush=True)) if host_main else None
-    keep = hosts.verified_record(run_dir)
-    preflight(data, splits, r.verify_data == "full", hash_files=host_main, say=say, keep=keep)
-    hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
-    hosts.init_group(env.cuda)
-    agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, "dataset": fingerprint}, env)
-    with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir):
-        return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
+    created = host_main and not run_dir.exists()
+    try:
+        say = (lambda line: print(line, flush=True)) if host_main else None
+        keep = hosts.verified_record(run_dir)
+        preflight(data, splits, r.verify_data == "full", hash_files=host_main, say=say, keep=keep)
+        hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
+        hosts.init_group(env.cuda)
+        agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, "dataset": fingerprint}, env)
+        with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir):
+            return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
+    finally:
+        if created:  # a folder this call made is removed again if the run stopped before writing
+            _remove_unused(run_dir)
 
 
 def _check_out(data: Path, run_dir: Path) -> None:
@@ -232,18 +242,25 @@ def _check_out(data: Path, run_dir: Path) -> None:
 def _run_lock(run_dir: Path, env: Env) -> Iterator[None]:
     """One `alextrain run` per --out (rank 0 holds a flock on OUT/.alextrain.lock): two runs on
     one folder would each append every epoch to metrics.jsonl and overwrite each other's
-    checkpoints. A folder this call created is removed again if the run stops before writing."""
+    checkpoints."""
     if not env.main:
         yield
         return
-    created = not run_dir.exists()
     layout.ensure_dir(run_dir)
+    with layout.NodeLock(run_dir, 0, name=LOCK, who="`alextrain run`", what="--out"):
+        yield
+
+
+def _remove_unused(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing of a run: only the lock and this host's record of
+    a clean hash pass (a refused or failed start must not leave a folder that looks like a run).
+    Under the lock: a run that another process started in it meanwhile is left alone."""
     try:
-        with layout.NodeLock(run_dir, 0, name=".alextrain.lock", who="`alextrain run`", what="--out"):
-            yield
-    finally:
-        if created and [p.name for p in run_dir.iterdir()] == [".alextrain.lock"]:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        with layout.NodeLock(run_dir, 0, name=LOCK):
+            if {p.name for p in run_dir.iterdir()} <= {LOCK, hosts.VERIFIED_DIR}:
+                shutil.rmtree(run_dir, ignore_errors=True)
+    except (layout.LayoutError, OSError):
+        pass  # held by another run, or already gone
 
 
 def _train_locked(
