@@ -21,6 +21,11 @@ from preprocess.defaults import (  # imports nothing heavy: --help stays instant
     MAX_PIXELS,
 )
 
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
+workers_option = click.option(
+    "--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores]."
+)
+
 
 def image_limit_options(f):  # noqa: ANN001, ANN201
     """--max-pixels and --max-bytes, the bounds on one input image: here and on alextrain's
@@ -129,7 +134,7 @@ def main() -> None:
     show_default=True,
     help="Seed of the global shuffle of the train split.",
 )
-@click.option("--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores].")
+@workers_option
 @click.option(
     "--num-nodes",
     type=click.IntRange(1),
@@ -154,7 +159,7 @@ def main() -> None:
     "byte-identical. Repeatable.",
 )
 @click.option("--strict", is_flag=True, help="Fail on the first rejected input.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def shard_cmd(
     src: Path,
     out: Path,
@@ -219,8 +224,8 @@ def shard_cmd(
 
 @main.command("verify")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores].")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@workers_option
+@quiet_option
 def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
     """Re-read every shard under OUT: index offsets, JPEG decode, checksums of every member, counts.
 
@@ -243,9 +248,9 @@ def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
 
 @main.command("pca-stats")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores].")
+@workers_option
 @click.option("--max-images", type=click.IntRange(1), help="Quick estimate from the first N train images.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def pca_stats_cmd(out: Path, workers: int, max_images: int | None, quiet: bool) -> None:
     """RGB mean, covariance and its eigenbasis over OUT/train, and the per-pixel mean image.
 

@@ -68,6 +68,11 @@ batch_size_option = click.option(
 )
 
 
+ten_crop_option = click.option(
+    "--ten-crop", is_flag=True, help="The paper's 10 patches (corners, centre, mirrored), softmax averaged."
+)
+
+
 def json_options(f: Callable) -> Callable:
     """--json (print) and --json-out PATH (write): the same two flags on every command with a result."""
     f = click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help=HELP["json_out"])(f)

@@ -17,6 +17,7 @@ from trainer.cli_common import (
     json_options,
     num_threads_option,
     prepare_outputs,
+    ten_crop_option,
 )
 from trainer.options import option
 
@@ -32,7 +33,7 @@ from trainer.options import option
     help=HELP["checkpoint"] + " Repeat to also evaluate the average of several (the paper's 5 CNNs).",
 )
 @click.option("--split", default=None, help="Split to evaluate [default: val, validation or test].")
-@click.option("--ten-crop", is_flag=True, help="The paper's 10 patches, softmax averaged.")
+@ten_crop_option
 @batch_size_option
 @device_option
 @num_threads_option
@@ -80,40 +81,41 @@ MAX_SUMMARY_CLASSES = 100_000  # the model is built to count it: fc8 alone is 40
 
 
 @click.command("summary")
-@click.option("--arch", type=click.Choice(["alexnet", "cifar"]), default="alexnet", show_default=True)
-@click.option(
-    "--num-classes",
-    type=click.IntRange(1, MAX_SUMMARY_CLASSES),
-    default=None,
-    help="[default: 1000 for alexnet, 10 for cifar]",
-)
-@click.option("--towers", type=click.IntRange(1, 2), default=2, show_default=True)
-@click.option("--extra-conv", is_flag=True, help="A sixth conv layer (Table 2's 1 CNN*).")
-@click.option("--crop", type=click.Choice(["224", "227"]), default="224", show_default=True)
+@option("arch")
+@option("num_classes", none_default=True)
+@option("towers")
+@option("extra_conv")
+@option("crop", none_default=True)
 @json_options
 def summary_cmd(
     arch: str,
     num_classes: int | None,
     towers: int,
     extra_conv: bool,
-    crop: str,
+    crop: int | None,
     as_json: bool,
     json_out: Path | None,
 ) -> None:
     """Each layer's output shape, neurons and parameters, and the totals."""
     prepare_outputs(data=json_out)
 
-    from trainer.config import ModelConfig
+    from dataclasses import replace
+
+    from pipeline.config import ConfigError
+    from trainer.config import TrainConfig
     from trainer.model import build_model, summary
 
-    size = 32 if arch == "cifar" else int(crop)
-    cfg = ModelConfig(
-        arch=arch,
-        num_classes=num_classes or (10 if arch == "cifar" else 1000),
-        towers=towers,
-        extra_conv=extra_conv,
-        crop=size,
-    )
+    try:  # run's rules: a setting the arch ignores (cifar --towers 1) is refused, not dropped
+        flat = dict(arch=arch, towers=towers, extra_conv=extra_conv, crop=crop, num_classes=num_classes)
+        checked = TrainConfig.of(**flat)
+        checked.check()
+    except ConfigError as e:
+        fail(str(e))
+    if (num_classes or 0) > MAX_SUMMARY_CLASSES:
+        fail(f"--num-classes {num_classes}: more than {MAX_SUMMARY_CLASSES:,} (fc8 alone is 4097 x N floats)")
+    m = checked.model
+    cfg = replace(m, num_classes=num_classes or (10 if arch == "cifar" else 1000), crop=m.input_size)
+    size = m.input_size
     model = build_model(cfg)
     rows = summary(model, size)
     total = {"neurons": sum(r.neurons for r in rows), "params": sum(p.numel() for p in model.parameters())}

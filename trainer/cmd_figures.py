@@ -20,6 +20,7 @@ from trainer.cli_common import (
     note,
     num_threads_option,
     prepare_outputs,
+    ten_crop_option,
 )
 
 
@@ -67,7 +68,7 @@ def kernels_cmd(checkpoint: Path, out: Path | None, scale: int | None) -> None:
     type=click.Path(path_type=Path),
     help="Figure 4 (left) as an image (.png, .pdf, ...) [default: fig4.png in the run folder].",
 )
-@click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's 10 patches.")
+@ten_crop_option
 @device_option
 @image_limit_options
 @json_options

@@ -125,10 +125,10 @@ def _saved_settings(out: str | None) -> dict:
     show_default=True,
     help="Final runs per net (seeds 1..N).",
 )
-@click.option("--crop", type=int, default=32, show_default=True)
-@click.option("--steps-per-epoch", type=click.IntRange(1), default=None, help="Cap (quick runs).")
-@click.option("--num-threads", type=click.IntRange(1), default=4, show_default=True)
-@option("init")
+@option("crop", none_default=True)
+@option("steps_per_epoch", none_default=True)
+@option("num_threads", none_default=True)
+@option("init", none_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars (each run is still named).")
 def fig1_cmd(
     data: Path,
@@ -138,10 +138,10 @@ def fig1_cmd(
     sweep_epochs: int,
     epochs: int,
     seeds: int,
-    crop: int,
+    crop: int | None,
     steps_per_epoch: int | None,
-    num_threads: int,
-    init: str,
+    num_threads: int | None,
+    init: str | None,
     quiet: bool,
 ) -> None:
     """Figure 1, settled (docs/figures.md): each net's lr swept by the caption's criterion, then
@@ -150,7 +150,8 @@ def fig1_cmd(
     from trainer.fig1_report import lines
 
     try:
-        base = TrainConfig.of(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
+        shared = dict(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
+        base = TrainConfig.of(**{k: v for k, v in shared.items() if v is not None})
         plan = Plan(
             parse_list(nets, "--nets"), parse_list(lrs, "--lrs", float), sweep_epochs, epochs, seeds, base
         )

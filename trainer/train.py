@@ -206,6 +206,9 @@ def run(
     _check_out(data, run_dir)
     why = folder_refusal(run_dir, resume, auto_resume) if env.main else None
     if why:  # said before an hour of hashing; start() decides for good, under the lock
+        if run_dir.is_dir():  # a run writing there now is the better thing to say
+            with _run_lock(run_dir, env):
+                pass
         raise TrainError(why)
     # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process,
     # and its clean result is kept beside the run too (shards mounted read-only keep no record)
