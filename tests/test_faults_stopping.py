@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,9 +14,19 @@ from pathlib import Path
 import pytest
 
 from tests.faults_common import make_dataset
+from trainer import hosts
 
 ROOT = Path(__file__).resolve().parents[1]
-LONG = ("--arch", "cifar", "--crop", 32, "--epochs", 50, "--global-batch", 1, "--num-threads", 1)
+
+
+def long_run(processes: int = 1) -> tuple:
+    """A run that outlasts the test (each stops it): one image per process per step."""
+    return ("--arch", "cifar", "--crop", 32, "--epochs", 100_000, "--global-batch", processes) + (
+        "--num-threads",
+        1,
+    )
+
+
 RANK_OUT = """
 import os, sys
 from trainer.cli import main
@@ -38,7 +50,8 @@ def _wait_for(path: Path, timeout: float = 120) -> None:
 @pytest.mark.parametrize("gap", [0.01, 0.3])
 def test_ctrl_c_twice_is_one_line_not_an_atexit_traceback(data, tmp_path, gap):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "trainer.cli", "run", "--data", data, "--out", run, *LONG, "--device", "cpu"]
+    cmd = [sys.executable, "-m", "trainer.cli", "run", "--data", data, "--out", run, *long_run()]
+    cmd += ["--device", "cpu"]
     proc = subprocess.Popen(
         list(map(str, cmd)),
         stdout=subprocess.PIPE,
@@ -63,15 +76,29 @@ def test_ctrl_c_twice_is_one_line_not_an_atexit_traceback(data, tmp_path, gap):
     assert len(err.strip().splitlines()) <= 2, err  # "Aborted!" and "interrupted again"
 
 
-def _rank_pid(outs: Path, rank: int) -> int | None:
+def _rank_pids(outs: Path, rank: int | None = None) -> list[int]:
+    """The workers of this test's run (rank `rank`, or all): torchrun starts each in a session of
+    its own, so killing an agent's process group leaves its worker running."""
+    pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"ALEXTRAIN_TEST_OUTS={outs}".encode() in env and f"RANK={rank}".encode() in env:
-            return int(pid)
-    return None
+        worker = f"ALEXTRAIN_TEST_OUTS={outs}".encode() in env and any(e.startswith(b"RANK=") for e in env)
+        if worker and (rank is None or f"RANK={rank}".encode() in env):
+            pids.append(int(pid))
+    return pids
+
+
+def _kill_all(outs: Path, agents: list[subprocess.Popen]) -> None:
+    for pid in _rank_pids(outs):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for p in agents:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
 
 
 @pytest.mark.slow
@@ -82,17 +109,20 @@ def test_a_killed_peer_is_one_line_on_the_survivor(data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ALEXTRAIN_TEST_OUTS": str(outs)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "--log-dir", logs, "--redirects", "3", script, "--data", data, *LONG, "--device", "cpu", "--quiet",
+        "--log-dir", logs, "--redirects", "3", script, "--data", data, *long_run(2),
+        "--device", "cpu", "--quiet",
     ]  # fmt: skip
     proc = subprocess.Popen(
         list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT
     )
-    _wait_for(outs / "rank0" / "config.json")
-    time.sleep(2)  # rank 0 announced the run: both ranks are in the training loop
-    victim = _rank_pid(outs, 1)
-    assert victim is not None
-    os.kill(victim, signal.SIGKILL)
-    proc.communicate(timeout=180)
+    try:
+        _wait_for(outs / "rank0" / "config.json")
+        time.sleep(2)  # rank 0 announced the run: both ranks are in the training loop
+        (victim,) = _rank_pids(outs, 1)
+        os.kill(victim, signal.SIGKILL)
+        proc.communicate(timeout=180)
+    finally:
+        _kill_all(outs, [])
     assert proc.returncode != 0
     (survivor,) = [p for p in logs.rglob("stderr.log") if p.parent.name == "0"]
     err = survivor.read_text().strip()
@@ -118,3 +148,42 @@ def test_a_process_that_read_a_manifest_exits_with_its_own_code(data):
         for _ in range(8)
     ]
     assert codes == [2] * 8, codes
+
+
+@pytest.mark.slow  # two torchrun agents, two interpreters that import torch
+def test_the_surviving_host_keeps_its_hash_record_when_its_peer_dies(data, tmp_path):
+    """Two nodes on loopback, each with its own copy of the shards and its own runs folder (as
+    docker/two-node.sh's hosts): node 0 killed, node 1's run fails; its folder holds only its
+    clean-hash record, which must outlive the failure, or its restart hashes again (found by
+    two-node.sh: the failed start's clean-up removed it as an unused folder)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outs, script = tmp_path / "outs", tmp_path / "rank_out.py"
+    script.write_text(RANK_OUT)
+    procs = []
+    for node in (0, 1):
+        shards = tmp_path / f"shards{node}"
+        shutil.copytree(data, shards, ignore=shutil.ignore_patterns("verified.json"))  # hashed at start
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "ALEXTRAIN_TEST_OUTS": str(outs)}
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", 2, "--node-rank", node,
+            "--nproc-per-node", 1, "--rdzv-backend", "static", "--master-addr", "127.0.0.1",
+            "--master-port", port, "--max-restarts", 0, "--log-dir", tmp_path / f"logs{node}",
+            "--redirects", 3, script, "--data", shards, *long_run(2), "--device", "cpu", "--quiet",
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(list(map(str, cmd)), env=env, cwd=ROOT, start_new_session=True))
+    try:
+        _wait_for(outs / "rank0" / "config.json")
+        time.sleep(2)  # both in the training loop
+        record = hosts.verified_record(outs / "rank1")
+        assert record.is_file()  # node 1 hashed its copy and kept the record beside its run
+        (worker,) = _rank_pids(outs, 0)
+        os.killpg(procs[0].pid, signal.SIGKILL)  # host 0 gone: its agent and its worker
+        os.kill(worker, signal.SIGKILL)
+        assert procs[1].wait(timeout=180) != 0
+    finally:
+        _kill_all(outs, procs)
+    assert record.is_file(), sorted(p.name for p in (outs / "rank1").glob("*"))

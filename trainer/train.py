@@ -213,7 +213,9 @@ def run(
     # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process,
     # and its clean result is kept beside the run too (shards mounted read-only keep no record)
     host_main = env.local_rank == 0
-    created = host_main and not run_dir.exists()
+    # rank 0's host only: on the others the run folder holds nothing but that record, by design,
+    # and it must outlive a failed start (a restart after a lost peer would hash again)
+    created = env.main and not run_dir.exists()
     try:
         say = (lambda line: print(line, flush=True)) if host_main else None
         keep = hosts.verified_record(run_dir)
