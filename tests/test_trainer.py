@@ -21,6 +21,14 @@ from trainer.optim import PaperSGD, PlateauSchedule
 PAPER_NEURONS = [290_400, 186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000]  # conv1: errata
 
 
+@pytest.mark.parametrize("crop", [224, 227])
+def test_parameter_count_on_the_meta_device(crop):
+    """The paper's 60 million, counted without allocating them (shapes only)."""
+    with torch.device("meta"):
+        model = AlexNet(ModelConfig(crop=crop))
+    assert sum(p.numel() for p in model.parameters()) == 60_965_224
+
+
 @pytest.mark.slow  # over ~20 s on 2 cores
 def test_parameter_and_neuron_counts():
     model = AlexNet()
