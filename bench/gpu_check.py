@@ -143,6 +143,7 @@ def make_bench_set(data: Path, dest: Path, copies: int, shard_size: int = 32) ->
     size, with the carried val split and statistics: a set whose epochs are long enough to time."""
     from preprocess.shard import Options, shard
     from preprocess.sources import discover
+    from shards import layout
     from shards.reader import iter_shard, load_classes, load_dataset, shard_paths
 
     meta, classes = load_dataset(data), load_classes(data)
@@ -160,9 +161,16 @@ def make_bench_set(data: Path, dest: Path, copies: int, shard_size: int = 32) ->
                 (folder / f"{n:06d}-{k}.jpg").write_bytes(sample.jpeg)
     shard(discover(src), out, Options(size=meta["size"], shard_size=shard_size, progress=False))
     # copies of the same images: the carried statistics are theirs (pca-stats over 16,000 images
-    # would take half a minute); stats.json last, as the mark of a finished set
-    shutil.copyfile(data / "mean_image.npy", out / "mean_image.npy")
-    shutil.copyfile(data / "stats.json", out / "stats.json")
+    # would take half a minute), bound here to this set's plan, which the loader checks; stats.json
+    # last, as the mark of a finished set
+    shutil.copyfile(data / layout.MEAN_IMAGE, out / layout.MEAN_IMAGE)
+    stats = layout.read_json(data / layout.STATS_JSON)
+    stats["computed_from"] = {
+        **stats.get("computed_from", {}),
+        "dataset_plan_sha256": load_dataset(out)["plan_sha256"],
+        "note": f"copied by bench/gpu_check.py from {data.name}: the same images {copies} times over",
+    }
+    layout.write_json(out / layout.STATS_JSON, stats)
     shutil.rmtree(src)
     return out
 

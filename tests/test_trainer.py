@@ -56,7 +56,7 @@ def test_variants_build_and_run():
         ModelConfig(num_classes=10),
     ]:
         model = build_model(cfg).eval()
-        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, cfg.num_classes)
+        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, cfg.classes)
     one = AlexNet(ModelConfig(towers=1))
     assert [r.shape[0] for r in summary(one, 224)] == [48, 128, 192, 192, 256, 4096, 4096, 1000]
     cifar = build_model(ModelConfig(arch="cifar", num_classes=10, crop=32))
