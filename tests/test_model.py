@@ -1,13 +1,16 @@
-"""The network's numerics: the paper's dropout, LRN under bf16 autocast, torch.compile, init."""
+"""The network: its shape and counts, the two towers, the paper's dropout, LRN (and under bf16
+autocast), init, torch.compile."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
 from torch import nn
 
+from tests.conftest import alextrain
 from trainer.model import (
     LRN_ALPHA,
     LRN_BETA,
@@ -21,6 +24,7 @@ from trainer.model import (
     PaperDropout,
     build_model,
     lrn_bf16_agreement,
+    summary,
 )
 
 AFTER_DROPOUT = ("fc7.", "fc8.")  # the layers whose input is a dropout output
@@ -199,3 +203,160 @@ def test_lrn_scale_is_lrns_constant_gain_without_its_normalisation():
     assert [type(m) for m in scaled.body].count(ConstantScale) == 2
     x = torch.randn(4, 3, 32, 32) * 60
     assert torch.allclose(scaled(x), off(x) * c**2, rtol=1e-4, atol=1e-7)
+
+
+PAPER_NEURONS = [290_400, 186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000]  # conv1: errata
+
+
+@pytest.mark.parametrize("crop", [224, 227])
+def test_parameter_count_on_the_meta_device(crop):
+    """The paper's 60 million, counted without allocating them (shapes only)."""
+    with torch.device("meta"):
+        model = AlexNet(ModelConfig(crop=crop))
+    assert sum(p.numel() for p in model.parameters()) == 60_965_224
+
+
+@pytest.mark.slow  # over ~20 s on 2 cores
+def test_parameter_and_neuron_counts():
+    model = AlexNet()
+    assert sum(p.numel() for p in model.parameters()) == 60_965_224
+    rows = summary(model, 224)
+    assert [r.neurons for r in rows] == PAPER_NEURONS
+    assert [r.shape for r in rows][:2] == [(96, 55, 55), (256, 27, 27)]
+    # Caffe's variant: 227 crops, unpadded conv1 -> the same counts
+    caffe = AlexNet(ModelConfig(crop=227))
+    assert [r.neurons for r in summary(caffe, 227)] == PAPER_NEURONS
+    # the printed 253,440 is not 55x55x96, whichever variant: the paper's erratum
+    assert 253_440 not in [r.neurons for r in rows]
+    out = json.loads(alextrain("summary", "--json").stdout)
+    assert out["total"]["params"] == 60_965_224
+
+
+@pytest.mark.slow  # over ~20 s on 2 cores
+def test_variants_build_and_run():
+    for cfg in [
+        ModelConfig(towers=1),
+        ModelConfig(extra_conv=True),
+        ModelConfig(pool="nonoverlap"),
+        ModelConfig(activation="tanh"),
+        ModelConfig(lrn="off"),
+        ModelConfig(num_classes=10),
+    ]:
+        model = build_model(cfg).eval()
+        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, cfg.classes)
+    one = AlexNet(ModelConfig(towers=1))
+    assert [r.shape[0] for r in summary(one, 224)] == [48, 128, 192, 192, 256, 4096, 4096, 1000]
+    cifar = build_model(ModelConfig(arch="cifar", num_classes=10, crop=32))
+    assert cifar(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_lrn_conventions():
+    x = torch.rand(1, 8, 4, 4) * 50
+    a = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2)(x)
+    # the printed formula: b = a / (k + alpha * sum_{n adjacent} a^2)^beta, no division by n
+    sq = torch.nn.functional.pad(x.pow(2), (0, 0, 0, 0, 2, 2))
+    s = sum(sq[:, i : i + 8] for i in range(5))
+    printed = x / (2 + 1e-4 * s) ** 0.75
+    paper = AlexNet(ModelConfig(lrn="paper")).lrn(x)
+    assert torch.allclose(paper, printed, rtol=1e-5)
+    assert not torch.allclose(a, printed, rtol=1e-3)  # cuda-convnet's is the weaker one
+
+
+def test_init_is_the_papers():
+    model = AlexNet()
+    for layer in model.tower_layers():
+        for conv in layer.parts:
+            assert abs(conv.weight.std().item() - 0.01) < 0.001
+            assert abs(conv.weight.mean().item()) < 0.001
+            expected = 1.0 if layer.name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+            assert torch.all(conv.bias == expected), layer.name
+    assert torch.all(model.fc8.bias == 0)
+
+
+class TowerLRN(nn.Module):
+    """LRN within each tower's half of the maps: each GPU normalised over its own kernels."""
+
+    def __init__(self, lrn: nn.Module):
+        super().__init__()
+        self.lrn = lrn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.lrn(h) for h in x.chunk(2, 1)], 1)
+
+
+def _grouped_reference(model: AlexNet) -> nn.Module:
+    """The single-device net with grouped convs (conv2/4/5 groups=2), weights from the towers."""
+    cat = lambda layer, attr: torch.cat([getattr(p, attr) for p in layer.parts], 0)  # noqa: E731
+    convs = {}
+    for name, groups, pad in [
+        ("conv1", 1, 2),
+        ("conv2", 2, 2),
+        ("conv3", 1, 1),
+        ("conv4", 2, 1),
+        ("conv5", 2, 1),
+    ]:
+        layer = getattr(model, name)
+        w = cat(layer, "weight")
+        c = nn.Conv2d(
+            w.shape[1] * groups, w.shape[0], w.shape[2], 4 if name == "conv1" else 1, pad, groups=groups
+        )
+        c.weight.data, c.bias.data = w.clone(), cat(layer, "bias").clone()
+        convs[name] = c
+    fcs = {}
+    for name in ("fc6", "fc7"):
+        layer = getattr(model, name)
+        w = cat(layer, "weight")
+        f = nn.Linear(w.shape[1], w.shape[0])
+        f.weight.data, f.bias.data = w.clone(), cat(layer, "bias").clone()
+        fcs[name] = f
+    fc8 = nn.Linear(4096, model.cfg.num_classes)
+    fc8.weight.data, fc8.bias.data = model.fc8.weight.data.clone(), model.fc8.bias.data.clone()
+    pool, r = model.pool, nn.ReLU()
+    lrn = TowerLRN(model.lrn)
+    # grouped layers see the towers' channels in order [tower 0 | tower 1], as torch.cat makes them
+    return nn.Sequential(
+        convs["conv1"],
+        r,
+        lrn,
+        pool,
+        convs["conv2"],
+        r,
+        lrn,
+        pool,
+        convs["conv3"],
+        r,
+        convs["conv4"],
+        r,
+        convs["conv5"],
+        r,
+        pool,
+        nn.Flatten(),
+        fcs["fc6"],
+        r,
+        fcs["fc7"],
+        r,
+        fc8,
+    )
+
+
+def test_two_towers_equal_the_grouped_single_device_model():
+    torch.manual_seed(0)
+    model = AlexNet(ModelConfig(num_classes=20, dropout=0.0))
+    for m in model.modules():  # non-trivial biases, so a wrong concatenation order would show
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.bias.data.uniform_(-0.1, 0.1)
+            m.weight.data.mul_(3)
+    ref = _grouped_reference(model)
+    x = torch.randn(2, 3, 224, 224) * 50
+    out, expected = model(x), ref(x)
+    assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    g_tower = torch.cat([p.weight.grad for p in model.conv4.parts], 0)
+    g_ref = ref[10].weight.grad
+    assert ((g_tower - g_ref).norm() / g_ref.norm()).item() < 1e-4  # float32 summation order only
+    # model parallel placement (here both "devices" are the CPU: the same code path as 2 GPUs)
+    placed = AlexNet(ModelConfig(num_classes=20, dropout=0.0))
+    placed.load_state_dict(model.state_dict())
+    placed.place([torch.device("cpu"), torch.device("cpu")])
+    assert torch.equal(placed(x), model(x))

@@ -1,6 +1,9 @@
-"""Second hostile pass (issue 9): cases of the same kinds that test_hostile_input.py does not hold.
+"""One-line refusals across the commands (a second hostile pass, issue 9): malformed checkpoints
+and config files, two runs on one --out, a run inside its dataset, damaged pca-stats, a damaged
+feature cache, labelling flags that conflict, out-of-range seeds; nothing half-written left behind.
 
-Each test runs the real CLI in a subprocess on generated inputs with known answers.
+Each test runs the real CLI (in-process, or a subprocess where that is the point) on generated
+inputs with known answers.
 """
 
 from __future__ import annotations
