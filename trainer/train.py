@@ -206,12 +206,10 @@ def run(
     _check_out(data, run_dir)
     why = folder_refusal(run_dir, resume, auto_resume) if env.main else None
     if why:  # said before an hour of hashing; start() decides for good, under the lock
-        if run_dir.is_dir():  # a run writing there now is the better thing to say
-            with _run_lock(run_dir, env):
-                pass
+        if run_dir.is_dir():  # said under the lock: a run writing there now is said instead
+            with _lock(run_dir):
+                raise TrainError(why)
         raise TrainError(why)
-    # a damaged shard, named now; the hashing pass (when due) runs once per host, not per process,
-    # and its clean result is kept beside the run too (shards mounted read-only keep no record)
     host_main = env.local_rank == 0
     # rank 0's host only: on the others the run folder holds nothing but that record, by design,
     # and it must outlive a failed start (a restart after a lost peer would hash again)
@@ -219,6 +217,8 @@ def run(
     try:
         say = (lambda line: print(line, flush=True)) if host_main else None
         keep = hosts.verified_record(run_dir)
+        # a damaged shard, named now; the hashing pass (when due) runs once per host, not per
+        # process, and its clean result is kept beside the run too (read-only shards keep none)
         preflight(data, splits, r.verify_data == "full", hash_files=host_main, say=say, keep=keep)
         hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
         hosts.init_group(env.cuda)
@@ -252,8 +252,13 @@ def _run_lock(run_dir: Path, env: Env) -> Iterator[None]:
         yield
         return
     layout.ensure_dir(run_dir)
-    with layout.NodeLock(run_dir, 0, name=LOCK, who="`alextrain run`", what="--out"):
+    with _lock(run_dir):
         yield
+
+
+def _lock(run_dir: Path) -> layout.NodeLock:
+    """OUT/.alextrain.lock; taken while held elsewhere, it names the holder in its error."""
+    return layout.NodeLock(run_dir, 0, name=LOCK, who="`alextrain run`", what="--out")
 
 
 def _remove_unused(run_dir: Path) -> None:
@@ -261,7 +266,7 @@ def _remove_unused(run_dir: Path) -> None:
     a clean hash pass (a refused or failed start must not leave a folder that looks like a run).
     Under the lock: a run that another process started in it meanwhile is left alone."""
     try:
-        with layout.NodeLock(run_dir, 0, name=LOCK):
+        with _lock(run_dir):
             if {p.name for p in run_dir.iterdir()} <= {LOCK, hosts.VERIFIED_DIR}:
                 shutil.rmtree(run_dir, ignore_errors=True)
     except (layout.LayoutError, OSError):
