@@ -101,36 +101,6 @@ def _kill_all(outs: Path, agents: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-@pytest.mark.slow
-def test_a_killed_peer_is_one_line_on_the_survivor(data, tmp_path):
-    outs, logs = tmp_path / "outs", tmp_path / "logs"
-    script = tmp_path / "rank_out.py"
-    script.write_text(RANK_OUT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ALEXTRAIN_TEST_OUTS": str(outs)}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "--log-dir", logs, "--redirects", "3", script, "--data", data, *long_run(2),
-        "--device", "cpu", "--quiet",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT
-    )
-    try:
-        _wait_for(outs / "rank0" / "config.json")
-        time.sleep(2)  # rank 0 announced the run: both ranks are in the training loop
-        (victim,) = _rank_pids(outs, 1)
-        os.kill(victim, signal.SIGKILL)
-        proc.communicate(timeout=180)
-    finally:
-        _kill_all(outs, [])
-    assert proc.returncode != 0
-    (survivor,) = [p for p in logs.rglob("stderr.log") if p.parent.name == "0"]
-    err = survivor.read_text().strip()
-    assert err.count("\n") == 0 and "Traceback" not in err, err
-    assert err.startswith("alextrain: error: rank 0: rank 1 of this run stopped (Connection"), err
-    assert "--resume" in err
-
-
 @pytest.mark.slow  # eight interpreters that import torch
 def test_a_process_that_read_a_manifest_exits_with_its_own_code(data):
     """Arrow's IO threads may drop a buffer after the interpreter began to exit; one that viewed
@@ -150,12 +120,10 @@ def test_a_process_that_read_a_manifest_exits_with_its_own_code(data):
     assert codes == [2] * 8, codes
 
 
-@pytest.mark.slow  # two torchrun agents, two interpreters that import torch
-def test_the_surviving_host_keeps_its_hash_record_when_its_peer_dies(data, tmp_path):
-    """Two nodes on loopback, each with its own copy of the shards and its own runs folder (as
-    docker/two-node.sh's hosts): node 0 killed, node 1's run fails; its folder holds only its
-    clean-hash record, which must outlive the failure, or its restart hashes again (found by
-    two-node.sh: the failed start's clean-up removed it as an unused folder)."""
+def _two_nodes(data: Path, tmp_path: Path) -> tuple[Path, list[subprocess.Popen]]:
+    """Two torchrun agents on loopback as two hosts (static rendezvous, as docker/two-node.sh),
+    one worker each, each with its own copy of the shards (never verified: hashed at start) and
+    its own runs folder; returns (the runs' parent, the agents) once both are training."""
     import socket
 
     with socket.socket() as s:
@@ -163,27 +131,58 @@ def test_the_surviving_host_keeps_its_hash_record_when_its_peer_dies(data, tmp_p
         port = s.getsockname()[1]
     outs, script = tmp_path / "outs", tmp_path / "rank_out.py"
     script.write_text(RANK_OUT)
-    procs = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ALEXTRAIN_TEST_OUTS": str(outs)}
+    agents = []
     for node in (0, 1):
         shards = tmp_path / f"shards{node}"
-        shutil.copytree(data, shards, ignore=shutil.ignore_patterns("verified.json"))  # hashed at start
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "ALEXTRAIN_TEST_OUTS": str(outs)}
+        shutil.copytree(data, shards, ignore=shutil.ignore_patterns("verified.json"))
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", 2, "--node-rank", node,
             "--nproc-per-node", 1, "--rdzv-backend", "static", "--master-addr", "127.0.0.1",
             "--master-port", port, "--max-restarts", 0, "--log-dir", tmp_path / f"logs{node}",
             "--redirects", 3, script, "--data", shards, *long_run(2), "--device", "cpu", "--quiet",
         ]  # fmt: skip
-        procs.append(subprocess.Popen(list(map(str, cmd)), env=env, cwd=ROOT, start_new_session=True))
+        agents.append(subprocess.Popen(list(map(str, cmd)), env=env, cwd=ROOT, start_new_session=True))
     try:
         _wait_for(outs / "rank0" / "config.json")
-        time.sleep(2)  # both in the training loop
+        time.sleep(2)  # rank 0 announced the run: both ranks are in the training loop
+    except BaseException:
+        _kill_all(outs, agents)
+        raise
+    return outs, agents
+
+
+@pytest.mark.slow  # two torchrun agents, two interpreters that import torch
+def test_a_killed_peer_is_one_line_on_the_survivor(data, tmp_path):
+    """Rank 1's host lost (its worker killed): rank 0's next collective fails, said in one line.
+    (Under one agent, torchrun itself stops the sibling, racing the survivor's message.)"""
+    outs, agents = _two_nodes(data, tmp_path)
+    try:
+        (victim,) = _rank_pids(outs, 1)
+        os.kill(victim, signal.SIGKILL)
+        assert agents[0].wait(timeout=180) != 0
+    finally:
+        _kill_all(outs, agents)
+    (survivor,) = (tmp_path / "logs0").rglob("stderr.log")
+    err = survivor.read_text().strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith("alextrain: error: rank 0: rank 1 of this run stopped (Connection"), err
+    assert "--resume" in err
+
+
+@pytest.mark.slow  # two torchrun agents, two interpreters that import torch
+def test_the_surviving_host_keeps_its_hash_record_when_its_peer_dies(data, tmp_path):
+    """Node 0 killed, node 1's run fails; its folder holds only its clean-hash record, which must
+    outlive the failure, or its restart hashes again (found by two-node.sh: the failed start's
+    clean-up removed it as an unused folder)."""
+    outs, agents = _two_nodes(data, tmp_path)
+    try:
         record = hosts.verified_record(outs / "rank1")
         assert record.is_file()  # node 1 hashed its copy and kept the record beside its run
         (worker,) = _rank_pids(outs, 0)
-        os.killpg(procs[0].pid, signal.SIGKILL)  # host 0 gone: its agent and its worker
+        os.killpg(agents[0].pid, signal.SIGKILL)  # host 0 gone: its agent and its worker
         os.kill(worker, signal.SIGKILL)
-        assert procs[1].wait(timeout=180) != 0
+        assert agents[1].wait(timeout=180) != 0
     finally:
-        _kill_all(outs, procs)
+        _kill_all(outs, agents)
     assert record.is_file(), sorted(p.name for p in (outs / "rank1").glob("*"))
