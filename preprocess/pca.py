@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing as mp
 import os
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shards import layout
+from shards.pool import check_stop, fork_pool
 from shards.reader import DamagedDataError, iter_shard, load_dataset, repair_hint, shard_paths
 from shards.verify import check_structure, read_manifest
 
@@ -78,6 +79,7 @@ def shard_moments(job: tuple[str, int, int]) -> Moments:
     for n, sample in enumerate(iter_shard(Path(tar))):
         if n == limit:
             break
+        check_stop()
         rgb = decode_rgb(sample.jpeg, size)
         if rgb is None:
             raise DamagedDataError(
@@ -152,8 +154,9 @@ def pca_stats(out: Path, workers: int = 0, max_images: int | None = None, progre
     total = Moments.zero(meta["size"])
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     bar = tqdm(total=sum(j[2] for j in jobs), unit="img", disable=not progress, desc="pca-stats")
-    with mp.get_context("fork").Pool(workers, initializer=layout.die_with_parent) as pool:
-        for m in pool.imap_unordered(shard_moments, jobs):
+    with fork_pool(workers) as pool:
+        for done in as_completed([pool.submit(shard_moments, job) for job in jobs]):
+            m = done.result()  # a worker's DamagedDataError is raised here
             total = total + m
             bar.update(m.images)
     bar.close()

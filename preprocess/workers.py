@@ -1,8 +1,9 @@
 """The shard workers: one process writes whole shards (decode, resize, JPEG, tar, index,
 manifest part), so nothing large crosses process boundaries and the parent only counts.
 
-`run` yields results as shards finish; one worker runs inline, more use a forked pool whose
-workers die with their parent (a killed `alexprep shard` leaves no writer behind).
+`run` yields results as shards finish; one worker runs inline, more use `shards.pool`'s forked
+pool: its workers die with their parent (a killed `alexprep shard` leaves no writer behind) and
+stop at the next image when the run ends early (Ctrl-C, a reject under --strict).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import cv2
 from preprocess.image import RejectedImage, process_file
 from preprocess.walk import clean_name
 from shards import layout
+from shards.pool import check_stop, fork_pool
 from shards.writer import ShardWriter
 
 
@@ -56,11 +59,6 @@ def _init_worker(counter) -> None:  # noqa: ANN001 (a multiprocessing.Value)
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
 
 
-def _init_pool_worker(counter) -> None:  # noqa: ANN001
-    layout.die_with_parent()
-    _init_worker(counter)
-
-
 def write_shard(task: ShardTask) -> ShardResult:
     """Decode, resize and store every input of one shard, then commit it (in a worker).
 
@@ -77,6 +75,7 @@ def _write_shard(task: ShardTask) -> ShardResult:
     writer = ShardWriter(task.out, task.split, task.index)
     try:
         for key, path, label, reason in task.items:
+            check_stop()
             name = clean_name(path)
             try:
                 if reason is not None:
@@ -109,12 +108,11 @@ def run(tasks: list[ShardTask], workers: int) -> Iterator[ShardResult | None]:
         for t in tasks:
             yield write_shard(t)
         return
-    with ctx.Pool(min(workers, len(tasks)) or 1, initializer=_init_pool_worker, initargs=(counter,)) as pool:
-        pending = pool.imap_unordered(write_shard, tasks)
-        for _ in tasks:
-            while True:
-                try:
-                    yield pending.next(timeout=0.25)
-                    break
-                except mp.TimeoutError:
-                    yield None  # a tick, so the caller can refresh its progress bar
+    with fork_pool(min(workers, len(tasks)) or 1, _init_worker, (counter,)) as pool:
+        pending = {pool.submit(write_shard, t) for t in tasks}
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            for shard in done:
+                yield shard.result()  # a worker's error (ShardError under --strict) is raised here
+            if not done:
+                yield None  # a tick, so the caller can refresh its progress bar

@@ -300,22 +300,6 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def die_with_parent() -> None:
-    """In a pool worker: be killed when the parent dies (Linux), so `kill -9` of a run leaves no
-    orphan workers still writing into OUT while a re-run starts. Elsewhere a no-op."""
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the call: nothing will signal us
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class NodeLock:
     """One writer per OUT and node: `flock` on OUT/.alexprep-node<R>.lock, released on exit or death.
 

@@ -15,7 +15,6 @@ asked or when verified.json does not vouch for the current files.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
 import tarfile
 import time
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from shards import layout
 from shards.index import INDEX_VERSION, read_index
+from shards.pool import check_stop, fork_pool
 from shards.reader import DamagedDataError, DatasetError, load_classes, load_dataset
 from shards.writer import sample_json
 
@@ -239,6 +239,7 @@ def check_shard(job: tuple[str, int, dict[str, tuple[str, int, bytes]]]) -> tupl
             )
     keys = {n.split(".", 1)[0] for n in members}
     for key in sorted(keys | set(expected)):
+        check_stop()
         if key not in expected:
             problems.append(f"{name}: {key}: in the tar but not in the manifest")
             continue
@@ -333,13 +334,12 @@ def verify(out: Path, workers: int = 1, progress: bool = True) -> list[str]:
             jobs.append((str(tar), meta["size"], by_shard.get(tar.name, {})))
             if tar.stem in records:
                 hashed.append((tar, records[tar.stem]))
-    ctx = mp.get_context("fork")
-    with ctx.Pool(max(1, workers)) as pool:
-        results = pool.imap(check_shard, jobs)
+    with fork_pool(workers) as pool:
+        results = pool.map(check_shard, jobs)
         for _, found in tqdm(results, total=len(jobs), unit="shard", disable=not progress, desc="verify"):
             problems.extend(found)
         named = {p.split(":", 1)[0] for p in problems}
-        for why in pool.imap(_hash_job, hashed):
+        for why in pool.map(_hash_job, hashed):
             if why and why.split(":", 1)[0] not in named:  # e.g. a tar header: no member shows it
                 problems.append(why)
     if not problems and before is not None and before == _stamps_or_none(out, meta, splits):
