@@ -68,7 +68,9 @@ def _session_processes(sid: int) -> list[int]:
     return found
 
 
-def test_ctrl_c_of_shard_with_workers_is_prompt_and_a_rerun_completes(imagenet_shards, imagenet_labels, tmp_path):
+def test_ctrl_c_of_shard_with_workers_is_prompt_and_a_rerun_completes(
+    imagenet_shards, imagenet_labels, tmp_path
+):
     out = tmp_path / "out"
     args = ["--labels", imagenet_labels, "--shard-size", 256, "--workers", 2, "--quiet"]
     proc = subprocess.Popen(
