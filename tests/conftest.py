@@ -40,8 +40,13 @@ def _cli(module: str, args: tuple, check: bool) -> subprocess.CompletedProcess:
     return proc
 
 
-def alexprep(*args: object, check: bool = True) -> subprocess.CompletedProcess:
-    return _cli("preprocess.cli", args, check)
+def alexprep(*args: object, check: bool = True, real_process: bool = False) -> CompletedProcess:
+    """`alexprep ARGS`, in this process as `alextrain` is (a fresh interpreter costs ~0.7 s of
+    imports per call), or as a real process where that is the point (signals, locks held by
+    another process, what a fresh interpreter imports)."""
+    if real_process:
+        return _cli("preprocess.cli", args, check)
+    return _in_process("preprocess.cli", args, check)
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +72,18 @@ def imagenet_with_stats(imagenet_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("imagenet-stats") / "shards"
     shutil.copytree(imagenet_shards, out)
     alexprep("pca-stats", out, "--quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def imagenet_64(tmp_path_factory) -> Path:
+    """The first 64 real ImageNet samples (one per class) at 256 px in one shard, with pca-stats:
+    the fast tier's real photographs (all 1,000 take ~5 s: `imagenet_with_stats`, slow tier)."""
+    tmp = tmp_path_factory.mktemp("imagenet-64")
+    labels = write_labels(tmp / "labels.csv", imagenet_files()[:64])
+    out = tmp / "shards"
+    alexprep("shard", IMAGENET, out, "--labels", labels, "--shard-size", 64, "--workers", 1, "--quiet")
+    alexprep("pca-stats", out, "--workers", 1, "--quiet")
     return out
 
 
@@ -158,13 +175,59 @@ def cifar_run(cifar_ready, tmp_path_factory) -> Path:
     return run
 
 
-# Fixtures that cost minutes on 2 cores: all of CIFAR-10 extracted and sharded (60,000 images),
-# and a training epoch on it. A test that needs one is in the slow tier whatever its own cost.
-SLOW_FIXTURES = {"cifar_root", "cifar_shards", "cifar_ready", "cifar_run"}
+CIFAR_TINY = {"train": 24, "test": 8}  # images per class and split
+
+
+@pytest.fixture(scope="session")
+def cifar_tiny_src(tmp_path_factory) -> Path:
+    """The first CIFAR_TINY images of each CIFAR-10 class, streamed from the archive (not all
+    60,000): real photographs, few enough for seconds per training run."""
+    if not CIFAR_TGZ.is_file():
+        pytest.skip(f"{CIFAR_TGZ} not present")
+    src = tmp_path_factory.mktemp("cifar-tiny") / "src"
+    with tarfile.open(CIFAR_TGZ) as tf:
+        for m in tf:
+            parts = Path(m.name).parts  # cifar10/<split>/<class>/0123.jpg
+            if m.isfile() and len(parts) == 4 and int(parts[3][:4]) < CIFAR_TINY.get(parts[1], 0):
+                dest = src.joinpath(*parts[1:])
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tf.extractfile(m).read())
+    return src
+
+
+def shard_with_stats(src: Path, out: Path) -> Path:
+    alexprep("shard", src, out, "--size", 32, "--shard-size", 60, "--quiet")
+    alexprep("pca-stats", out, "--quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def cifar_tiny(cifar_tiny_src, tmp_path_factory) -> Path:
+    """`cifar_tiny_src` (train + test) at 32 px in shards of 60, with pca-stats."""
+    return shard_with_stats(cifar_tiny_src, tmp_path_factory.mktemp("cifar-tiny") / "shards")
+
+
+@pytest.fixture(scope="session")
+def cifar_tiny_train_only(cifar_tiny_src, tmp_path_factory) -> Path:
+    """The same without a held-out split."""
+    import shutil
+
+    src = tmp_path_factory.mktemp("cifar-tiny-train") / "src"
+    shutil.copytree(cifar_tiny_src / "train", src / "train")
+    return shard_with_stats(src, src.parent / "shards")
+
+
+# Fixtures that cost seconds to minutes on 2 cores: all 1,000 ImageNet samples at 256 px, all of
+# CIFAR-10 extracted and sharded (60,000 images), and the trained runs (a test that needs a
+# trained model trains). A test that needs one is in the slow tier whatever its own cost.
+SLOW_FIXTURES = {
+    *("imagenet_shards", "imagenet_with_stats", "cifar_root", "cifar_shards", "cifar_ready"),
+    *("cifar_run", "demo_run", "tiny_run", "trained"),
+}
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
-    """Mark tests using SLOW_FIXTURES `slow`, so `pytest -m "not slow"` stays about a minute."""
+    """Mark tests using SLOW_FIXTURES `slow`, so `pytest -m "not slow"` stays under a minute."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -126,6 +126,7 @@ def test_help_is_fast_and_imports_no_torch():
     assert cpu < 1.0, cpu  # ~0.2 s; importing torch alone costs more than 1 s (CPU time: load-proof)
 
 
+@pytest.mark.slow  # a second pytest collecting everything
 def test_plain_pytest_collects(tmp_path):
     """`pytest` (the console script, not `python -m pytest`) finds the packages: pythonpath = ["."]."""
     root = Path(__file__).resolve().parents[1]
@@ -387,6 +388,7 @@ def test_neighbors_cache_follows_the_checkpoints_content(tiny, tiny_run, tmp_pat
 # ---- packaging: optional extras say what to install --------------------------------------------
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_missing_extras_are_one_line_errors(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()

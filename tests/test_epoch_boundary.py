@@ -53,7 +53,7 @@ def _same(a: list, b: list) -> bool:
     )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["dali", pytest.param("reference", marks=pytest.mark.slow)])
 def test_epochs_started_ahead_are_the_epochs_built_on_demand(shards, backend):
     for rank, world in ((0, 1), (1, 2)):
         ahead = TrainLoader(shards, *_opt(backend, rank=rank, world=world))
@@ -81,6 +81,7 @@ def _live_pipelines() -> int:
     return sum(issubclass(type(o), Pipeline) for o in gc.get_objects())
 
 
+@pytest.mark.slow  # four epochs of DALI pipelines
 def test_at_most_one_training_pipeline_beyond_the_current_is_alive(shards):
     before = _live_pipelines()
     loader = TrainLoader(shards, *_opt("dali"), epochs=4)

@@ -39,6 +39,7 @@ def _ascii_locale(*args: object) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # fresh interpreters under LC_ALL=C
 def test_non_ascii_names_under_an_ascii_locale(tmp_path):
     src = make_source(tmp_path / "sourcé", train=4, val=1)  # a non-ASCII SRC, class and OUT
     (src / "train" / "c0").rename(src / "train" / "caté")

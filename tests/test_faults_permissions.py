@@ -67,6 +67,7 @@ def test_pca_stats_on_a_read_only_dataset_fails_before_the_pass(data):
     one_line(proc, f"{data}: permission denied: make it writable by this user")
 
 
+@pytest.mark.slow  # real processes as another user
 @pytest.mark.parametrize("which", ["tar", "idx"])
 def test_an_unreadable_shard_is_a_permission_problem_not_damage(world, data, which):
     mine = world / f"unreadable-{which}"
@@ -91,6 +92,7 @@ def test_an_unreadable_shard_is_a_permission_problem_not_damage(world, data, whi
     one_line(proc, f"{shard}: not readable by this user")
 
 
+@pytest.mark.slow  # real processes as another user
 def test_neighbors_works_without_its_cache_where_it_cannot_write(world, data):
     run = world / "ro-run"
     run.mkdir()

@@ -56,6 +56,7 @@ def _read(data: Path, mmap: bool) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a real training process
 def test_without_mmap_a_shard_truncated_under_the_reader_is_an_error_naming_it(data):
     proc = _read(data, mmap=False)
     assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
@@ -64,6 +65,7 @@ def test_without_mmap_a_shard_truncated_under_the_reader_is_an_error_naming_it(d
     assert "train-00000" in line and "outside of the archive file" in line  # the shard, and why
 
 
+@pytest.mark.slow  # a real training process
 def test_with_mmap_the_same_truncation_is_a_bus_error(data):
     # why --no-mmap exists: the default (mapped, fastest on a local disk) cannot survive this
     proc = _read(data, mmap=True)

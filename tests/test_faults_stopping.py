@@ -47,6 +47,7 @@ def _wait_for(path: Path, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # a real training process and its signals
 @pytest.mark.parametrize("gap", [0.01, 0.3])
 def test_ctrl_c_twice_is_one_line_not_an_atexit_traceback(data, tmp_path, gap):
     run = tmp_path / "run"

@@ -99,6 +99,7 @@ def test_lighting_scale_div_without_lighting_is_refused_before_any_work(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # the full-size net at 224 and 227
 def test_the_default_config_builds_a_model_for_its_own_input_size():
     from trainer.model import build_model
 

@@ -73,6 +73,7 @@ def test_the_gpu_check_dry_run_prints_every_row(toy, tmp_path):
     assert "ok: resuming at epoch 0 step 2" in run  # killed after step 3, resumed from step 2's checkpoint
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_a_missing_module_is_named_in_one_line_before_any_work(toy, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     code = (

@@ -480,6 +480,7 @@ def test_temporary_files_are_exclusive_and_never_followed(tmp_path):
     assert target.read_text() == "keep" and json.loads(final.read_text()) == {"a": 1}
 
 
+@pytest.mark.slow  # two real shard processes
 def test_two_concurrent_runs_one_is_refused_and_the_result_is_intact(tmp_path):
     labels = write_labels(tmp_path / "labels.csv", imagenet_files()[:300])
     out = tmp_path / "out"

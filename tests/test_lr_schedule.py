@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import alextrain
-from tests.test_resume import _tiny
 from trainer.optim import PlateauSchedule, describe_drop
 
 
@@ -43,17 +41,12 @@ def test_a_restored_schedule_drops_where_an_uninterrupted_one_does():
     assert resumed.last_drop == straight.last_drop and resumed.last_drop["val_errs_since_best"] == [0.45] * 3
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return _tiny(tmp_path_factory.mktemp("schedule-tiny") / "shards", ("train", "test"))
-
-
 @pytest.mark.slow  # ~20 s on 2 cores
-def test_the_metrics_row_and_the_epoch_line_say_why_the_lr_dropped(tiny, tmp_path):
+def test_the_metrics_row_and_the_epoch_line_say_why_the_lr_dropped(cifar_tiny, tmp_path):
     """An lr too small to change a float32 weight: the val error repeats exactly, so with
     patience 1 the plateau rule drops at the second epoch."""
     proc = alextrain(
-        *("run", "--data", tiny, "--out", tmp_path, "--arch", "cifar", "--crop", 32, "--epochs", 2),
+        *("run", "--data", cifar_tiny, "--out", tmp_path, "--arch", "cifar", "--crop", 32, "--epochs", 2),
         *("--steps-per-epoch", 1, "--patience", 1, "--lr", "1e-12", "--num-threads", 2),
     )
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

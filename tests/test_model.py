@@ -339,6 +339,7 @@ def _grouped_reference(model: AlexNet) -> nn.Module:
     )
 
 
+@pytest.mark.slow  # the full-size net, forward and backward
 def test_two_towers_equal_the_grouped_single_device_model():
     torch.manual_seed(0)
     model = AlexNet(ModelConfig(num_classes=20, dropout=0.0))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -18,20 +17,15 @@ from click.testing import CliRunner
 from shards import layout
 from shards.verify import preflight
 from tests.conftest import opts
-from tests.test_resume import _args, _rows, _tiny, _torchrun
+from tests.test_resume import _args, _rows, _torchrun
 from trainer import hosts
 from trainer.cli import main as cli_main
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return _tiny(tmp_path_factory.mktemp("tiny") / "shards", ("train", "test"))
-
-
 @pytest.mark.slow
-def test_resume_on_a_host_without_the_run_takes_rank_0s_settings(tiny, tmp_path):
+def test_resume_on_a_host_without_the_run_takes_rank_0s_settings(cifar_tiny, tmp_path):
     outs = tmp_path / "outs"
-    first = _torchrun(tmp_path, outs, _args(tiny, "--lr", "0.02", epochs=1))
+    first = _torchrun(tmp_path, outs, _args(cifar_tiny, "--lr", "0.02", epochs=1))
     assert first.returncode == 0, first.stderr
     # the shard check is settled before the process group, its wait sized and said
     assert "shards checked; waiting up to 600 s for all 2 processes" in first.stdout
@@ -49,33 +43,33 @@ def test_resume_on_a_host_without_the_run_takes_rank_0s_settings(tiny, tmp_path)
     assert other.returncode != 0 and "rank 1 disagrees with rank 0 on: lr" in other.stderr, other.stderr
 
 
-def test_a_clean_hash_pass_is_kept_with_the_run(tiny, tmp_path):
+def test_a_clean_hash_pass_is_kept_with_the_run(demo_data, tmp_path):
     data = tmp_path / "shards"
-    shutil.copytree(tiny, data)
+    shutil.copytree(demo_data / "shards", data)
     (data / layout.VERIFIED_JSON).unlink(missing_ok=True)
     keep = hosts.verified_record(tmp_path / "run")
     said: list[str] = []
-    preflight(data, ["train", "test"], say=said.append, keep=keep)
+    preflight(data, ["train", "val"], say=said.append, keep=keep)
     assert len(said) == 1 and "against their SHA-256" in said[0] and keep.is_file()
     # shards mounted read-only keep no verified.json: the record beside the run vouches alone
     (data / layout.VERIFIED_JSON).unlink()
-    preflight(data, ["train", "test"], say=said.append, keep=keep)
+    preflight(data, ["train", "val"], say=said.append, keep=keep)
     assert len(said) == 1
     # a shard touched since: the record no longer vouches, the next start hashes again
     tar = layout.tar_path(data, "train", 0)
     os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 1))
-    preflight(data, ["train", "test"], say=said.append, keep=keep)
+    preflight(data, ["train", "val"], say=said.append, keep=keep)
     assert len(said) == 2
 
 
-def test_device_cuda_without_a_usable_gpu_stops_naming_why(tiny, tmp_path):
+def test_device_cuda_without_a_usable_gpu_stops_naming_why(demo_data, tmp_path):
     pytest.importorskip("torch")
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
     result = CliRunner().invoke(
-        cli_main, ["run", "--data", str(tiny), "--out", str(tmp_path / "run"), "--device", "cuda"]
+        cli_main, ["run", "--data", str(demo_data), "--out", str(tmp_path / "run"), "--device", "cuda"]
     )
     assert result.exit_code == 2
     line = result.output.strip()
@@ -83,14 +77,16 @@ def test_device_cuda_without_a_usable_gpu_stops_naming_why(tiny, tmp_path):
     assert "nvidia-smi" in line and "--device cpu" in line and not (tmp_path / "run").exists()
 
 
-def test_plain_reads_give_the_same_batches_as_mapped_tars(tiny):
+def test_plain_reads_give_the_same_batches_as_mapped_tars(demo_data):
     pytest.importorskip("nvidia.dali")
     import torch
 
     from pipeline.loader import TrainLoader
 
     def first_batch(mmap: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = TrainLoader(tiny, *opts(batch_size=16, num_threads=1, crop=32, backend="dali", mmap=mmap))
+        loader = TrainLoader(
+            demo_data / "shards", *opts(batch_size=16, num_threads=1, crop=32, backend="dali", mmap=mmap)
+        )
         x, y = next(iter(loader.epoch(0)))
         return x.clone(), y.clone()
 

@@ -24,6 +24,10 @@ from pipeline.loader import EvalLoader, TrainLoader, parse_labels
 from shards.reader import DatasetError, iter_shard, shard_paths
 from tests.conftest import alexprep, opts
 
+# the reference loader forks DataLoader workers for every loader a test builds: where a test
+# builds dozens, its reference case is in the slow tier (CI runs both backends)
+REFERENCE_SLOW = pytest.param("reference", marks=pytest.mark.slow)
+
 
 def _jpegs_by_label(out: Path) -> dict[int, bytes]:
     return {s.label: s.jpeg for t in shard_paths(out, "train") for s in iter_shard(t)}
@@ -58,9 +62,9 @@ class Draws:
         ("mean-image", 1.1, False),
     ],
 )
-def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, div, host):
+def test_train_batch_equals_numpy_by_hand(imagenet_64, normalization, div, host):
     # host: the CPU graph (mean image subtracted in torch); not host: the GPU graph, run on the CPU
-    out, batch = imagenet_with_stats, 16
+    out, batch = imagenet_64, 16
     draws = Draws(batch, 256, 224)
     opt = opts(batch_size=batch, num_threads=2, normalization=normalization, lighting_scale_div=div)
     loader = TrainLoader(out, *opt, draws=draws)
@@ -85,6 +89,7 @@ def test_train_batch_equals_numpy_by_hand(imagenet_with_stats, normalization, di
         np.testing.assert_allclose(x[i].numpy(), expected, atol=1e-3, rtol=0)
 
 
+@pytest.mark.slow  # two epochs of the 1,000 ImageNet images
 def test_cpu_batches_own_their_memory(imagenet_with_stats):
     # The CPU graph yields DALI's own output buffers (no copy): a batch kept by the caller must
     # not change while the pipeline goes on producing, within the epoch and into the next one.
@@ -100,11 +105,11 @@ def test_cpu_batches_own_their_memory(imagenet_with_stats):
         assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
-def test_reference_decode_matches_dali_decode_bit_for_bit(imagenet_with_stats):
+def test_reference_decode_matches_dali_decode_bit_for_bit(imagenet_64):
     # The oracle above decodes with OpenCV; DALI's CPU decoder must agree exactly for it to hold.
     from nvidia.dali import fn, pipeline_def, types
 
-    jpegs = list(_jpegs_by_label(imagenet_with_stats).values())[:8]
+    jpegs = list(_jpegs_by_label(imagenet_64).values())[:8]
 
     @pipeline_def(batch_size=8, num_threads=1, device_id=None)
     def decode():
@@ -152,6 +157,7 @@ def gray_shards(tmp_path_factory) -> Path:
     return root / "out"
 
 
+@pytest.mark.slow  # thousands of samples for a covariance
 @pytest.mark.parametrize("convention", ["cuda-convnet", "fbresnet", "paper", "off"])
 def test_lighting_noise_has_the_intended_covariance(gray_shards, convention):
     eigvec = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
@@ -178,7 +184,7 @@ def test_lighting_noise_has_the_intended_covariance(gray_shards, convention):
         np.testing.assert_allclose(np.std(shifts @ eigvec[:, 0]), 2.0, rtol=0.1)
 
 
-@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("backend", [pytest.param("dali", marks=pytest.mark.slow), "reference"])
 def test_ten_crop_geometry(tmp_path, backend):
     # pixel (x, y) holds R = x, G = y: the crop origins can be read off the output
     yy, xx = np.mgrid[0:256, 0:256]
@@ -213,7 +219,7 @@ def unique_label_shards(tmp_path_factory) -> Path:
     return root / "out"
 
 
-@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("backend", ["dali", REFERENCE_SLOW])  # one DataLoader per rank x batch
 def test_eval_epoch_sees_every_sample_exactly_once(unique_label_shards, backend):
     for world in (1, 2, 3, 4):
         for batch in (1, 3, 5, 8):
@@ -226,6 +232,7 @@ def test_eval_epoch_sees_every_sample_exactly_once(unique_label_shards, backend)
             assert sorted(seen) == list(range(37)), (backend, world, batch)
 
 
+@pytest.mark.slow  # 24 loader epochs per backend
 @pytest.mark.parametrize("backend", ["dali", "reference"])
 def test_ranks_read_disjoint_parts_that_cover_the_split(unique_label_shards, backend):
     for world in (1, 2, 3):
@@ -261,7 +268,7 @@ def test_clear_errors_for_missing_stats_and_index(unique_label_shards, tmp_path)
         EvalLoader(out, *opts(batch_size=2, crop=12, normalization="channel", lighting="off"), split="train")
 
 
-@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("backend", ["dali", REFERENCE_SLOW])
 def test_resume_mid_epoch_yields_the_tail_of_the_full_epoch(unique_label_shards, backend):
     for rank, world in ((0, 1), (1, 2)):
         opt = opts(batch_size=3, num_threads=2, crop=12, backend=backend, rank=rank, world=world)
@@ -294,7 +301,7 @@ def test_cuda_convnet_divides_the_noisy_training_image_by_1_1(unique_label_shard
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])
 @pytest.mark.parametrize("normalization", ["mean-image", "channel"])
-def test_one_user_image_is_what_the_eval_loader_sees(imagenet_with_stats, tmp_path, backend, normalization):
+def test_one_user_image_is_what_the_eval_loader_sees(imagenet_64, tmp_path, backend, normalization):
     from pipeline.single import UnusableImage, image_input
     from tests.conftest import IMAGENET
 
@@ -305,7 +312,7 @@ def test_one_user_image_is_what_the_eval_loader_sees(imagenet_with_stats, tmp_pa
     out = tmp_path / "out"
     alexprep("shard", tmp_path / "src", out, "--label-from-name", "--split", "val", "--quiet")
     for f in ("stats.json", "mean_image.npy"):
-        shutil.copy(imagenet_with_stats / f, out / f)
+        shutil.copy(imagenet_64 / f, out / f)
     stats = load_stats(out)
     opt = opts(batch_size=3, num_threads=1, backend=backend, normalization=normalization)
     (x, y), *_ = EvalLoader(out, *opt, split="val", ten_crop=True)

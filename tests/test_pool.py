@@ -68,6 +68,7 @@ def _session_processes(sid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # a real shard run of 1,000 images, twice
 def test_ctrl_c_of_shard_with_workers_is_prompt_and_a_rerun_completes(
     imagenet_shards, imagenet_labels, tmp_path
 ):

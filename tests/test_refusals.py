@@ -156,6 +156,7 @@ def test_init_from_a_malformed_checkpoint_is_one_line(tiny_data, tmp_path, conte
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # fresh interpreters, one per refused --config
 def test_config_that_is_a_device_a_fifo_or_huge_is_refused_without_reading(tiny_data, tmp_path):
     fifo = tmp_path / "c.toml"
     os.mkfifo(fifo)  # reading it would block forever
@@ -189,6 +190,7 @@ def test_kernels_of_a_checkpoint_without_tensors_is_one_line(tmp_path, weights):
     assert not (tmp_path / "k.png").exists()
 
 
+@pytest.mark.slow  # two real training processes
 def test_two_runs_on_one_out_at_once_one_is_refused_and_each_epoch_is_listed_once(tiny_data, tmp_path):
     out = tmp_path / "run"
     args = ["--data", tiny_data, "--out", out, "--arch", "cifar", "--global-batch", 3]

@@ -13,52 +13,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import CIFAR_TGZ, alexprep, alextrain
+from tests.conftest import alextrain
 from trainer import checkpoint
 from trainer.cli import main as cli_main
 from trainer.config import TrainConfig
 from trainer.faults import DIE_ENV
-
-PER_CLASS = {"train": 24, "test": 8}
-
-
-def _tiny(out: Path, splits: tuple[str, ...]) -> Path:
-    """The first PER_CLASS images of each class, streamed from the archive (not all 60,000)."""
-    if not CIFAR_TGZ.is_file():
-        pytest.skip(f"{CIFAR_TGZ} not present")
-    src = out.parent / "src"
-    with tarfile.open(CIFAR_TGZ) as tf:
-        for m in tf:
-            parts = Path(m.name).parts  # cifar10/<split>/<class>/0123.jpg
-            if (
-                m.isfile()
-                and len(parts) == 4
-                and parts[1] in splits
-                and int(parts[3][:4]) < PER_CLASS[parts[1]]
-            ):
-                dest = src.joinpath(*parts[1:])
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tf.extractfile(m).read())
-    alexprep("shard", src, out, "--size", 32, "--shard-size", 60, "--quiet")
-    alexprep("pca-stats", out, "--quiet")
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Path:
-    return _tiny(tmp_path_factory.mktemp("tiny") / "shards", ("train", "test"))
-
-
-@pytest.fixture(scope="session")
-def tiny_train_only(tmp_path_factory) -> Path:
-    return _tiny(tmp_path_factory.mktemp("tiny-train") / "shards", ("train",))
 
 
 def _args(
@@ -92,14 +57,14 @@ def _rows(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def straight(tiny, tmp_path_factory):
+def straight(cifar_tiny, tmp_path_factory):
     """Uninterrupted runs by loader: 2 epochs of 5 steps, a checkpoint every 2 steps, 3 kept."""
     runs: dict[str, Path] = {}
 
     def get(loader: str = "dali") -> Path:
         if loader not in runs:
             out = tmp_path_factory.mktemp(f"straight-{loader}") / "run"
-            proc = alextrain("run", "--out", out, *_args(tiny, "--keep", 3, loader=loader))
+            proc = alextrain("run", "--out", out, *_args(cifar_tiny, "--keep", 3, loader=loader))
             assert "global batch 16 (16 per process x 1)" in proc.stdout
             assert "lr 0.01 (/10 on plateaus of 'test' error, at most 3 times)" in proc.stdout
             runs[loader] = out
@@ -110,9 +75,9 @@ def straight(tiny, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loader", ["dali", "reference"])
-def test_kill_mid_epoch_and_resume_is_bit_exact(straight, tiny, tmp_path, loader):
+def test_kill_mid_epoch_and_resume_is_bit_exact(straight, cifar_tiny, tmp_path, loader):
     straight_run = straight(loader)
-    args = _args(tiny, "--keep", 3, loader=loader)
+    args = _args(cifar_tiny, "--keep", 3, loader=loader)
     killed = tmp_path / "killed"
     proc = _die_at("step:7", killed, args)  # epoch 1, step 2 of 5; the last checkpoint is at step 6
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -145,9 +110,9 @@ def test_keeps_best_and_the_newest_n(straight):
 
 
 @pytest.mark.slow
-def test_kill_during_the_first_checkpoint_write_lists_each_epoch_once(straight, tiny, tmp_path):
+def test_kill_during_the_first_checkpoint_write_lists_each_epoch_once(straight, cifar_tiny, tmp_path):
     straight_run = straight()
-    args = _args(tiny, "--keep", 3, every=None)
+    args = _args(cifar_tiny, "--keep", 3, every=None)
     out = tmp_path / "run"
     proc = _die_at("save:1", out, args)  # the first save: epoch 0's end
     assert proc.returncode == -signal.SIGKILL
@@ -160,12 +125,12 @@ def test_kill_during_the_first_checkpoint_write_lists_each_epoch_once(straight, 
 
 
 @pytest.mark.slow
-def test_resume_refuses_other_settings_but_extends_epochs(straight, tiny, tmp_path):
+def test_resume_refuses_other_settings_but_extends_epochs(straight, cifar_tiny, tmp_path):
     straight_run = straight()
     run = tmp_path / "run"
     shutil.copytree(straight_run, run)
     config = (run / "config.json").read_text()
-    args = _args(tiny)
+    args = _args(cifar_tiny)
     code, err = _cli("--out", run, *args, "--resume", "--lr", 0.02, "--activation", "tanh")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "lr (checkpoint 0.01, now 0.02)" in err and "activation (checkpoint 'relu', now 'tanh')" in err
@@ -179,7 +144,7 @@ def test_resume_refuses_other_settings_but_extends_epochs(straight, tiny, tmp_pa
 
 
 @pytest.mark.slow
-def test_malformed_checkpoints_are_refused_clearly(straight, tiny, tmp_path):
+def test_malformed_checkpoints_are_refused_clearly(straight, cifar_tiny, tmp_path):
     straight_run = straight()
     good = torch.load(straight_run / "last.pt", weights_only=True)
     fc = next(k for k in good["model"] if k.startswith("fc") and k.endswith("weight"))
@@ -192,10 +157,10 @@ def test_malformed_checkpoints_are_refused_clearly(straight, tiny, tmp_path):
         run = tmp_path / message.replace(" ", "-")
         shutil.copytree(straight_run, run)
         checkpoint.save(run / "last.pt", state)
-        code, err = _cli("--out", run, *_args(tiny), "--resume")
+        code, err = _cli("--out", run, *_args(cifar_tiny), "--resume")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     (run / "last.pt").write_bytes(b"not a checkpoint")
-    code, err = _cli("--out", run, *_args(tiny), "--resume")
+    code, err = _cli("--out", run, *_args(cifar_tiny), "--resume")
     assert code == 2 and "not a readable checkpoint" in err
 
 
@@ -204,12 +169,12 @@ def _cli(*args: object) -> tuple[int, str]:
     return result.exit_code, result.stderr
 
 
-def test_settings_are_refused_up_front_with_the_key_named(tiny, tmp_path):
+def test_settings_are_refused_up_front_with_the_key_named(demo_data, tmp_path):
     toml = tmp_path / "c.toml"
     listy = tmp_path / "l.json"
     listy.write_text("[1, 2]")
     out = tmp_path / "never"
-    base = ["--data", tiny, "--out", out]
+    base = ["--data", demo_data / "shards", "--out", out]
     cases = [
         (["--crop", 0], "--crop (crop) = 0"),
         (["--crop", -8], "--crop (crop) = -8"),
@@ -255,8 +220,8 @@ def test_settings_are_refused_up_front_with_the_key_named(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_without_a_val_split_only_a_fixed_step_schedule_runs(tiny_train_only, tmp_path):
-    args = ["--data", tiny_train_only, "--arch", "cifar", "--steps-per-epoch", 2, "--global-batch", 16]
+def test_without_a_val_split_only_a_fixed_step_schedule_runs(cifar_tiny_train_only, tmp_path):
+    args = ["--data", cifar_tiny_train_only, "--arch", "cifar", "--steps-per-epoch", 2, "--global-batch", 16]
     args += ["--num-threads", 1, "--epochs", 2, "--quiet"]
     code, err = _cli("--out", tmp_path / "plateau", *args)
     assert code == 2 and "no val, validation or test split" in err and "--schedule step" in err
@@ -298,8 +263,8 @@ def _torchrun(tmp: Path, outs: Path, args: list[str], **env: str) -> subprocess.
 
 
 @pytest.mark.slow
-def test_torchrun_resume_comes_from_rank_0_alone(tiny, tmp_path):
-    args = _args(tiny, epochs=2)
+def test_torchrun_resume_comes_from_rank_0_alone(cifar_tiny, tmp_path):
+    args = _args(cifar_tiny, epochs=2)
     straight = _torchrun(tmp_path, tmp_path / "straight", args)
     assert straight.returncode == 0, straight.stderr
     assert "global batch 16 (8 per process x 2)" in straight.stdout
@@ -375,9 +340,9 @@ def test_steps_never_wait_for_the_device_and_resume_in_process_is_exact(tmp_path
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
-def test_a_damaged_shard_is_named_before_training(tiny, tmp_path, mode):
+def test_a_damaged_shard_is_named_before_training(demo_data, tmp_path, mode):
     data = tmp_path / "data"
-    shutil.copytree(tiny, data)
+    shutil.copytree(demo_data / "shards", data)
     tar = data / "train" / "train-000001.tar"
     blob = bytearray(tar.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # one flipped byte inside a stored JPEG, the size unchanged

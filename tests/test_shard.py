@@ -132,6 +132,7 @@ def test_index_matches_dalis_wds2idx(imagenet_shards, tmp_path):
     assert (tmp_path / "ref.idx").read_bytes() == tar.with_suffix(".idx").read_bytes()
 
 
+@pytest.mark.slow  # shards a full ILSVRC-shaped tree
 def test_ilsvrc_tree_with_flat_val_and_loc_csv(tmp_path):
     names = imagenet_files()
     src = tmp_path / "ILSVRC2012"
