@@ -15,6 +15,7 @@ part's Parquet metadata, and from there into dataset.json, so a later check (`pr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -164,11 +165,12 @@ class ShardWriter:
         layout.write_atomic(self.part, sink.getvalue().to_pybytes())
 
     def abort(self) -> None:
-        try:
-            self._tarstream.close()
-            self._file.close()
-        finally:
-            self._tmp.unlink(missing_ok=True)
+        """Drop the shard: its temporary file is closed and removed whatever fails on the way (on
+        a full disk the tar's closing blocks fail too; the error being handled is the one to say)."""
+        for close in (self._tarstream.close, self._file.close):
+            with contextlib.suppress(OSError):
+                close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def shard_record(part: Path) -> dict | None:

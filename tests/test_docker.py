@@ -293,6 +293,7 @@ def test_entrypoint_names_an_unwritable_folder(tmp_path):
         assert "UID" in proc.stderr and "GID" in proc.stderr
 
 
+@pytest.mark.slow  # waits out a real restart delay
 def test_a_restarted_container_waits_before_torchrun(tmp_path):
     """The restart policy starts the same container again (its /tmp kept): that start waits
     ALEX_RESTART_DELAY, so every host's old torchrun (and node 0's old store) is gone first."""

@@ -100,6 +100,7 @@ def test_a_new_mean_image_beside_an_old_stats_json_is_refused(data, tmp_path):
         load_stats(out)
 
 
+@pytest.mark.slow  # trains a run
 def test_a_full_disk_at_the_first_checkpoint_lists_no_epoch(small_disk, data):
     run = small_disk / "run"
     fill(small_disk, 40_000)  # config.json and the lock fit; the 640 KiB checkpoint does not
@@ -133,3 +134,18 @@ def test_small_outputs_on_a_full_disk_are_one_line(small_disk, data, tmp_path, w
         )  # fmt: skip
         one_line(proc, f"{out}: no space left on the device")
     assert temporaries(small_disk) == []
+
+
+def test_a_shard_dropped_on_a_full_disk_closes_and_removes_its_file(small_disk):
+    """The tar's closing blocks fail on a full disk too: the file is still closed (no descriptor
+    left for the garbage collector, whose ResourceWarning landed in a later command's stderr)."""
+    from shards.writer import ShardWriter
+
+    fill(small_disk, 64 * 1024)
+    writer = ShardWriter(small_disk, "train", 0)
+    with pytest.raises(OSError):
+        for i in range(100):  # 100 KiB of JPEG bytes into 64 KiB of free space
+            writer.add(f"{i:08d}", 0, f"{i}.jpg", os.urandom(1024), 8, 8, None)
+        writer.commit()
+    writer.abort()
+    assert writer._file.closed and not temporaries(small_disk)

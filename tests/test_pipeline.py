@@ -356,7 +356,7 @@ def test_a_damaged_stored_jpeg_is_named_not_a_crash(unique_label_shards, tmp_pat
     assert time.monotonic() - began < 8
 
 
-@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("backend", ["dali", REFERENCE_SLOW])
 def test_bench_measure_runs_across_one_step_epochs(unique_label_shards, backend):
     from pipeline.bench import cpu_efficiency, measure
 
@@ -371,7 +371,7 @@ def test_bench_measure_runs_across_one_step_epochs(unique_label_shards, backend)
         measure(loader, batches=0)
 
 
-@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("backend", ["dali", REFERENCE_SLOW])
 def test_train_rate_times_the_real_step_and_counts_timed_epoch_starts(unique_label_shards, backend):
     import itertools
 

@@ -10,6 +10,7 @@ the features are kept in memory instead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -88,6 +89,8 @@ def extract_features(
             raise FigureError(f"{data}/{split}: the loader gave {row} samples, the manifest says {n}")
         bank = out.finish()
     except BaseException:
+        if out is not None:
+            out.close()
         tmp.unlink(missing_ok=True)
         raise
     if bank is not None:  # kept in memory: nothing written
@@ -123,6 +126,12 @@ class _Rows:
             return
         with layout.writing(self.cache):
             self.f.write(np.ascontiguousarray(feats, np.float32).tobytes())
+
+    def close(self) -> None:
+        """After a failure: the file closed even where its last write fails (a full disk)."""
+        if self.f is not None:
+            with contextlib.suppress(OSError):
+                self.f.close()
 
     def finish(self) -> np.ndarray | None:
         """The rows in memory, or None once the cache file is in place."""
