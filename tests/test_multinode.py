@@ -69,7 +69,8 @@ def test_device_cuda_without_a_usable_gpu_stops_naming_why(demo_data, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
     result = CliRunner().invoke(
-        cli_main, ["run", "--data", str(demo_data), "--out", str(tmp_path / "run"), "--device", "cuda"]
+        cli_main,
+        ["run", "--data", str(demo_data / "shards"), "--out", str(tmp_path / "run"), "--device", "cuda"],
     )
     assert result.exit_code == 2
     line = result.output.strip()
