@@ -178,21 +178,28 @@ def cifar_run(cifar_ready, tmp_path_factory) -> Path:
 CIFAR_TINY = {"train": 24, "test": 8}  # images per class and split
 
 
-@pytest.fixture(scope="session")
-def cifar_tiny_src(tmp_path_factory) -> Path:
-    """The first CIFAR_TINY images of each CIFAR-10 class, streamed from the archive (not all
-    60,000): real photographs, few enough for seconds per training run."""
+def extract_cifar(src: Path, per_split: dict[str, int], classes: tuple[str, ...] | None = None) -> Path:
+    """The first `per_split[split]` images of each class (of `classes`, or all) into
+    SRC/<split>/<class>/, streamed from the archive rather than all 60,000 extracted."""
     if not CIFAR_TGZ.is_file():
         pytest.skip(f"{CIFAR_TGZ} not present")
-    src = tmp_path_factory.mktemp("cifar-tiny") / "src"
     with tarfile.open(CIFAR_TGZ) as tf:
         for m in tf:
             parts = Path(m.name).parts  # cifar10/<split>/<class>/0123.jpg
-            if m.isfile() and len(parts) == 4 and int(parts[3][:4]) < CIFAR_TINY.get(parts[1], 0):
+            if not (m.isfile() and len(parts) == 4) or (classes and parts[2] not in classes):
+                continue
+            if int(parts[3][:4]) < per_split.get(parts[1], 0):
                 dest = src.joinpath(*parts[1:])
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(tf.extractfile(m).read())
     return src
+
+
+@pytest.fixture(scope="session")
+def cifar_tiny_src(tmp_path_factory) -> Path:
+    """The first CIFAR_TINY images of each CIFAR-10 class: real photographs, few enough for
+    seconds per training run."""
+    return extract_cifar(tmp_path_factory.mktemp("cifar-tiny") / "src", CIFAR_TINY)
 
 
 def shard_with_stats(src: Path, out: Path) -> Path:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.loader import EvalLoader, TrainLoader
-from tests.conftest import CIFAR_TGZ, alexprep, alextrain, opts
+from tests.conftest import alexprep, alextrain, extract_cifar, opts
 from trainer import fig1_stats as stats
 from trainer.cli import main as cli_main
 from trainer.config import flatten
@@ -66,18 +65,9 @@ def test_no_mirror_and_no_lighting_train_batches_are_the_plain_images(backend, c
 def tiny(tmp_path_factory) -> Path:
     """3 real CIFAR-10 classes, 256 train + 64 test images each, streamed from the archive: few
     enough for seconds per run, easy enough that 8 steps leave chance behind."""
-    if not CIFAR_TGZ.is_file():
-        pytest.skip(f"{CIFAR_TGZ} not present")
-    src = tmp_path_factory.mktemp("fig1-src")
-    per_split = {"train": 256, "test": 64}
-    with tarfile.open(CIFAR_TGZ) as tf:
-        for m in tf:
-            parts = Path(m.name).parts  # cifar10/<split>/<class>/0123.jpg
-            if m.isfile() and len(parts) == 4 and parts[2] in ("airplane", "cat", "frog"):
-                if parts[1] in per_split and int(parts[3][:4]) < per_split[parts[1]]:
-                    dest = src.joinpath(*parts[1:])
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(tf.extractfile(m).read())
+    src = extract_cifar(
+        tmp_path_factory.mktemp("fig1-src"), {"train": 256, "test": 64}, ("airplane", "cat", "frog")
+    )
     out = tmp_path_factory.mktemp("fig1-tiny") / "shards"
     alexprep("shard", src, out, "--size", 32, "--quiet")
     alexprep("pca-stats", out, "--quiet")
