@@ -325,7 +325,7 @@ def check_train(s: Setup) -> None:
     steps = min(s.steps, loader.steps_per_epoch - s.warm)
     synth = train_rate(cfg, env, synthetic(cfg, env, s.batch), s.warm, steps)
     dali = train_rate(cfg, env, Epochs(loader), s.warm, steps)
-    how = f"{cfg.run.precision}, channels_last {cfg.run.channels_last and s.gpu}"
+    how = f"{cfg.run.precision}, channels_last {cfg.run.channels_last}"
     row(
         "train: synthetic input",
         f"{synth.img_per_s:,.0f} img/s, {1000 * synth.seconds / steps:.1f} ms/step ({how}, {steps} steps)",

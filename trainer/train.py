@@ -113,7 +113,7 @@ def build(cfg: TrainConfig, env: Env) -> nn.Module:
         model.place(env.devices)
     else:
         model.to(env.devices[0])
-    if env.cuda and cfg.run.channels_last:
+    if cfg.run.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
@@ -153,7 +153,7 @@ def train_epoch(
         torch.manual_seed(dropout_seed(cfg.run.seed, epoch, k, env.rank))
         if warming:
             set_lr(opt, warmup_lr(cfg, pos.step, steps, lr))
-        if env.cuda and cfg.run.channels_last:
+        if cfg.run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(env.devices[0], cfg.run.precision):
             logits = net(x)
