@@ -142,11 +142,12 @@ def test_each_net_is_swept_by_the_criterion_then_trained_for_each_seed(straight,
             )
         # seeds differ (init and data order), so the band has a width
         assert result["runs"][0]["train_error"] != result["runs"][1]["train_error"]
-    assert set(summary["ratios"]) == {
-        "relu_over_relu_lrn",
-        "relu_scale_over_relu_lrn",
-    }  # LRN vs none, vs gain
-    assert all(r["fast"] == "relu-lrn" for r in summary["ratios"].values())
+    # LRN vs none, LRN vs its gain alone, the gain alone vs none
+    assert {k: (r["slow"], r["fast"]) for k, r in summary["ratios"].items()} == {
+        "relu_over_relu_lrn": ("relu", "relu-lrn"),
+        "relu_scale_over_relu_lrn": ("relu-scale", "relu-lrn"),
+        "relu_over_relu_scale": ("relu", "relu-scale"),
+    }
     assert "sweep relu (epochs to 25 % within 2, seed 0):" in stdout and "relu-scale lr" in stdout
     assert Image.open(out / "fig1.png").size == (600, 400)
     table = (out / "fig1.md").read_text()
@@ -191,6 +192,25 @@ def test_diverged_sweep_points_are_flagged_and_never_chosen(tiny, tmp_path):
         and "relu: every sweep point diverged or stayed at chance" in proc.stdout
     )
     assert f"{points[0]['lr']:g}: {points[0]['flag'].upper()}" in proc.stdout
+
+
+@pytest.mark.slow  # ~20 s on 2 cores
+def test_a_diverged_final_run_is_recorded_and_the_next_seed_still_runs(tiny, tmp_path):
+    """A seed whose loss or predictions stop being finite must not stop a run of many hours (a
+    re-run would replay the same steps to the same NaN): it is marked, counted as not reaching
+    any level, left out of the band, and read back as such."""
+    args = ["fig1", "--data", tiny, "--out", tmp_path, "--nets", "relu", "--lrs", "9.9", "--seeds", 2]
+    args += ["--epochs", 2, "--steps-per-epoch", 4, "--num-threads", 2, "--quiet"]
+    proc = alextrain(*args)
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    relu = summary["nets"]["relu"]
+    assert summary["complete"] and [r["seed"] for r in relu["runs"]] == [1, 2]
+    assert relu["diverged_seeds"] == [1, 2] and proc.stdout.count("DIVERGED: ") == 2
+    assert all((tmp_path / "relu" / f"lr9.9-seed{s}" / "DIVERGED.json").is_file() for s in (1, 2))
+    assert relu["epochs_to"]["0.50"]["reached"] == 0
+    assert "(diverged: 1,2)" in (tmp_path / "fig1.md").read_text()
+    again = alextrain(*args).stdout
+    assert "starting:" not in again and again.count("diverged before, read back") == 2
 
 
 def test_fig1_user_errors_are_one_line_before_any_work(tmp_path):

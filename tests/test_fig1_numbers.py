@@ -1,5 +1,6 @@
-"""Figure 1's rules on curves with known answers: the lr criterion, flags, the grid, spreads and
-ratios over seeds, and a common level that is not read at a plateau's minimum."""
+"""Figure 1's rules on curves with known answers: the lr criterion and how it decided, flags,
+the grid, spreads and ratios over seeds at fixed levels, and a common level that is not read on
+a plateau."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ def test_the_lr_that_reaches_25_percent_soonest_wins_not_the_best_first_epoch():
     keeps_going = _point(0.01, [0.63, 0.45, 0.33, 0.27, 0.24, 0.22])  # first to 25 % (epoch 5)
     also_there = _point(0.003, [0.70, 0.50, 0.35, 0.28, 0.26, 0.20])  # lowest at the end, epoch 6
     assert stats.choose([starts_fast, keeps_going, also_there], budget=6) == 0.01
+    assert stats.decided_by([starts_fast, keeps_going, also_there], 6) == "25 % first (epoch 5)"
     # none reaches 25 % within the budget: the lowest error at the budget's end, not the first epoch
     assert stats.choose([starts_fast, keeps_going, also_there], budget=4) == 0.01
     assert stats.sweep_rank(also_there["train_error"], 4) == (math.inf, 0.28)
+    assert stats.decided_by([starts_fast, keeps_going], 4).startswith("no lr reached 25 % within 4")
     # a tie on the epoch goes to the lower error at the budget's end
     tie = _point(0.0316, [0.6, 0.4, 0.3, 0.3, 0.24, 0.21])
     assert stats.choose([keeps_going, tie], budget=6) == 0.0316
+    assert stats.decided_by([keeps_going, tie], 6).startswith("a tie at 25 % (epoch 5)")
     # a flagged point never wins, however good its numbers; all flagged: no lr
     assert stats.choose([{**tie, "flag": "diverged"}, keeps_going], budget=6) == 0.01
     assert stats.choose([{**keeps_going, "flag": "at chance"}], budget=6) is None
@@ -60,31 +64,51 @@ def test_spread_and_ratio_over_seeds_with_their_bounds():
     tanh = stats.spread([30, None, 36], ran=40)  # one seed not there in 40 epochs
     assert (tanh["mean"], tanh["max"], tanh["bound"], tanh["reached"]) == (pytest.approx(106 / 3), 40, ">", 2)
     r = stats.ratio(tanh, relu)
-    assert r == {"ratio": pytest.approx(106 / 22), "min": 30 / 9, "max": 40 / 6, "bound": ">"}
+    assert r == {
+        "ratio": pytest.approx(106 / 22),
+        "min": 30 / 9,
+        "max": 40 / 6,
+        "bound": ">",
+        "min_bound": "=",
+    }
     assert ratio_text(r) == "> 4.82 (range 3.33-> 6.67)"
+    never = stats.ratio(stats.spread([None, None, None], ran=40), relu)  # 40 is a bound at both ends
+    assert ratio_text(never) == "> 5.45 (range > 4.44 to > 6.67)"
     assert spread_text(tanh) == "> 35.3 (30 to > 40; 2 of 3 seeds)"
     assert (
         spread_text(relu) == "7.3 (6-9)"
         and spread_text(stats.spread([None] * 3, 40)) == "> 40 (no seed of 3)"
     )
-    # the fast net not there in every seed: no ratio (both sides unknown)
+    # the fast net not there in every seed: no ratio (both sides unknown), and the table says why
     assert stats.ratio(relu, tanh) is None
+    assert ratio_text(None, tanh) == "undetermined (fast net: 2 of 3 seeds)"
 
 
-def test_the_common_level_is_read_where_both_curves_still_fall_not_at_a_plateaus_minimum():
+def test_the_common_level_is_the_lowest_fixed_level_both_reach_before_a_plateau():
     fast = [[0.55, 0.39, 0.33, 0.30, 0.28, 0.27, 0.26, 0.25, 0.25, 0.25]] * 2
     # the slow net falls, then wanders on a plateau whose minimum comes last (epoch 10)
     slow = [
         [0.60, 0.52, 0.47, 0.44, 0.42, 0.41, 0.41, 0.42, 0.41, 0.40],
         [0.62, 0.53, 0.48, 0.45, 0.43, 0.41, 0.42, 0.41, 0.41, 0.40],
     ]
-    c = stats.common_level(fast, slow)
-    smoothed = stats.smooth(stats.seed_mean(slow))
-    assert c["level"] == pytest.approx(min(smoothed) + stats.COMMON_MARGIN)
-    assert c["slow"] == 6 and c["fast"] == 2  # not epoch 10, the plateau's arg-min
-    assert c["ratio"] == 3.0 and c["range"] == [2.5, 3.0]  # seed 1 gets there at 5, seed 2 at 6
-    assert common_text(c).startswith("3.00 at 0.425 (6 / 2 epochs")
-    assert stats.smooth([0.9, 0.6, 0.3, 0.3]) == pytest.approx([0.75, 0.6, 0.4, 0.3])
+    c = stats.common_level(fast, slow, ran=10)
+    # 0.40 is reached only at epoch 10 (the plateau's dip): too late; 0.45 at epochs 4 and 4
+    assert c["level"] == 0.45 and (c["slow"], c["fast"]) == (4, 2) and c["ratio"] == 2.0
+    assert (c["min"], c["max"]) == (2.0, 2.0) and common_text(c).startswith("2.00 at 0.45 (4.0 / 2.0 epochs")
+    # the ratio is of the seeds' own crossings, so it lies in its range (a curve of seed means
+    # could cross where no seed does)
+    a = [0.6, 0.5, 0.4, 0.4, 0.4, 0.46, 0.46, 0.46, 0.46, 0.46, 0.46, 0.46]
+    b = [0.6, 0.55, 0.52, 0.5, 0.48, 0.46, 0.44, 0.42, 0.4, 0.4, 0.39, 0.39]
+    quick = [[0.6, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]] * 3
+    c = stats.common_level(quick, [a, b, b], ran=12)
+    assert c["level"] == 0.40 and c["ratio"] == pytest.approx((3 + 9 + 9) / 3 / 2)
+    assert c["min"] <= c["ratio"] <= c["max"] and (c["min"], c["max"]) == (1.5, 4.5)
+    # a level some seed starts at or below has no crossing to time: never the common level
+    assert stats.common_level([[0.5, 0.45, 0.44, 0.44]], [[0.6, 0.61, 0.62, 0.6]], ran=4) is None
+    # the ratio at a fixed level does not move with the runs' length (nor does a floor)
+    longer = [c + [c[-1]] * 30 for c in slow]
+    same = stats.epochs_to_levels(slow, 10)["0.45"], stats.epochs_to_levels(longer, 40)["0.45"]
+    assert same[0]["per_seed"] == same[1]["per_seed"] == [4, 4]
 
 
 def test_each_pair_gets_its_ratios_and_the_control_is_one_of_them():
@@ -98,12 +122,34 @@ def test_each_pair_gets_its_ratios_and_the_control_is_one_of_them():
         "relu": net_result(0.00316, runs(slow, slow), 5),
         "relu-scale": net_result(0.01, runs(slow, down), 5),
     }
-    r = ratios(nets)
-    assert set(r) == {"relu_over_relu_lrn", "relu_scale_over_relu_lrn"}  # no tanh runs: no tanh pair
-    assert r["relu_over_relu_lrn"]["at_25pct"] is None or r["relu_over_relu_lrn"]["at_25pct"]["bound"] == ">"
+    r = ratios(nets, 5)
+    # no tanh runs: no tanh pair; the control against LRN and against no LRN
+    assert set(r) == {"relu_over_relu_lrn", "relu_scale_over_relu_lrn", "relu_over_relu_scale"}
+    assert r["relu_over_relu_lrn"]["at"]["0.25"] == {
+        "ratio": 5 / 4,
+        "min": 5 / 4,
+        "max": 5 / 4,
+        "bound": ">",
+        "min_bound": ">",
+    }
     control = r["relu_scale_over_relu_lrn"]
-    assert control["at_25pct"] == {"ratio": 4.5 / 4, "min": 1.0, "max": 5 / 4, "bound": ">"}
+    assert control["at"]["0.25"] == {
+        "ratio": 4.5 / 4,
+        "min": 1.0,
+        "max": 5 / 4,
+        "bound": ">",
+        "min_bound": "=",
+    }
+    assert control["at"]["0.50"] == {
+        "ratio": 2.5 / 2,
+        "min": 1.0,
+        "max": 3 / 2,
+        "bound": "=",
+        "min_bound": "=",
+    }
     assert control["question"] == dict((k, q) for _, _, k, q in PAIRS)["relu_scale_over_relu_lrn"]
+    assert r["relu_over_relu_scale"]["at"]["0.25"] is None  # relu-scale: 1 of 2 seeds got there
+    assert nets["relu"]["end_error"] == pytest.approx(0.53) and nets["relu"]["diverged_seeds"] == []
 
 
 def test_the_curves_have_seed_bands_and_markers_only_on_short_runs():
@@ -114,7 +160,10 @@ def test_the_curves_have_seed_bands_and_markers_only_on_short_runs():
         ]
         return {"lr": 0.01, "runs": runs}
 
-    summary = {"nets": {"relu": net(3, 3), "tanh": net(40, 1)}, "conditions": {"init": "paper"}}
+    gone = {"seed": 9, "train_error": [0.9], "diverged": True}  # stopped in epoch 2: not in the band
+    relu = net(3, 3)
+    summary = {"nets": {"relu": {**relu, "runs": [*relu["runs"], gone]}, "tanh": net(40, 1)}}
+    summary["conditions"] = {"init": "paper"}
     fig = figure(summary)
     relu, tanh = fig.axes[0].lines[:2]
     assert relu.get_marker() == "o" and tanh.get_marker() == "None"  # 3 epochs: marked; 40: a line

@@ -60,6 +60,7 @@ PAIRS = (
     ("relu-lrn", "tanh-lrn", "tanh_lrn_over_relu_lrn", "Figure 1 with LRN in both nets"),
     ("relu-lrn", "relu", "relu_over_relu_lrn", "what LRN gains the ReLU net"),
     ("relu-lrn", "relu-scale", "relu_scale_over_relu_lrn", "LRN's constant gain alone vs LRN"),
+    ("relu-scale", "relu", "relu_over_relu_scale", "what LRN's constant gain alone gains the ReLU net"),
 )
 Say = Callable[[str], None]
 
@@ -121,15 +122,15 @@ def _config(plan: Plan, data: Path, out: Path, net: str, lr: float, seed: int, e
     )
 
 
-def _train(
-    cfg: TrainConfig, label: str, say: Say, progress: bool, stop_on_nan: bool = False
-) -> tuple[list[dict], int]:
-    """Train (or resume) one run to cfg.epochs; returns its rows and class count. A finished run
-    with the same settings is only read back; one made with other settings is refused.
+def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list[dict], int, bool]:
+    """Train (or resume) one run to cfg.epochs; returns its rows, class count and whether it
+    diverged. A finished run with the same settings is only read back; one made with other
+    settings is refused.
 
-    `stop_on_nan` (sweep points): a run whose loss became NaN (the trainer stops it, saving
-    nothing of it) ends there, marked by DIVERGED in its folder so a re-run does not train it
-    again; its rows then end with one whose loss is NaN, which `stats.flag` calls diverged."""
+    A run whose loss became non-finite (the trainer stops it, saving nothing of that step)
+    ends there, marked by DIVERGED in its folder so a re-run does not train it again (it would
+    replay the same steps to the same NaN): its rows are the epochs it finished. One seed that
+    diverges does not stop the other nets and seeds of a run of many hours."""
     folder, epochs = Path(cfg.run.out), cfg.optim.epochs
     saved = folder / "config.json"
     resolved = resolve_data(cfg)[0]  # what `run` compares: with the data's class count
@@ -145,16 +146,12 @@ def _train(
         try:
             run(cfg, auto_resume=True, progress=progress)
         except NonFiniteError as e:
-            if not stop_on_nan:
-                raise
-            say(f"fig1: {label}: {e}")
+            say(f"fig1: {label}: DIVERGED: {e}")
             layout.write_json(folder / DIVERGED, {"error": str(e)})
     else:
         say(f"fig1: {label}: {epochs} epochs done, read back ({folder})")
     rows = read_metrics(folder / METRICS)[:epochs]
-    if (folder / DIVERGED).is_file():
-        rows.append({"train_loss": math.nan, "train_top1_err": rows[-1]["train_top1_err"] if rows else 1.0})
-    return rows, resolved.model.num_classes or 0
+    return rows, resolved.model.num_classes or 0, (folder / DIVERGED).is_file()
 
 
 def _curve(rows: list[dict], key: str = "train_top1_err") -> list[float]:
@@ -163,7 +160,9 @@ def _curve(rows: list[dict], key: str = "train_top1_err") -> list[float]:
 
 def sweep_point(plan: Plan, data: Path, out: Path, net: str, lr: float, say: Say, progress: bool) -> dict:
     cfg = _config(plan, data, out, net, lr, SWEEP_SEED, plan.budget)
-    rows, classes = _train(cfg, f"{net}, sweep point lr {lr:g}, seed {SWEEP_SEED}", say, progress, True)
+    rows, classes, diverged = _train(cfg, f"{net}, sweep point lr {lr:g}, seed {SWEEP_SEED}", say, progress)
+    if diverged:  # its last error stands for the epoch it did not finish; `stats.flag` sees the NaN
+        rows.append({"train_loss": math.nan, "train_top1_err": rows[-1]["train_top1_err"] if rows else 1.0})
     curve, losses = _curve(rows), _curve(rows, "train_loss")
     why = stats.flag(losses, curve, classes)
     if why:
@@ -188,33 +187,45 @@ def sweep(plan: Plan, data: Path, out: Path, net: str, say: Say, progress: bool)
         say(f"fig1: {net}: the best lr {best:g} is at the grid's end; adding {lr:g}")
         points[lr] = sweep_point(plan, data, out, net, lr, say, progress)
     rows = [points[lr] for lr in sorted(points)]
-    return {"points": rows, "chosen_lr": stats.choose(rows, plan.budget)}
+    chosen = stats.choose(rows, plan.budget)
+    return {
+        "points": rows,
+        "chosen_lr": chosen,
+        "decided_by": stats.decided_by(rows, plan.budget),
+        # still at an end after EXTEND steps past it: the best lr may lie further out
+        "at_grid_end": chosen is not None and len(rows) > 1 and chosen in (rows[0]["lr"], rows[-1]["lr"]),
+    }
 
 
 def final_run(
     plan: Plan, data: Path, out: Path, net: str, lr: float, seed: int, say: Say, progress: bool
 ) -> dict:
     cfg = _config(plan, data, out, net, lr, seed, plan.epochs)
-    rows, _ = _train(cfg, f"{net}, final lr {lr:g}, seed {seed}", say, progress)
-    return {"seed": seed, "train_error": _curve(rows), "test_error": _curve(rows, "val_top1_err")}
-
-
-def net_result(lr: float, runs: list[dict], epochs: int) -> dict:
-    """A net's final runs with their epochs to 25 % and 50 % over seeds."""
+    rows, _, diverged = _train(cfg, f"{net}, final lr {lr:g}, seed {seed}", say, progress)
     return {
-        "lr": lr,
-        "runs": runs,
-        **{
-            f"epochs_to_{round(level * 100)}pct": stats.spread(
-                [stats.epochs_to(r["train_error"], level) for r in runs], epochs
-            )
-            for level in (stats.TARGET, stats.SECOND_TARGET)
-        },
+        "seed": seed,
+        "train_error": _curve(rows),
+        "test_error": _curve(rows, "val_top1_err"),
+        "diverged": diverged,  # then its curve ends at the last epoch it finished
     }
 
 
-def ratios(nets: dict) -> dict:
-    """Each pair of PAIRS whose two nets have final runs: the ratio at 25 %, 50 % and the
+def net_result(lr: float, runs: list[dict], epochs: int) -> dict:
+    """A net's final runs with their epochs to each level over seeds (a diverged seed counts as
+    not getting there, unless it did before it diverged) and where its curve ends."""
+    curves = [r["train_error"] for r in runs]
+    whole = [r["train_error"] for r in runs if not r.get("diverged")]
+    return {
+        "lr": lr,
+        "runs": runs,
+        "diverged_seeds": [r["seed"] for r in runs if r.get("diverged")],
+        "epochs_to": stats.epochs_to_levels(curves, epochs),
+        "end_error": stats.end_error(whole),
+    }
+
+
+def ratios(nets: dict, epochs: int) -> dict:
+    """Each pair of PAIRS whose two nets have final runs: the ratio at each of LEVELS and at the
     common level (`fig1_stats.common_level`), each with its range over seeds."""
     out = {}
     for fast, slow, key, question in PAIRS:
@@ -225,10 +236,9 @@ def ratios(nets: dict) -> dict:
             "fast": fast,
             "slow": slow,
             "question": question,
-            "at_25pct": stats.ratio(s["epochs_to_25pct"], f["epochs_to_25pct"]),
-            "at_50pct": stats.ratio(s["epochs_to_50pct"], f["epochs_to_50pct"]),
-            "at_common_level": stats.common_level(
-                [r["train_error"] for r in f["runs"]], [r["train_error"] for r in s["runs"]]
+            "at": {lv: stats.ratio(s["epochs_to"][lv], f["epochs_to"][lv]) for lv in f["epochs_to"]},
+            "common_level": stats.common_level(
+                [r["train_error"] for r in f["runs"]], [r["train_error"] for r in s["runs"]], epochs
             ),
         }
     return out
@@ -249,12 +259,15 @@ def summarise(plan: Plan, swept: dict, chosen: dict, finals: dict, complete: boo
             "seeds": plan.final_seeds,
             "epochs": plan.epochs,
             "steps_per_epoch": plan.base.run.steps_per_epoch,
-            "common_level": {"smooth_epochs": stats.SMOOTH_EPOCHS, "margin": stats.COMMON_MARGIN},
+            "levels": list(stats.LEVELS),
+            "common_level": {"late": stats.LATE},
+            "near_end": stats.NEAR_END,
+            "end_epochs": stats.END_EPOCHS,
         },
         "sweep": swept,
         "chosen_lr": chosen,
         "nets": nets,
-        "ratios": ratios(nets),
+        "ratios": ratios(nets, plan.epochs),
         "paper_ratio_at_25pct": stats.PAPER_RATIO,
         "complete": complete,
     }

@@ -11,7 +11,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from trainer.errors import TrainError
+from trainer.guard import NonFiniteError
 
 
 def autocast(device: torch.device, precision: str = "fp32"):  # noqa: ANN201
@@ -68,7 +68,7 @@ class Tally:
             sums = s.cpu()
         n = max(sums[0].item(), 1.0)
         if sums[4].item():
-            raise TrainError(
+            raise NonFiniteError(  # a diverged run whose weights are still finite (huge) ends here
                 f"{int(sums[4].item())} of {int(sums[0].item())} predictions are NaN or inf: the "
                 "model's weights or its input statistics are not finite; no error rate is reported"
             )

@@ -33,21 +33,36 @@ def spread_text(s: dict) -> str:
     return f"> {s['mean']:.1f} ({s['min']} to > {s['max']}; {s['reached']} of {s['seeds']} seeds)"
 
 
-def ratio_text(r: dict | None) -> str:
+def ratio_text(r: dict | None, fast: dict | None = None) -> str:
+    """ "6.15 (range 4.50-8.00)"; lower bounds with "> "; with the fast net's spread, why there
+    is no ratio: "undetermined (fast net: 2 of 3 seeds)"."""
     if not r:
+        if fast and fast["seeds"] and fast["bound"] == ">":
+            return f"undetermined (fast net: {fast['reached']} of {fast['seeds']} seeds)"
         return "-"
     gt = "> " if r["bound"] == ">" else ""
+    if r.get("min_bound") == ">":  # no seed of the slow net got there: the range is bounds too
+        return f"> {r['ratio']:.2f} (range > {r['min']:.2f} to > {r['max']:.2f})"
     return f"{gt}{r['ratio']:.2f} (range {r['min']:.2f}-{gt}{r['max']:.2f})"
 
 
 def common_text(c: dict | None) -> str:
     if not c:
-        return "-"
-    span = ""
-    if c["range"]:
-        gt = "> " if c["range_bound"] == ">" else ""
-        span = f", range {c['range'][0]:.2f}-{gt}{c['range'][1]:.2f}"
-    return f"{c['ratio']:.2f} at {c['level']:.3f} ({c['slow']} / {c['fast']} epochs{span})"
+        return "none of the levels"
+    return (
+        f"{c['ratio']:.2f} at {c['level']:.2f} ({c['slow']:.1f} / {c['fast']:.1f} epochs, "
+        f"range {c['min']:.2f}-{c['max']:.2f})"
+    )
+
+
+def near_end(net: dict, level: float = stats.TARGET) -> bool:
+    """A level within NEAR_END of where the net's curve ends: its first epoch there is a dip."""
+    return net["end_error"] is not None and abs(net["end_error"] - level) <= stats.NEAR_END
+
+
+def _runs_text(r: dict) -> str:
+    seeds = ",".join(str(x["seed"]) for x in r["runs"])
+    return seeds + (f" (diverged: {','.join(map(str, r['diverged_seeds']))})" if r["diverged_seeds"] else "")
 
 
 def _point_text(p: dict, budget: int) -> str:
@@ -60,23 +75,27 @@ def _point_text(p: dict, budget: int) -> str:
 def lines(summary: dict) -> list[str]:
     """What `alextrain fig1` prints at the end: each sweep, each net over seeds, each ratio."""
     proto = summary["protocol"]
+    target, half = stats.level_key(stats.TARGET), stats.level_key(0.5)
     out = []
     for net, s in summary["sweep"].items():
         points = "; ".join(_point_text(p, proto["budget_epochs"]) for p in s["points"])
         chosen = "none" if s["chosen_lr"] is None else f"{s['chosen_lr']:g}"
         out.append(
             f"sweep {net} (epochs to 25 % within {proto['budget_epochs']}, seed 0): {points} -> lr {chosen}"
+            f" ({s['decided_by']}{'; at the grid end' if s['at_grid_end'] else ''})"
         )
     for net, r in summary["nets"].items():
         out.append(
-            f"{net:<10} lr {r['lr']:g}, seeds {','.join(str(x['seed']) for x in r['runs'])}: "
-            f"epochs to 25 % train err {spread_text(r['epochs_to_25pct'])}; "
-            f"to 50 % {spread_text(r['epochs_to_50pct'])}"
+            f"{net:<10} lr {r['lr']:g}, seeds {_runs_text(r)}: epochs to 25 % train err "
+            f"{spread_text(r['epochs_to'][target])}{' (near where it ends)' if near_end(r) else ''}; "
+            f"to 50 % {spread_text(r['epochs_to'][half])}"
         )
     for r in summary["ratios"].values():
+        fast = summary["nets"][r["fast"]]["epochs_to"]
         out.append(
-            f"{r['slow']} / {r['fast']} ({r['question']}): at 25 % {ratio_text(r['at_25pct'])}; "
-            f"at 50 % {ratio_text(r['at_50pct'])}; common level {common_text(r['at_common_level'])}"
+            f"{r['slow']} / {r['fast']} ({r['question']}): "
+            f"at 25 % {ratio_text(r['at'][target], fast[target])}; "
+            f"at 50 % {ratio_text(r['at'][half], fast[half])}; common level {common_text(r['common_level'])}"
         )
     out.append(f"paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}")
     if not summary["complete"]:
@@ -118,40 +137,57 @@ def markdown(summary: dict) -> str:
             mark = p["flag"] or ("**chosen**" if p["lr"] == s["chosen_lr"] else "")
             to = p["epochs_to_25pct"] or f"> {len(p['train_error'])}"
             lines_.append(f"| {p['lr']:g} | {to} | {p['final_train_error']:.3f} | {mark} |")
-        lines_.append("")
+        edge = "; the best lr is still at the grid's end after extending it" if s["at_grid_end"] else ""
+        lines_ += ["", f"Chosen by: {s['decided_by']}{edge}.", ""]
+    levels = proto["levels"]
+    heads = " | ".join(f"{lv * 100:g} %" for lv in levels)
     lines_ += [
-        "| net | lr | seeds | epochs to 25 % train err, mean (range) | to 50 % | "
-        "train err, last epoch | test err, last epoch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "Epochs to each training error, mean over seeds (range):",
+        "",
+        f"| net | lr | seeds | {heads} | train err, last {proto['end_epochs']} epochs | "
+        "test err, last epoch |",
+        "|---|---:|---:|" + "---:|" * (len(levels) + 2),
     ]
     for net, r in summary["nets"].items():
+        cells = " | ".join(spread_text(r["epochs_to"][stats.level_key(lv)]) for lv in levels)
+        end = "-" if r["end_error"] is None else f"{r['end_error']:.3f}"
         lines_.append(
-            f"| {net} | {r['lr']:g} | {len(r['runs'])} | {spread_text(r['epochs_to_25pct'])} | "
-            f"{spread_text(r['epochs_to_50pct'])} | {_last(r['runs'], 'train_error')} | "
-            f"{_last(r['runs'], 'test_error')} |"
+            f"| {net} | {r['lr']:g} | {_runs_text(r)} | {cells} | {end} | {_last(r['runs'], 'test_error')} |"
         )
     lines_ += [
         "",
-        "| ratio | question | at 25 % | at 50 % | at the common level |",
-        "|---|---|---:|---:|---:|",
+        "Ratios of epochs (slow / fast), of the seed means, with their range over seeds:",
+        "",
+        f"| ratio | question | {heads} | at the common level |",
+        "|---|---|" + "---:|" * (len(levels) + 1),
     ]
     for r in summary["ratios"].values():
+        fast = summary["nets"][r["fast"]]["epochs_to"]
+        cells = " | ".join(ratio_text(r["at"][k], fast[k]) for k in map(stats.level_key, levels))
         lines_.append(
-            f"| {r['slow']} / {r['fast']} | {r['question']} | {ratio_text(r['at_25pct'])} | "
-            f"{ratio_text(r['at_50pct'])} | {common_text(r['at_common_level'])} |"
+            f"| {r['slow']} / {r['fast']} | {r['question']} | {cells} | {common_text(r['common_level'])} |"
         )
-    cl = proto["common_level"]
+    close = [n for n, r in summary["nets"].items() if near_end(r)]
+    late = proto["common_level"]["late"]
     lines_ += [
         "",
-        f"Common level: {cl['margin']:g} above the higher of the two nets' floors (the minimum of "
-        f"each seed-mean curve, smoothed by a centred mean over {cl['smooth_epochs']} epochs), read "
-        "where each smoothed curve first reaches it, not at a plateau's minimum. Ranges: over "
-        'seeds (min slow / max fast to max slow / min fast); "> ": a seed did not get there within '
-        "its epochs.",
-        f"Paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}.",
+        "Epochs to a level: each seed's first epoch at or below it (the running training error over "
+        'the epoch, as the paper plots it); "> ": a seed did not get there within its epochs, and a '
+        "ratio needs every seed of the faster net to get there. Ranges: min slow / max fast to max "
+        "slow / min fast. The common level: the lowest of the levels above that every seed of both "
+        f"nets starts above and reaches within the first {late:.0%} of its epochs, so that it is not "
+        "read where a curve wanders on a plateau.",
     ]
+    if close:
+        lines_ += [
+            "",
+            f"25 % lies within {proto['near_end']:g} of where {', '.join(close)} end(s) (the seed mean "
+            f"of the last {proto['end_epochs']} epochs): there, epochs to 25 % are a first dip on a "
+            "plateau more than a pace; the higher levels are the better measure.",
+        ]
+    lines_ += ["", f"Paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}."]
     if not summary["complete"]:
-        lines_.append("Partial: not every seed has run yet.")
+        lines_ += ["", "Partial: not every seed has run yet."]
     return "\n".join(lines_) + "\n"
 
 
@@ -164,7 +200,11 @@ def figure(summary: dict):  # noqa: ANN201 (a matplotlib Figure; matplotlib is i
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for i, (net, r) in enumerate(summary["nets"].items()):
-        curves = [x["train_error"] for x in r["runs"]]
+        curves = [x["train_error"] for x in r["runs"] if not x.get("diverged")] or [
+            x["train_error"] for x in r["runs"]
+        ]  # a diverged seed's curve stops early: the band would stop with it
+        if not min(map(len, curves)):
+            continue
         mean = stats.seed_mean(curves)
         n = len(mean)
         xs = range(1, n + 1)

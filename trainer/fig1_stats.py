@@ -1,6 +1,6 @@
-"""Figure 1's numbers from training curves: the lr criterion, spreads over seeds, ratios and
-the common level; and the protocol's defaults. Pure functions of lists of per-epoch training
-errors (no torch), so each rule is tested on curves with known answers.
+"""Figure 1's numbers from training curves: the lr criterion, spreads over seeds, ratios at
+fixed levels and the common level; and the protocol's defaults. Pure functions of lists of
+per-epoch training errors (no torch), so each rule is tested on curves with known answers.
 
 A curve is a list of training errors, one per epoch (index 0 = epoch 1). "Epochs to a level"
 is the first 1-based epoch whose error is at or below it, as the paper reads Figure 1.
@@ -12,11 +12,14 @@ import math
 from statistics import mean
 
 TARGET = 0.25  # the paper's threshold: "reaches a 25% training error rate"
-SECOND_TARGET = 0.50  # reached early by every net: a ratio where 25 % is not reached
+# Levels fixed before any run, at which epochs and ratios are read: where 25 % is not reached
+# by both nets, the ratio at 0.30 ... 0.50 still is (and how it changes with the level shows)
+LEVELS = (0.50, 0.45, 0.40, 0.35, 0.30, TARGET)
+LATE = 0.75  # a crossing after this share of a run may be a dip on a plateau: not a common level
+NEAR_END = 0.02  # a level this close to where a net's curve ends is flagged: a first dip, not a pace
+END_EPOCHS = 5  # "where a curve ends": its seed mean over this many last epochs
 PAPER_RATIO = 6.0  # "six times faster"
 MAX_GRID_STEP = math.sqrt(10)  # the lr grid's largest allowed ratio between neighbours
-SMOOTH_EPOCHS = 3  # the common level reads a trailing mean over this many epochs
-COMMON_MARGIN = 0.02  # the common level sits this far above the higher of the two floors
 CHANCE_MARGIN = 0.01  # a sweep point this close to chance error (or above) has not learned
 # The protocol's defaults (here, torch-free, so that `alextrain fig1 --help` shows them at once)
 DEFAULT_NETS = ("relu", "tanh", "relu-lrn", "tanh-lrn", "relu-scale")
@@ -58,6 +61,20 @@ def choose(points: list[dict], budget: int) -> float | None:
     if not ok:
         return None
     return min(ok, key=lambda p: (*sweep_rank(p["train_error"], budget), p["lr"]))["lr"]
+
+
+def decided_by(points: list[dict], budget: int) -> str:
+    """How `choose` decided, in words for fig1.md: by the criterion (25 % first), by a tie on it,
+    or by the fallback because no usable lr reached 25 % within the budget."""
+    ok = [p for p in points if p["flag"] is None]
+    if not ok:
+        return "every point flagged"
+    ranks = sorted(sweep_rank(p["train_error"], budget)[0] for p in ok)
+    if math.isinf(ranks[0]):
+        return f"no lr reached 25 % within {budget} epochs: the lowest error at epoch {budget}"
+    if len(ranks) > 1 and ranks[1] == ranks[0]:
+        return f"a tie at 25 % (epoch {ranks[0]}), broken by the error at epoch {budget}"
+    return f"25 % first (epoch {ranks[0]})"
 
 
 def check_grid(lrs: list[float]) -> None:
@@ -112,14 +129,18 @@ def ratio(slow: dict, fast: dict) -> dict | None:
         "min": slow["min"] / fast["max"],
         "max": slow["max"] / fast["min"],
         "bound": slow["bound"],
+        "min_bound": ">" if slow["seeds"] and not slow["reached"] else "=",  # no slow seed got there
     }
 
 
-def smooth(curve: list[float], window: int = SMOOTH_EPOCHS) -> list[float]:
-    """Centred mean over `window` epochs (fewer at the ends): a plateau's wander averages out,
-    and unlike a trailing mean it does not lag a steep fall (which would bias the faster net)."""
-    half = window // 2
-    return [mean(curve[max(0, e - half) : e + half + 1]) for e in range(len(curve))]
+def level_key(level: float) -> str:
+    """A level as a JSON key: "0.25"."""
+    return f"{level:.2f}"
+
+
+def epochs_to_levels(curves: list[list[float]], ran: int) -> dict[str, dict]:
+    """Epochs to each of LEVELS over seeds (`spread`), keyed by `level_key`."""
+    return {level_key(lv): spread([epochs_to(c, lv) for c in curves], ran) for lv in LEVELS}
 
 
 def seed_mean(curves: list[list[float]]) -> list[float]:
@@ -128,32 +149,31 @@ def seed_mean(curves: list[list[float]]) -> list[float]:
     return [mean(c[e] for c in curves) for e in range(n)]
 
 
-def common_level(fast: list[list[float]], slow: list[list[float]]) -> dict | None:
-    """The ratio at a level both nets reach, read where both are still falling.
-
-    Each net's seed-mean curve is smoothed (`smooth`); its floor is that curve's minimum. The
-    level is COMMON_MARGIN above the higher floor, so neither net is read at the arg-min of its
-    plateau (where a flat, noisy curve makes "the first epoch at its minimum" arbitrary). Epochs
-    to it: the first epoch each smoothed curve is at or below it; the range comes from each
-    seed's own smoothed curve (a seed that never gets there counts as its length: ">").
-    """
-    if not fast or not slow:
+def end_error(curves: list[list[float]]) -> float | None:
+    """Where a net's curve ends up: the seed-mean error over its last END_EPOCHS epochs."""
+    if not curves or not min(len(c) for c in curves):
         return None
-    smoothed = {k: smooth(seed_mean(c)) for k, c in (("fast", fast), ("slow", slow))}
-    level = max(min(s) for s in smoothed.values()) + COMMON_MARGIN
-    at = {k: epochs_to(s, level) for k, s in smoothed.items()}
-    if at["fast"] is None or at["slow"] is None:
-        return None  # the level is above a curve's start: nothing to compare
-    per = {
-        k: spread([epochs_to(smooth(c), level) for c in curves], min(len(c) for c in curves))
-        for k, curves in (("fast", fast), ("slow", slow))
-    }
-    r = ratio(per["slow"], per["fast"])
-    return {
-        "level": level,
-        "fast": at["fast"],
-        "slow": at["slow"],
-        "ratio": at["slow"] / at["fast"],
-        "range": [r["min"], r["max"]] if r else None,
-        "range_bound": r["bound"] if r else None,
-    }
+    return mean(seed_mean(curves)[-END_EPOCHS:])
+
+
+def common_level(fast: list[list[float]], slow: list[list[float]], ran: int) -> dict | None:
+    """The ratio at the lowest of LEVELS that both nets pass through on their way down.
+
+    A level counts when every seed of both nets starts above it (epoch 1's error: else there is
+    no crossing to time) and reaches it within the first LATE of its `ran` epochs (a crossing
+    late in a run may be a dip on a plateau, where the first epoch at a level is a draw, not a
+    pace). The levels are fixed in advance, so the answer does not move with how long the runs
+    are or where a plateau's minimum happens to fall. Epochs and ratio as at any level: each
+    seed's first epoch at the level, the ratio of the seed means, its range over seeds.
+    """
+    curves = fast + slow
+    if not fast or not slow or not all(curves):
+        return None
+    for level in sorted(LEVELS):
+        if any(c[0] <= level for c in curves):
+            continue
+        f, s = (spread([epochs_to(c, level) for c in cs], ran) for cs in (fast, slow))
+        if f["bound"] == s["bound"] == "=" and max(f["max"], s["max"]) <= LATE * ran:
+            r = ratio(s, f)
+            return {"level": level, "fast": f["mean"], "slow": s["mean"], **r}
+    return None
