@@ -8,8 +8,9 @@ import math
 
 import pytest
 
+from trainer import fig1_report
 from trainer import fig1_stats as stats
-from trainer.ablations import PAIRS, net_result, ratios
+from trainer.ablations import PAIRS, Plan, net_result, ratios, summarise
 from trainer.fig1_report import common_text, figure, ratio_text, spread_text
 from trainer.figures import pyplot
 
@@ -171,3 +172,16 @@ def test_the_curves_have_seed_bands_and_markers_only_on_short_runs():
     (band,) = fig.axes[0].collections  # only the net with several seeds has a band
     assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(0.84)  # down to the best seed
     pyplot().close(fig)
+
+
+def test_a_partial_summary_says_how_far_the_run_got():
+    """Published after each net's sweep and each seed round: hours in, it must say it is partial."""
+    curve = [0.6 - 0.03 * e for e in range(10)]
+    point = {"lr": 0.001, "train_error": curve, "epochs_to_25pct": None, "final_train_error": curve[-1]}
+    swept = {"relu": {"points": [{**point, "flag": None}], "chosen_lr": 0.001, "at_grid_end": False}}
+    swept["relu"]["decided_by"] = stats.decided_by(swept["relu"]["points"], 10)
+    plan = Plan(nets=("relu", "tanh"))
+    summary = summarise(plan, swept, {"relu": 0.001}, {}, complete=False)
+    assert fig1_report.lines(summary)[-1] == "(partial: 1 of 2 nets swept, 0 of 6 final runs)"
+    assert "Partial: 1 of 2 nets swept, 0 of 6 final runs: not the settled" in fig1_report.markdown(summary)
+    assert "no lr reached 25 % within 10 epochs" in fig1_report.markdown(summary)

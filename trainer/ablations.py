@@ -22,7 +22,7 @@ The protocol (docs/figures.md):
 
 Every run is a normal `alextrain run` folder (OUT/NET/lrLR-seedS/), so a killed `fig1` resumes
 where it stopped and a finished one only re-reads; ablation.json, fig1.md and fig1.png are
-rewritten after the sweep and after each round of seeds, so a long run has numbers early.
+rewritten after each net's sweep and after each round of seeds, so a long run has numbers early.
 """
 
 from __future__ import annotations
@@ -259,6 +259,7 @@ def summarise(plan: Plan, swept: dict, chosen: dict, finals: dict, complete: boo
             "seeds": plan.final_seeds,
             "epochs": plan.epochs,
             "steps_per_epoch": plan.base.run.steps_per_epoch,
+            "nets": list(plan.nets),
             "levels": list(stats.LEVELS),
             "common_level": {"late": stats.LATE},
             "near_end": stats.NEAR_END,
@@ -286,14 +287,15 @@ def run_figure1(plan: Plan, data: Path, out: Path, say: Say = print, progress: b
     fig1_report.require_matplotlib()  # matplotlib missing: one line now, not after hours of training
     out.mkdir(parents=True, exist_ok=True)
     one = len(set(plan.grid)) == 1  # one lr: no sweep, that lr for every net
-    swept = {} if one else {n: sweep(plan, data, out, n, say, progress) for n in plan.nets}
+    swept: dict[str, dict] = {}
+    for n in [] if one else plan.nets:  # the summary after each net's sweep: hours in, numbers early
+        swept[n] = sweep(plan, data, out, n, say, progress)
+        publish(summarise(plan, swept, {k: v["chosen_lr"] for k, v in swept.items()}, {}, False), out)
     chosen = {n: plan.grid[0] if one else swept[n]["chosen_lr"] for n in plan.nets}
     for n in plan.nets:
         if chosen[n] is None:
             say(f"fig1: {n}: every sweep point diverged or stayed at chance; no final runs")
     finals: dict[str, list[dict]] = {n: [] for n in plan.nets}
-    if swept:
-        publish(summarise(plan, swept, chosen, finals, complete=False), out)
     for seed in plan.final_seeds:
         for n in plan.nets:
             if chosen[n] is not None:

@@ -99,8 +99,17 @@ def lines(summary: dict) -> list[str]:
         )
     out.append(f"paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}")
     if not summary["complete"]:
-        out.append("(partial: not every seed has run yet)")
+        out.append(f"({partial(summary)})")
     return out
+
+
+def partial(summary: dict) -> str:
+    """How far an unfinished run is: "partial: 2 of 5 nets swept, 0 of 15 final runs"."""
+    proto = summary["protocol"]
+    planned = proto.get("nets") or list(summary["sweep"])
+    done = sum(len(r["runs"]) for r in summary["nets"].values())
+    swept = f"{len(summary['sweep'])} of {len(planned)} nets swept, " if len(set(proto["grid"])) > 1 else ""
+    return f"partial: {swept}{done} of {len(planned) * len(proto['seeds'])} final runs"
 
 
 def _last(runs: list[dict], key: str) -> str:
@@ -187,7 +196,7 @@ def markdown(summary: dict) -> str:
         ]
     lines_ += ["", f"Paper, at 25 %: about {summary['paper_ratio_at_25pct']:g}."]
     if not summary["complete"]:
-        lines_ += ["", "Partial: not every seed has run yet."]
+        lines_ += ["", f"{partial(summary).capitalize()}: not the settled numbers yet."]
     return "\n".join(lines_) + "\n"
 
 
