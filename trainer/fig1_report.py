@@ -145,7 +145,10 @@ def markdown(summary: dict) -> str:
         for p in s["points"]:
             mark = p["flag"] or ("**chosen**" if p["lr"] == s["chosen_lr"] else "")
             to = p["epochs_to_25pct"] or f"> {len(p['train_error'])}"
-            lines_.append(f"| {p['lr']:g} | {to} | {p['final_train_error']:.3f} | {mark} |")
+            err = f"{p['final_train_error']:.3f}"
+            if p["flag"] == "diverged":  # its last row stands in for the epoch it did not finish
+                to, err = "-", f"- (in epoch {len(p['train_error'])})"
+            lines_.append(f"| {p['lr']:g} | {to} | {err} | {mark} |")
         edge = "; the best lr is still at the grid's end after extending it" if s["at_grid_end"] else ""
         lines_ += ["", f"Chosen by: {s['decided_by']}{edge}.", ""]
     levels = proto["levels"]
