@@ -192,6 +192,13 @@ def test_init_is_refused_for_alexnet_and_a_changed_init_is_refused_on_resume():
     assert config_changes(now.to_dict(), now.replace(init="cuda-convnet")) == [
         "init (checkpoint 'paper', now 'cuda-convnet')"
     ]
+    # a run saved before a setting existed: that setting at its default is no change, else it is
+    older = now.to_dict()
+    del older["run"]["precision"], older["model"]["init"]
+    assert config_changes(older, now) == []
+    assert config_changes(older, now.replace(precision="bf16")) == [
+        "precision (checkpoint 'fp32', now 'bf16')"
+    ]
 
 
 def test_lrn_scale_is_lrns_constant_gain_without_its_normalisation():

@@ -435,9 +435,15 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def config_changes(saved: dict, now: TrainConfig) -> list[str]:
-    """Settings that differ between a checkpoint's config and this run's, except RESUMABLE ones."""
+    """Settings that differ between a checkpoint's config and this run's, except RESUMABLE ones.
+
+    A setting the saved config does not have (added to the code after that run was saved) is
+    taken at its default: a new setting's default is the behaviour from before it existed. So a
+    run of many sessions (Figure 1's) is still resumed and read back across such a change,
+    while choosing anything else for that setting is still a change."""
     then = flatten(saved, "checkpoint config")
     mine = now.flat()
+    then = {**{k: default(FIELDS[k]) for k in set(mine) - set(then)}, **then}
     keys = sorted((set(then) | set(mine)) - RESUMABLE)
     return [
         f"{k} (checkpoint {then.get(k)!r}, now {mine.get(k)!r})" for k in keys if then.get(k) != mine.get(k)
