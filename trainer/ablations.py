@@ -27,7 +27,6 @@ rewritten after each net's sweep and after each round of seeds, so a long run ha
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,17 +160,16 @@ def _curve(rows: list[dict], key: str = "train_top1_err") -> list[float]:
 def sweep_point(plan: Plan, data: Path, out: Path, net: str, lr: float, say: Say, progress: bool) -> dict:
     cfg = _config(plan, data, out, net, lr, SWEEP_SEED, plan.budget)
     rows, classes, diverged = _train(cfg, f"{net}, sweep point lr {lr:g}, seed {SWEEP_SEED}", say, progress)
-    if diverged:  # its last error stands for the epoch it did not finish; `stats.flag` sees the NaN
-        rows.append({"train_loss": math.nan, "train_top1_err": rows[-1]["train_top1_err"] if rows else 1.0})
-    curve, losses = _curve(rows), _curve(rows, "train_loss")
-    why = stats.flag(losses, curve, classes)
+    curve, losses = _curve(rows), _curve(rows, "train_loss")  # the epochs it finished
+    why = "diverged" if diverged else stats.flag(losses, curve, classes)
     if why:
-        say(f"fig1: {net}, sweep point lr {lr:g}: {why.upper()} (train err {curve[-1]:.3f}): never chosen")
+        at = f"in epoch {len(curve) + 1}" if diverged else f"train err {curve[-1]:.3f}"
+        say(f"fig1: {net}, sweep point lr {lr:g}: {why.upper()} ({at}): never chosen")
     return {
         "lr": lr,
         "train_error": curve,
         "epochs_to_25pct": stats.epochs_to(curve, stats.TARGET),
-        "final_train_error": curve[-1],
+        "final_train_error": curve[-1] if curve else None,
         "flag": why,
     }
 

@@ -106,7 +106,7 @@ def lines(summary: dict) -> list[str]:
 def partial(summary: dict) -> str:
     """How far an unfinished run is: "partial: 2 of 5 nets swept, 0 of 15 final runs"."""
     proto = summary["protocol"]
-    planned = proto.get("nets") or list(summary["sweep"])
+    planned = proto["nets"]
     done = sum(len(r["runs"]) for r in summary["nets"].values())
     swept = f"{len(summary['sweep'])} of {len(planned)} nets swept, " if len(set(proto["grid"])) > 1 else ""
     return f"partial: {swept}{done} of {len(planned) * len(proto['seeds'])} final runs"
@@ -145,9 +145,10 @@ def markdown(summary: dict) -> str:
         for p in s["points"]:
             mark = p["flag"] or ("**chosen**" if p["lr"] == s["chosen_lr"] else "")
             to = p["epochs_to_25pct"] or f"> {len(p['train_error'])}"
-            err = f"{p['final_train_error']:.3f}"
-            if p["flag"] == "diverged":  # its last row stands in for the epoch it did not finish
-                to, err = "-", f"- (in epoch {len(p['train_error'])})"
+            if p["flag"] == "diverged":  # its curve holds the epochs it finished
+                to, err = "-", f"- (in epoch {len(p['train_error']) + 1})"
+            else:
+                err = f"{p['final_train_error']:.3f}"
             lines_.append(f"| {p['lr']:g} | {to} | {err} | {mark} |")
         edge = "; the best lr is still at the grid's end after extending it" if s["at_grid_end"] else ""
         lines_ += ["", f"Chosen by: {s['decided_by']}{edge}.", ""]
