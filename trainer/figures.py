@@ -52,7 +52,7 @@ def load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"): 
     """(model, config, data folder, checkpoint file): the model of a checkpoint or run folder on
     the device asked for, and the data from `data` or the checkpoint's config, checked to fit."""
     from trainer.checkpoint import resolve
-    from trainer.inference import load_model, pick_device
+    from trainer.inference import check_fits, load_model, pick_device
     from trainer.model import ModelConfig
 
     checkpoint = resolve(checkpoint)
@@ -65,11 +65,12 @@ def load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"): 
         raise DatasetError(
             f"{data}: not a sharded dataset; pass --data OUT (the shards the model was trained on)"
         )
-    load_dataset(data)
+    meta = load_dataset(data)
     classes = load_classes(data)
     made_for = ModelConfig.from_dict(state["model_config"]).num_classes  # load_model checked it
     if len(classes) != made_for:
         raise CheckpointError(f"{checkpoint}: made for {made_for} classes, {data} has {len(classes)}")
+    check_fits(state, checkpoint, data, meta)
     return model, cfg, data, checkpoint
 
 

@@ -7,13 +7,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeline.augment import StatsError
 from pipeline.loader import EvalLoader, Feed, LoaderConfig
-from shards.reader import default_val_split, load_classes, load_dataset
+from shards.reader import DatasetError, default_val_split, load_classes, load_dataset
 from trainer import checkpoint
 from trainer.config import SECTIONS, TrainConfig
 from trainer.errors import TrainError
 from trainer.evaluate import evaluate_many
 from trainer.model import ModelConfig, build_model
+from trainer.runstate import data_identity
 
 
 def pick_device(name: str) -> torch.device:
@@ -62,6 +64,38 @@ def load_model(
     return model.to(device).eval(), state
 
 
+def check_fits(state: dict, path: Path, data: Path, meta: dict) -> None:
+    """DATA can be read as the model of `state` was trained: the same classes in the same order
+    (permuted, every label is scored against another class), the same stored size (its crop
+    would see another scale) and the same statistics (its input normalisation is part of the
+    model; an eval-only set has none of its own: it takes the training set's). Checked against
+    the checkpoint's dataset fingerprint; what an older checkpoint does not record is not."""
+    saved = state.get("dataset") if isinstance(state.get("dataset"), dict) else {}
+    now = data_identity(data, meta)
+    source = state["config"].get("data") or "the training set"
+    copy = f"copy stats.json and mean_image.npy from {source} into {data}"
+    if saved.get("classes_sha256") not in (None, now["classes_sha256"]):
+        raise DatasetError(
+            f"{data}/classes.json: not the classes {path} was trained on (other names or another "
+            "order: its outputs would be scored against the wrong labels)"
+        )
+    if saved.get("size") not in (None, now["size"]):
+        raise DatasetError(
+            f"{data}: images stored at {now['size']}px, {path} was trained on {saved['size']}px "
+            f"(its crop would see them at another scale); shard them with --size {saved['size']}"
+        )
+    if now["stats_sha256"] is None:
+        raise StatsError(
+            f"{data}/stats.json: missing; a model is evaluated with the statistics it was trained with; "
+            f"{copy}"
+        )
+    if saved.get("stats_sha256") not in (None, now["stats_sha256"]):
+        raise StatsError(
+            f"{data}/stats.json: not the statistics {path} was trained with (pca-stats re-run, or "
+            f"another dataset's); {copy}"
+        )
+
+
 def evaluate_checkpoints(
     data: Path,
     paths: list[Path],
@@ -86,6 +120,7 @@ def evaluate_checkpoints(
     models, configs = [], []
     for p in paths:
         m, state = load_model(p, dev, num_classes)
+        check_fits(state, p, data, meta)
         models.append(m)
         configs.append(state["config"])
     cfg = configs[0]

@@ -14,6 +14,7 @@ not be shared) start from the same weights, position and schedule.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from shards import layout
 from trainer import checkpoint
 from trainer.config import TrainConfig, config_changes
 from trainer.distributed import Env, broadcast
@@ -95,13 +97,41 @@ class Position:
     best_top1_err: float | None = None
 
 
-def dataset_change(saved: object, now: dict, data: Path) -> str:
-    """What differs between a checkpoint's dataset fingerprint and this run's, as one clause."""
+def stats_sha256(data: Path) -> str | None:
+    """SHA-256 of DATA/stats.json (None when there is none): its mean, std, eigenbasis and its
+    mean image's hash, i.e. what the loaders normalise and light the images with."""
+    try:
+        return hashlib.sha256((data / layout.STATS_JSON).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def data_identity(data: Path, meta: dict) -> dict:
+    """What a model must find again in a dataset to be resumed or evaluated on it: the stored
+    size (its crops' scale), its classes in order (its outputs' meaning) and the statistics its
+    input is normalised with (a model is used with the statistics it was trained with)."""
+    return {
+        "size": meta["size"],
+        "classes_sha256": hashlib.sha256((data / layout.CLASSES_JSON).read_bytes()).hexdigest(),
+        "stats_sha256": stats_sha256(data),
+    }
+
+
+DATASET_KEYS = {
+    "plan_sha256": "its images or their order (plan_sha256 in dataset.json)",
+    "classes_sha256": "its classes (classes.json)",
+    "stats_sha256": "its statistics (stats.json: pca-stats re-run, or copied from another dataset)",
+}
+
+
+def dataset_change(saved: object, now: dict, data: Path) -> str | None:
+    """What differs between a checkpoint's dataset fingerprint and this run's, as one clause, or
+    None. A key the checkpoint lacks (written before the fingerprint had it) is not compared."""
     saved = saved if isinstance(saved, dict) else {}
-    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    what = ", ".join(
-        "its images or their order (plan_sha256 in dataset.json)" if k == "plan_sha256" else k for k in keys
-    )
+    keys = sorted(k for k in saved if saved[k] != now.get(k))
+    if not keys:
+        return None
+    what = ", ".join(DATASET_KEYS.get(k, k) for k in keys)
     return f"the dataset ({data} is not the one the run was trained on: {what} differ)"
 
 
@@ -160,8 +190,9 @@ class Trainer:
             changed = config_changes(state["config"], self.cfg)
         except (checkpoint.CheckpointError, ValueError) as e:
             return f"{path}: {e}"
-        if state["dataset"] != self.fingerprint:
-            changed.append(dataset_change(state["dataset"], self.fingerprint, Path(self.cfg.run.data)))
+        data = dataset_change(state["dataset"], self.fingerprint, Path(self.cfg.run.data))
+        if data:
+            changed.append(data)
         if state["world"] != self.env.world:
             changed.append(f"the process count (checkpoint {state['world']}, now {self.env.world})")
         if changed:

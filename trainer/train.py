@@ -9,7 +9,6 @@ trainer/runstate.py (the checkpointed state and the resume protocol), trainer/me
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import shutil
 import time
@@ -35,11 +34,12 @@ from trainer.guard import check as check_finite
 from trainer.metrics import MetricsWriter
 from trainer.model import build_model
 from trainer.optim import describe_drop, set_lr
-from trainer.runstate import Position, Sums, Trainer, folder_refusal, start
+from trainer.runstate import Position, Sums, Trainer, data_identity, folder_refusal, start
 from trainer.stopping import lost_peers
 
 LOCK = ".alextrain.lock"  # in --out: held by the run that writes there
 
+MIN_CIFAR_CROP = 16  # the CIFAR net's three 3x3 stride-2 poolings leave nothing of a smaller input
 LOG_EVERY = 20  # steps between reads of the on-device loss sums (each read waits for the device)
 
 
@@ -80,12 +80,16 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     crop = m.crop or (224 if m.arch == "alexnet" else size)  # the paper's crop; cifar: the stored size
     if crop > size:
         raise TrainError(f"--crop (crop) = {crop}: larger than the stored images ({size}px) of {data}")
+    if crop < MIN_CIFAR_CROP:  # cifar's default crop is the stored size (alexnet's is checked above)
+        raise TrainError(
+            f"{data}: images stored at {size}px; --arch cifar needs {MIN_CIFAR_CROP}px or more "
+            "(its three 3x3/2 poolings); shard with --size 32"
+        )
     if not (data / layout.STATS_JSON).is_file():
         raise TrainError(f"{data}/stats.json: missing; run `alexprep pca-stats {data}` first")
     fingerprint = {
-        "size": size,
+        **data_identity(data, meta),  # size, classes, statistics: what eval checks too
         "classes": classes,
-        "classes_sha256": hashlib.sha256((data / layout.CLASSES_JSON).read_bytes()).hexdigest(),
         "splits": {k: splits[k].get("written") for k in sorted(splits)},
         # the images, their labels and order (plan_sha256), their sharding and JPEG quality: other
         # images with the same classes, or a re-shard with another --seed, --shard-size or
@@ -287,11 +291,14 @@ def _train_locked(
     start(trainer, env, resume, auto_resume)
     if r.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
         tqdm.write(finetune.describe(finetune.init_from(trainer.model, r.init_from, cfg.model)))
+    if trainer.pos.epoch >= cfg.optim.epochs:
+        return []  # finished: its config.json still says what it was trained with
+    trainer.schedule.begin(trainer.pos.epoch)
     if env.main:
         layout.ensure_dir(run_dir)
         layout.remove_stale_tmp(run_dir)  # half-written checkpoints of a killed run
         layout.write_json(run_dir / "config.json", cfg.to_dict())
-        print(announce(cfg, env, steps, trainer.pos), flush=True)
+        print(announce(cfg, env, steps, trainer.pos, trainer.schedule.lr), flush=True)
     metrics = MetricsWriter(run_dir, env.main, trainer.pos.history)
 
     net = trainer.model
@@ -333,8 +340,9 @@ def _train_locked(
     return rows
 
 
-def announce(cfg: TrainConfig, env: Env, steps: int, pos: Position) -> str:
-    """What a user must know before a long run: the global batch, the lr, precision, where it starts."""
+def announce(cfg: TrainConfig, env: Env, steps: int, pos: Position, lr_now: float | None = None) -> str:
+    """What a user must know before a long run: the global batch, the lr (and, resumed after a
+    drop, the lr it goes on with), precision, where it starts."""
     o = cfg.optim
     if o.schedule == "step":
         schedule = f"/10 at epochs {','.join(map(str, o.lr_steps or []))}"
@@ -347,6 +355,8 @@ def announce(cfg: TrainConfig, env: Env, steps: int, pos: Position) -> str:
         lr += f" (= {o.lr:g} x {o.global_batch}/128, linear scaling)"
     if o.warmup_epochs:
         lr += f", warm-up from {o.lr:g} over {o.warmup_epochs} epochs"
+    if pos.step and lr_now is not None and not math.isclose(lr_now, o.base_lr()):
+        lr += f", now {lr_now:g} after its drops"
     where = f"resuming at epoch {pos.epoch} step {pos.epoch_step}" if pos.step else "starting"
     line = (
         f"{where}: global batch {o.global_batch} ({env.batch} per process x {env.world}), {lr} ({schedule}), "
