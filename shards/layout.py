@@ -300,11 +300,29 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+_HELD_LOCKS: set[int] = set()  # the fds of the NodeLocks this process holds
+
+
+def _close_held_locks_in_child() -> None:
+    """A forked child (a DataLoader or pool worker) closes its copies of the held locks' fds: a
+    flock belongs to the open file, so an orphaned worker outliving a killed holder by seconds
+    would still hold it and refuse the restart that follows at once."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
 class NodeLock:
     """One writer per OUT and node: `flock` on OUT/.alexprep-node<R>.lock, released on exit or death.
 
     The holder writes `pid@host` into the file so the second writer's message says who holds it.
-    flock is released by the kernel when the process dies (even kill -9), so a lock is never stale.
+    flock is released by the kernel when the process dies (even kill -9), so a lock is never stale;
+    forked children do not keep it (`_close_held_locks_in_child`), and O_CLOEXEC keeps it from
+    anything the holder execs.
     """
 
     def __init__(
@@ -344,10 +362,12 @@ class NodeLock:
             os.close(fd)
             raise
         self.fd = fd
+        _HELD_LOCKS.add(fd)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
+        if self.fd in _HELD_LOCKS:  # not in a forked child: its copy is closed, the number reusable
+            _HELD_LOCKS.discard(self.fd)
             os.ftruncate(self.fd, 0)  # no holder; the file stays (unlinking a lock file races)
             os.close(self.fd)  # releases the flock
-            self.fd = None
+        self.fd = None

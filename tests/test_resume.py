@@ -93,6 +93,21 @@ def test_kill_mid_epoch_and_resume_is_bit_exact(straight, cifar_tiny, tmp_path, 
 
 
 @pytest.mark.slow
+def test_the_run_lock_dies_with_the_run_not_with_its_loader_workers(cifar_tiny, tmp_path):
+    """kill -9 of a run on the reference loader: its DataLoader workers (forked, orphaned, alive
+    until their watchdog sees the parent gone, ~5 s) held the --out lock, so a restart policy's
+    immediate --auto-resume was refused as "another alextrain run" (a fresh probe found it). The
+    victim writes to a file, not a pipe: a pipe would make the wait last as long as the orphans."""
+    out, args = tmp_path / "run", _args(cifar_tiny, loader="reference")
+    with open(tmp_path / "victim.log", "w") as log:
+        cmd = [sys.executable, "-m", "trainer.cli", "run", "--out", str(out), *args]
+        victim = subprocess.Popen(cmd, env={**os.environ, DIE_ENV: "step:3"}, stdout=log, stderr=log)
+        assert victim.wait() == -signal.SIGKILL
+    resumed = alextrain("run", "--out", out, *args, "--auto-resume")
+    assert "resuming at epoch 0 step 2" in resumed.stdout
+
+
+@pytest.mark.slow
 def test_keeps_best_and_the_newest_n(straight):
     run = straight()
     # checkpoints at steps 2, 4, 5 (epoch 0's end), 6, 8, 10 (epoch 1's end): the newest 3 kept
