@@ -93,6 +93,26 @@ def test_kill_mid_epoch_and_resume_is_bit_exact(straight, cifar_tiny, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loader", ["dali", "reference"])
+def test_a_run_resumed_with_other_loader_threads_trains_on_the_same_batches(
+    straight, cifar_tiny, tmp_path, loader
+):
+    """--num-threads may change on --resume (a host with more cores): the training batches do not
+    depend on it, so the weights are bit-identical. The reference loader's eval batches are made
+    per worker, so the val loss's summation order (not its samples) follows the worker count."""
+    args = _args(cifar_tiny, "--keep", 3, loader=loader)
+    killed = tmp_path / "killed"
+    assert _die_at("step:7", killed, args).returncode == -signal.SIGKILL
+    resumed = alextrain("run", "--out", killed, *args, "--resume", "--num-threads", 3)
+    assert "resuming at epoch 1 step 1" in resumed.stdout
+    assert _same_weights(killed / "last.pt", straight(loader) / "last.pt")
+    mine, theirs = _rows(killed), _rows(straight(loader))
+    assert [r.keys() for r in mine] == [r.keys() for r in theirs]
+    assert all(r == pytest.approx(t, rel=1e-6) for r, t in zip(mine, theirs, strict=True))
+    assert json.loads((killed / "config.json").read_text())["loader"]["num_threads"] == 3
+
+
+@pytest.mark.slow
 def test_the_run_lock_dies_with_the_run_not_with_its_loader_workers(cifar_tiny, tmp_path):
     """kill -9 of a run on the reference loader: its DataLoader workers (forked, orphaned, alive
     until their watchdog sees the parent gone, ~5 s) held the --out lock, so a restart policy's

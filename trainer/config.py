@@ -281,10 +281,10 @@ SECTIONS = {"model": ModelConfig, "loader": LoaderConfig, "optim": OptimConfig, 
 # flat key -> (section, attribute); keys are unique across sections
 WHERE: dict[str, tuple[str, str]] = {key(f): (s, f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
 FIELDS = {key(f): f for cls in SECTIONS.values() for f in fields(cls)}
-# settings a resumed run may change (the rest must match its checkpoint)
-RESUMABLE = frozenset({"epochs", "data", "out", "checkpoint_every", "keep", "verify_data", "mmap"})
-# settings each host may choose for itself (not compared across ranks): how it reads its disk
-PER_HOST = frozenset({"data", "out", "mmap"})
+# per host (not compared across ranks): its disk, its loader threads (the batches do not depend on
+# them: tests/test_resume.py). A resumed run may change those and the rest of RESUMABLE, no other.
+PER_HOST = frozenset({"data", "out", "mmap", "num_threads"})
+RESUMABLE = PER_HOST | {"epochs", "checkpoint_every", "keep", "verify_data"}
 ARCH_IGNORES = {
     "cifar": {
         "towers": "--arch cifar has one tower",
