@@ -206,13 +206,7 @@ def shard_cmd(
     if summary.wrote_nothing:
         click.echo("nothing to do: every shard is complete and matches its manifest part; nothing written")
     if summary.empty_classes:
-        n, first = len(summary.empty_classes), _printable(summary.empty_classes[0])
-        click.echo(
-            f"alexprep: warning: {n} class(es) with no training image written (e.g. {first}: its "
-            "folder is empty, or every image in it was rejected or hidden); `alextrain run` refuses "
-            "this dataset: add or fix their images, or remove their folders, then re-shard",
-            err=True,
-        )
+        _warn_empty_classes(summary.empty_classes, flat=summary.layout == "flat")
     if summary.complete:
         click.echo(f"complete: {_printable(str(out))}")
     else:
@@ -220,6 +214,25 @@ def shard_cmd(
             "this node's shards are done; the dataset completes when every node has "
             "finished (re-run without --node-rank on the shared OUT to merge)"
         )
+
+
+def _warn_empty_classes(names: list[str], flat: bool) -> None:
+    """Classes with no training image: said in the words of the layout (a labels CSV or file
+    names have no class folders to be empty)."""
+    n, first = len(names), _printable(names[0])
+    why, fix = (
+        ("every input with this label was rejected", "fix or remove those inputs")
+        if flat
+        else (
+            "its folder is empty, or every image in it was rejected or hidden",
+            "add or fix their images, or remove their folders",
+        )
+    )
+    click.echo(
+        f"alexprep: warning: {n} class(es) with no training image written (e.g. {first}: {why}); "
+        f"`alextrain run` refuses this dataset: {fix}, then re-shard",
+        err=True,
+    )
 
 
 @main.command("verify")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from shards import layout
 from shards.pool import check_stop, fork_pool
-from shards.reader import DamagedDataError, iter_shard, load_dataset, repair_hint, shard_paths
+from shards.reader import DamagedDataError, DatasetError, iter_shard, load_dataset, repair_hint, shard_paths
 from shards.verify import check_structure, read_manifest
 
 PIXEL_SCALE = 255
@@ -148,9 +148,16 @@ def pca_stats(out: Path, workers: int = 0, max_images: int | None = None, progre
     """Compute and write OUT/stats.json and OUT/mean_image.npy; returns the stats."""
     meta = load_dataset(out)
     check_structure(out, ["train"])  # a truncated shard is named up front, with how to repair it
+    jobs = plan_jobs(out, meta["size"], max_images)
+    if not jobs:  # the moments of no pixels are NaN, never statistics
+        found = meta["splits"]["train"].get("found")
+        why = f"all {found} of its inputs were rejected, see {out / 'train' / layout.REJECTS}"
+        raise DatasetError(
+            f"{out}: no images in its train split ({why if found else 'it had no inputs'}); "
+            "add or fix its images and re-shard"
+        )
     layout.check_writable(out)  # a read-only OUT is said now, not after the whole pass
     layout.remove_stale_tmp(out)  # what a killed or failed run left
-    jobs = plan_jobs(out, meta["size"], max_images)
     total = Moments.zero(meta["size"])
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     bar = tqdm(total=sum(j[2] for j in jobs), unit="img", disable=not progress, desc="pca-stats")

@@ -36,11 +36,15 @@ from preprocess.walk import (  # noqa: F401 (SourceError, Source, clean_name: re
     _excluded,
     _images_in,
     _images_under,
+    _outside,
     _read_text,
     _skipped,
     _subdirs,
     check_split_name,
     clean_name,
+    note_outside,
+    note_outside_splits,
+    outside_notes,
 )
 
 
@@ -56,13 +60,29 @@ def read_synset_names(path: Path) -> dict[str, str]:
     return names
 
 
-def _make_classes(names: list[str], human: dict[str, str]) -> list[ClassInfo]:
+def _make_classes(names: list[str], human: dict[str, str], what: str = "class names") -> list[ClassInfo]:
     """Classes from raw names, sorted; `ClassInfo.name` is the clean name (look up with it)."""
+    _check_distinct(names, what)
     clean = sorted({clean_name(n) for n in names})
     return [ClassInfo(i, n, n if WNID.match(n) else None, human.get(n)) for i, n in enumerate(clean)]
 
 
+def _check_distinct(names: list[str], what: str) -> None:
+    """Two raw names that `clean_name` writes alike (the byte 0xFF and the text `\\xff`) would
+    silently become one class holding both folders' images: refused, naming both by their bytes."""
+    seen: dict[str, str] = {}
+    for raw in sorted(set(names)):
+        other = seen.setdefault(clean_name(raw), raw)
+        if other != raw:
+            a, b = (n.encode("utf-8", "surrogateescape") for n in (other, raw))
+            raise SourceError(
+                f"{what} {a!r} and {b!r} would both be the class `{clean_name(raw)}` (a byte that is "
+                "not UTF-8 is written as \\xHH); rename one of them"
+            )
+
+
 def _folder_split(root: Path, split_dir: Path, index: dict[str, int]) -> list[tuple[str, int]]:
+    note_outside(split_dir, "not inside a class folder")  # `train/x.jpg`: no class to give it
     items = []
     for cls in _subdirs(split_dir):
         if clean_name(cls) not in index:
@@ -164,15 +184,16 @@ def _imagefolder(src: Path, human: dict[str, str], split: str | None) -> Source 
         raise SourceError(f"--split {split}: {src} names its own splits ({', '.join(split_dirs)})")
     if split_dirs:
         names = [c for d in split_dirs for c in _subdirs(src / d)]
-        classes = _make_classes(names, human)
+        classes = _make_classes(names, human, f"{src}: class folders")
         index = {c.name: c.index for c in classes}
         source = Source(src, "imagefolder", classes)
         for d in split_dirs:
             source.splits[d] = _folder_split(src, src / d, index)
+        note_outside_splits(src, top, split_dirs)
         return source
     class_dirs = [d for d in top if _images_under(src / d)]
     if class_dirs:
-        classes = _make_classes(class_dirs, human)
+        classes = _make_classes(class_dirs, human, f"{src}: class folders")
         source = Source(src, "imagefolder", classes)
         split = split or "train"
         source.splits[split] = _folder_split(src, src, {c.name: c.index for c in classes})
@@ -182,8 +203,14 @@ def _imagefolder(src: Path, human: dict[str, str], split: str | None) -> Source 
 
 
 def _csv_rows(path: Path, what: str) -> list[list[str]]:
+    return [row for _, row in _csv_numbered(path, what)]
+
+
+def _csv_numbered(path: Path, what: str) -> list[tuple[int, list[str]]]:
+    """(line number, row) pairs, so that an error can name the line of the row at fault."""
+    reader = csv.reader(_read_text(path, what).splitlines())
     try:
-        return list(csv.reader(_read_text(path, what).splitlines()))
+        return [(reader.line_num, row) for row in reader]
     except csv.Error as e:
         raise SourceError(f"{path}: not a CSV file ({e})") from None
 
@@ -203,20 +230,34 @@ def _read_loc_solution(path: Path) -> dict[str, str]:
     return labels
 
 
-def _read_labels_csv(labels_csv: Path) -> list[tuple[str, str]]:
-    rows = [r for r in _csv_rows(labels_csv, "labels file") if r and not r[0].startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["filename", "label"]:
+def _read_labels_csv(labels_csv: Path, src: Path) -> list[tuple[str, str]]:
+    """`filename,label` rows. The header is optional: a first row `filename,label` is skipped."""
+    rows = [(n, r) for n, r in _csv_numbered(labels_csv, "labels file") if r and not r[0].startswith("#")]
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["filename", "label"]:
         rows = rows[1:]
     if not rows:
         raise SourceError(f"{labels_csv}: no `filename,label` rows")
     # A third non-empty cell is most often a name holding an unquoted comma: refused, not guessed.
-    bad = next((r for r in rows if len(r) < 2 or any(c.strip() for c in r[2:])), None)
-    if bad is not None:
+    for n, r in rows:
+        if len(r) < 2 or any(c.strip() for c in r[2:]):
+            raise SourceError(
+                f"{labels_csv}:{n}: expected a `filename,label` row (quote a name that holds a comma), "
+                f"got {len(r)} field(s): {clean_name(repr(r))[:80]}"
+            )
+    n, first = rows[0]
+    if _is_other_header(src, first[0].strip()):  # `file,class` as a row would make a class `class`
         raise SourceError(
-            f"{labels_csv}: expected `filename,label` rows (quote a name that holds a comma), "
-            f"got {clean_name(repr(bad))[:80]}"
+            f"{labels_csv}:{n}: first row {clean_name(','.join(first))[:80]!r} names no file in SRC: "
+            "a header row must be exactly `filename,label` (or leave it out)"
         )
-    return [(r[0].strip(), r[1].strip()) for r in rows]
+    return [(r[0].strip(), r[1].strip()) for _, r in rows]
+
+
+def _is_other_header(src: Path, name: str) -> bool:
+    """A first row naming no image (no image suffix) and no file in SRC: a header, not a row."""
+    if _row_problem(name) is not None or Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        return False
+    return not os.path.lexists(src / name)
 
 
 def _row_problem(name: str) -> str | None:
@@ -228,34 +269,49 @@ def _row_problem(name: str) -> str | None:
     return None
 
 
-def _labels_from_names(src: Path, human: dict[str, str]) -> list[tuple[str, str]]:
+def _labels_from_names(src: Path, human: dict[str, str]) -> tuple[list[tuple[str, str]], dict[int, str]]:
     """ImageNet's own naming, `<wnid>_<anything>.JPEG`: the label is the part before `_`.
 
     Where the rest is a name rather than a number (`n01440764_tench.JPEG`), it becomes the
-    class's human-readable name unless a synsets file gave one.
+    class's human-readable name unless a synsets file gave one. A name that gives no label is
+    an input rejected with that reason ({row: reason}), as an unreadable file is: the other
+    files are still sharded.
     """
-    rows = []
+    rows, bad = [], {}
     for name in _images_in(src):
         label, sep, rest = Path(name).stem.partition("_")
-        if not sep:
-            raise SourceError(f"{src / name}: no `_` in the name to take a label from")
-        if not label:
-            raise SourceError(f"{src / name}: nothing before the `_` to take a label from")
-        if rest and not rest.isdigit():
+        if not sep or not label:
+            where = "nothing before the `_`" if sep else "no `_` in the name"
+            bad[len(rows)] = f"{where} to take a label from"
+            label = ""
+        elif rest and not rest.isdigit():
             human.setdefault(clean_name(label), clean_name(rest.replace("_", " ")))
         rows.append((name, label))
     if not rows:
         raise SourceError(f"{src}: no image files")
-    return rows
+    if len(bad) == len(rows):  # not one class: nothing a dataset could be made of
+        raise SourceError(
+            f"{clean_name(str(src / rows[0][0]))}: {bad[0]}; no file in {src} is named `<label>_<rest>`"
+        )
+    return rows, bad
 
 
-def _flat(src: Path, rows: list[tuple[str, str]], human: dict[str, str], split: str, how: str) -> Source:
-    """Rows -> one split. Each row is an input: one that is outside SRC, has no label or repeats
-    an earlier row's file is rejected with that reason (and counted), never read."""
+def _flat(
+    src: Path,
+    rows: list[tuple[str, str]],
+    human: dict[str, str],
+    split: str,
+    how: str,
+    unlabelled: dict[int, str] | None = None,
+) -> Source:
+    """Rows -> one split. Each row is an input: one that is outside SRC, has no label (with
+    `unlabelled`'s reason, where given) or repeats an earlier row's file is rejected with that
+    reason (and counted), never read."""
     reasons: dict[int, str] = {}
     first_row: dict[str, int] = {}
     for n, (name, label) in enumerate(rows):
-        problem = _row_problem(name) or (None if label else "empty label in the labels CSV")
+        no_label = (unlabelled or {}).get(n, "empty label in the labels CSV")
+        problem = _row_problem(name) or (None if label else no_label)
         if problem is None:
             norm = os.path.normpath(name)
             if norm in first_row:
@@ -264,7 +320,8 @@ def _flat(src: Path, rows: list[tuple[str, str]], human: dict[str, str], split: 
                 first_row[norm] = n
         if problem:
             reasons[n] = problem
-    classes = _make_classes([label for n, (_, label) in enumerate(rows) if n not in reasons], human)
+    labels = [label for n, (_, label) in enumerate(rows) if n not in reasons]
+    classes = _make_classes(labels, human, f"{src}: labels from {how}")
     index = {c.name: c.index for c in classes}
     order = sorted(range(len(rows)), key=lambda n: (rows[n][0], n))
     items = [(rows[n][0], index.get(clean_name(rows[n][1]), -1)) for n in order]
@@ -277,7 +334,10 @@ def _flat(src: Path, rows: list[tuple[str, str]], human: dict[str, str], split: 
     outside = sum(r.startswith("outside") for r in reasons.values())
     if outside:
         source.notes.append(f"{outside} row(s) outside SRC rejected")
-    unlisted = _unlisted(src, set(first_row))
+    if unlabelled:
+        source.notes.append(f"{len(unlabelled)} file(s) whose name gives no label rejected")
+    # every row inside SRC is listed, rejected or not: a rejected row's file is said once, as rejected
+    unlisted = _unlisted(src, {os.path.normpath(name) for name, _ in rows if _row_problem(name) is None})
     if unlisted:
         source.notes.append(
             f"{len(unlisted)} image file(s) in SRC not in the labels (not sharded), "
@@ -324,6 +384,7 @@ def discover(
         check_split_name(split)
     _excluded.clear()
     _skipped.clear()
+    _outside.clear()
     if exclude is not None:
         _excluded.add(os.path.realpath(exclude))
     try:
@@ -334,10 +395,12 @@ def discover(
                 f"{len(_skipped)} file(s) not read: hidden or not an image suffix (e.g. {example}; "
                 f"inputs end in {', '.join(sorted(IMAGE_SUFFIXES))})"
             )
+        source.notes += outside_notes(src)
         return source
     finally:
         _excluded.clear()
         _skipped.clear()
+        _outside.clear()
 
 
 def _discover(
@@ -357,9 +420,10 @@ def _discover(
         raise SourceError(f"{' and '.join(given)}: give one way of labelling SRC, not several")
     human = read_synset_names(synsets) if synsets else {}
     if labels_csv is not None:
-        return _flat(src, _read_labels_csv(labels_csv), human, split or "train", labels_csv.name)
+        return _flat(src, _read_labels_csv(labels_csv, src), human, split or "train", labels_csv.name)
     if label_from_name:
-        return _flat(src, _labels_from_names(src, human), human, split or "train", "file names")
+        rows, unlabelled = _labels_from_names(src, human)
+        return _flat(src, rows, human, split or "train", "file names", unlabelled)
     root = _ilsvrc_root(src)
     if root is not None and split is not None:
         raise SourceError(f"--split {split}: {src} is an ILSVRC tree that names its own splits")

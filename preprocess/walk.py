@@ -21,6 +21,7 @@ MAX_TEXT_BYTES = 256 * 2**20  # a labels CSV / synsets file larger than this is 
 
 _excluded: set[str] = set()  # real paths never walked (OUT, when it lies inside SRC)
 _skipped: set[str] = set()  # files seen in image folders that are not inputs (said in the summary)
+_outside: dict[str, str] = {}  # image files the layout has no place for -> why (said in the summary)
 
 
 class SourceError(Exception):
@@ -134,6 +135,43 @@ def _skip_tree(folder: Path) -> None:
     for base, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(base, d)) not in _excluded]
         _skipped.update(os.path.join(base, f) for f in files)
+
+
+def note_outside(folder: Path, why: str, below: bool = False) -> None:
+    """Record the image files in `folder` (with `below`, also in the folders under it) that the
+    layout has no place for: `SRC/x.jpg` beside the class folders, `SRC/extra/` beside `train/`
+    and `val/`. They have no class, so they are not inputs; `_outside` keeps them so that the
+    summary says they were not read, rather than dropping them unmentioned."""
+    for base, dirs, files in os.walk(folder):
+        dirs[:] = [
+            d
+            for d in dirs
+            if below and not d.startswith(".") and os.path.realpath(os.path.join(base, d)) not in _excluded
+        ]
+        for f in files:
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                _outside[os.path.join(base, f)] = why
+
+
+def note_outside_splits(src: Path, top: list[str], split_dirs: list[str]) -> None:
+    """Image files of a SRC/<split>/<class>/ tree that are in no split: `SRC/x.jpg`, and what a
+    folder beside the splits holds (`SRC/extra/`, or a split-named folder without class folders)."""
+    elsewhere = f"not under {' or '.join(f'{d}/' for d in split_dirs)}"
+    note_outside(src, elsewhere)
+    for d in top:
+        if d not in split_dirs:
+            flat_split = d.lower() in SPLIT_NAMES  # `test/` holding images but no class folder
+            note_outside(src / d, "not inside a class folder" if flat_split else elsewhere, below=True)
+
+
+def outside_notes(src: Path) -> list[str]:
+    """The summary's lines for `_outside`: per reason, how many and one example."""
+    notes = []
+    for why in sorted(set(_outside.values())):
+        paths = sorted(p for p, w in _outside.items() if w == why)
+        example = clean_name(os.path.relpath(paths[0], src))
+        notes.append(f"{len(paths)} image file(s) not read: {why} (e.g. {example})")
+    return notes
 
 
 def _subdirs(folder: Path) -> list[str]:

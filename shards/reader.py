@@ -27,6 +27,8 @@ class Sample:
 
 def load_dataset(out: Path) -> dict:
     path = out / layout.DATASET_JSON
+    if out.exists() and not out.is_dir():  # "no dataset.json" would send the user to re-shard
+        raise DatasetError(f"{out}: not a folder (a sharded dataset is the folder `alexprep shard` wrote)")
     if not path.is_file():
         raise DatasetError(f"{out}: no {layout.DATASET_JSON}; run `alexprep shard SRC {out}`")
     try:

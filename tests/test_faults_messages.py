@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import alexprep
@@ -62,23 +63,29 @@ def test_non_ascii_names_under_an_ascii_locale(tmp_path):
     assert proc.returncode == 0 and "done: epoch 0" in proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize(
-    "name, outcome",
-    [
-        ("n01443537_.JPEG", "ok"),  # a label before the `_`, nothing after: a label all the same
-        ("_goldfish.JPEG", "nothing before the `_` to take a label from"),  # not in the list
-        ("n01443537.JPEG", "no `_` in the name to take a label from"),
-    ],
-)
-def test_label_from_name_says_what_is_missing(tmp_path, name, outcome):
+def test_label_from_name_rejects_each_name_without_a_label_and_goes_on(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / name).write_bytes(jpeg((30, 60, 90)))
-    (src / "n01440764_tench.JPEG").write_bytes(jpeg((90, 60, 30)))
-    proc = alexprep("shard", src, tmp_path / "out", "--label-from-name", "--size", 16, "--quiet", check=False)
-    if outcome == "ok":
-        assert proc.returncode == 0 and "train: found 2, written 2, rejected 0" in proc.stdout, proc.stderr
-        names = [c["name"] for c in json.loads((tmp_path / "out" / "classes.json").read_text())]
-        assert names == ["n01440764", "n01443537"]
-    else:
-        assert proc.returncode == 2 and outcome in proc.stderr, proc.stderr
+    names = ["n01443537_.JPEG", "_leading.JPEG", "nounderscore.JPEG", "n01440764_tench.JPEG"]
+    for i, name in enumerate(names):
+        (src / name).write_bytes(jpeg((30 * i, 60, 90)))
+    out = tmp_path / "out"
+    proc = alexprep("shard", src, out, "--label-from-name", "--size", 16, "--quiet")
+    assert "train: found 4, written 2, rejected 2" in proc.stdout, proc.stdout
+    rejects = {r["source"]: r["reason"] for r in pq.read_table(out / "train" / "rejects.parquet").to_pylist()}
+    assert rejects == {
+        "_leading.JPEG": "nothing before the `_` to take a label from",
+        "nounderscore.JPEG": "no `_` in the name to take a label from",
+    }
+    assert "not in the labels" not in proc.stdout  # each is said once, as rejected
+    names = [c["name"] for c in json.loads((out / "classes.json").read_text())]
+    assert names == ["n01440764", "n01443537"]  # `n01443537_`: a label before the `_`, nothing after
+
+
+def test_label_from_name_with_no_name_giving_a_label_is_refused(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "nounderscore.JPEG").write_bytes(jpeg((30, 60, 90)))
+    proc = alexprep("shard", src, tmp_path / "out", "--label-from-name", "--size", 16, check=False)
+    assert proc.returncode == 2 and "no `_` in the name to take a label from" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

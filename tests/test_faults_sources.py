@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -136,3 +137,46 @@ def test_classes_json_and_dataset_json_both_shortened_fail_verify(data, tmp_path
         proc.returncode != 0
         and "manifest labels 5 are not classes of classes.json" in proc.stdout + proc.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "layout, strays, said",
+    [
+        ("<class>", ["0000.jpg"], "1 image file(s) not read: not inside a class folder (e.g. 0000.jpg)"),
+        (
+            "<split>/<class>",
+            ["top.jpg", "extra/0003.jpg", "extra/deeper/0004.jpg"],
+            "3 image file(s) not read: not under train/ or val/ (e.g. extra/0003.jpg)",
+        ),
+        (
+            "<split>/<class>",
+            ["train/loose.jpg"],
+            "not read: not inside a class folder (e.g. train/loose.jpg)",
+        ),
+    ],
+)
+def test_image_files_outside_the_layout_are_said_as_not_read(tmp_path, layout, strays, said):
+    src = tmp_path / "src"
+    prefix = "train/" if layout == "<split>/<class>" else ""
+    images = [f"{prefix}{c}/{i}.jpg" for c in ("cat", "dog") for i in range(2)]
+    if prefix:
+        images.append("val/cat/v.jpg")
+    for rel in images + strays:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(jpeg((len(rel) * 9 % 255, 60, 90)))
+    proc = alexprep("shard", src, tmp_path / "out", "--size", 16, "--quiet")
+    s = _summary(proc)
+    assert s["train"] == "found 4, written 4, rejected 0", proc.stdout  # strays are not inputs...
+    assert said in s["layout"], proc.stdout  # ...but are said, with why
+
+
+def test_two_class_folders_written_alike_are_refused_not_merged(tmp_path):
+    src = tmp_path / "src"
+    raw = os.fsdecode(b"bad\xff")  # the byte 0xFF, not UTF-8: written as the text `bad\xff`
+    for name in (raw, "bad\\xff", "ok"):  # the second: a backslash, then `xff`
+        (src / name).mkdir(parents=True)
+        (src / name / "a.jpg").write_bytes(jpeg((9, 90, 9)))
+    proc = alexprep("shard", src, tmp_path / "out", "--size", 16, "--quiet", check=False)
+    assert proc.returncode == 2, proc.stdout
+    assert "class folders b'bad\\\\xff' and b'bad\\xff' would both be the class" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

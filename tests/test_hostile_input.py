@@ -274,6 +274,10 @@ def test_bad_out_is_a_one_line_error(two_images, tmp_path):
     for out in (garbage, listed):
         proc = alexprep("verify", out, check=False)
         assert proc.returncode == 2 and "dataset.json" in proc.stderr and "Traceback" not in proc.stderr
+    for command in ("verify", "pca-stats"):  # a file, not a dataset without its dataset.json
+        proc = alexprep(command, tmp_path / "afile", check=False)
+        assert proc.returncode == 2 and "afile: not a folder" in proc.stderr, (command, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_out_inside_src_is_not_walked(tmp_path):

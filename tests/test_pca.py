@@ -106,3 +106,16 @@ def test_no_train_shards_is_a_clear_error(tmp_path):
     proc = alexprep("pca-stats", tmp_path / "out", check=False)
     assert proc.returncode == 2 and "no train split" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_train_split_with_no_image_written_is_a_clear_error(tmp_path):
+    # every train input rejected (random bytes, an empty file); val has a good image
+    root = write_folder(tmp_path / "src", np.full((1, 3), 100, np.uint8), split="val")
+    (root / "train" / "class0").mkdir(parents=True)
+    (root / "train" / "class0" / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+    (root / "train" / "class0" / "empty.jpg").write_bytes(b"")
+    alexprep("shard", root, tmp_path / "out", "--size", 16, "--quiet")
+    proc = alexprep("pca-stats", tmp_path / "out", "--quiet", check=False)
+    assert proc.returncode == 2 and "out: no images in its train split" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "stats.json").exists()

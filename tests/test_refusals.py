@@ -82,6 +82,43 @@ def test_labels_csv_that_is_empty_or_has_a_third_column_is_refused(tmp_path, tex
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "file,class\na.jpg,cat\n",
+            "l.csv:1: first row 'file,class' names no file in SRC: a header row must",
+        ),
+        ("filename,label\na.jpg,cat\na.jpg\n", "l.csv:3: expected a `filename,label` row"),
+        ('a.jpg,cat\n\n# a comment\n"a,b.jpg",cat,x\n', "l.csv:4: expected a `filename,label` row"),
+    ],
+)
+def test_labels_csv_with_another_header_or_a_row_of_1_or_3_fields_names_its_line(tmp_path, text, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(jpeg((5, 5, 5)))
+    labels = tmp_path / "l.csv"
+    labels.write_text(text)
+    proc = alexprep("shard", src, tmp_path / "out", "--labels", labels, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_rejected_csv_rows_are_said_as_rows_not_folders(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (src / name).write_bytes(jpeg((5, 5, 5)))
+    labels = tmp_path / "l.csv"
+    labels.write_text("a.jpg,cat\nb.jpg,\nmissing.jpg,bird\n")
+    proc = alexprep("shard", src, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
+    assert "train: found 3, written 1, rejected 2" in proc.stdout
+    assert "not in the labels" not in proc.stdout  # b.jpg has a row (rejected): it is said once
+    assert "(e.g. bird: every input with this label was rejected)" in proc.stderr, proc.stderr
+    assert "folder" not in proc.stderr
+
+
 def test_a_trailing_empty_cell_is_still_a_row(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
