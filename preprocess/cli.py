@@ -201,8 +201,12 @@ def shard_cmd(
     )
     for line in summary.first_rejects:
         click.echo(f"rejected: {_printable(line)}")
-    if any(summary.rejected.values()):
-        click.echo(f"all rejects with reasons: {_printable(str(out))}/<split>/rejects.parquet")
+    total, shown = sum(summary.rejected.values()), len(summary.first_rejects)
+    if total:
+        more = f" ({shown} shown above)" if 0 < shown < total else ""
+        click.echo(
+            f"{total} reject(s){more}, each with its reason: {_printable(str(out))}/<split>/rejects.parquet"
+        )
     if summary.wrote_nothing:
         click.echo("nothing to do: every shard is complete and matches its manifest part; nothing written")
     if summary.empty_classes:

@@ -89,3 +89,18 @@ def test_label_from_name_with_no_name_giving_a_label_is_refused(tmp_path):
     proc = alexprep("shard", src, tmp_path / "out", "--label-from-name", "--size", 16, check=False)
     assert proc.returncode == 2 and "no `_` in the name to take a label from" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_the_summary_says_how_many_rejects_it_does_not_list(tmp_path):
+    src = make_source(tmp_path / "src", train=2, val=1)
+    for i in range(7):  # empty files: rejected, 7 in all, only the first 5 are listed
+        (src / "train" / "c0" / f"bad{i}.jpg").write_bytes(b"")
+    proc = alexprep("shard", src, tmp_path / "out", "--size", 16, "--workers", 1, "--quiet")
+    assert proc.stdout.count("rejected: ") == 5
+    assert f"7 reject(s) (5 shown above), each with its reason: {tmp_path / 'out'}/<split>/" in proc.stdout
+    one = tmp_path / "one"
+    for i in range(6):
+        (src / "train" / "c0" / f"bad{i}.jpg").unlink()
+    proc = alexprep("shard", src, one, "--size", 16, "--workers", 1, "--quiet")
+    assert proc.stdout.count("rejected: ") == 1
+    assert f"1 reject(s), each with its reason: {one}/<split>/rejects.parquet" in proc.stdout
