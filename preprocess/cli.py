@@ -20,6 +20,7 @@ from preprocess.defaults import (  # imports nothing heavy: --help stays instant
     MAX_BYTES,
     MAX_PIXELS,
 )
+from preprocess.walk import printable
 
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 workers_option = click.option(
@@ -56,14 +57,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ShardError, SourceError, DatasetError, DamagedDataError, LayoutError)
 
 
-def _printable(text: str) -> str:
-    """`text` on one line: a control character in a file name (a newline) is shown escaped, so
-    that a hostile name cannot forge lines of the summary."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
-
-
 def _fail(message: str) -> None:
-    click.echo(f"alexprep: error: {_printable(message)}", err=True)
+    click.echo(f"alexprep: error: {printable(message)}", err=True)
     sys.exit(2)
 
 
@@ -200,19 +195,19 @@ def shard_cmd(
         f"{summary.seconds:.1f}s ({rate:.0f} img/s)"
     )
     for line in summary.first_rejects:
-        click.echo(f"rejected: {_printable(line)}")
+        click.echo(f"rejected: {printable(line)}")
     total, shown = sum(summary.rejected.values()), len(summary.first_rejects)
     if total:
         more = f" ({shown} shown above)" if 0 < shown < total else ""
         click.echo(
-            f"{total} reject(s){more}, each with its reason: {_printable(str(out))}/<split>/rejects.parquet"
+            f"{total} reject(s){more}, each with its reason: {printable(str(out))}/<split>/rejects.parquet"
         )
     if summary.wrote_nothing:
         click.echo("nothing to do: every shard is complete and matches its manifest part; nothing written")
     if summary.empty_classes:
         _warn_empty_classes(summary.empty_classes, flat=summary.layout == "flat")
     if summary.complete:
-        click.echo(f"complete: {_printable(str(out))}")
+        click.echo(f"complete: {printable(str(out))}")
     else:
         click.echo(
             "this node's shards are done; the dataset completes when every node has "
@@ -223,7 +218,7 @@ def shard_cmd(
 def _warn_empty_classes(names: list[str], flat: bool) -> None:
     """Classes with no training image: said in the words of the layout (a labels CSV or file
     names have no class folders to be empty)."""
-    n, first = len(names), _printable(names[0])
+    n, first = len(names), printable(names[0])
     why, fix = (
         ("every input with this label was rejected", "fix or remove those inputs")
         if flat
@@ -258,9 +253,9 @@ def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
     for p in problems:
         click.echo(p)
     if problems:
-        click.echo(f"verify: {len(problems)} problem(s) in {_printable(str(out))}", err=True)
+        click.echo(f"verify: {len(problems)} problem(s) in {printable(str(out))}", err=True)
         sys.exit(1)
-    click.echo(f"verify: {_printable(str(out))} is intact")
+    click.echo(f"verify: {printable(str(out))} is intact")
 
 
 @main.command("pca-stats")

@@ -54,6 +54,12 @@ def clean_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def printable(text: str) -> str:
+    """`text` on one line: a control character in a file name (a newline) is shown escaped, so
+    that a hostile name cannot forge lines of a summary or a table."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def check_split_name(split: str) -> str:
     """A split is a plain folder name inside OUT (no `/`, no `..`, not absolute)."""
     if not SPLIT_NAME.match(split) or split in (".", ".."):

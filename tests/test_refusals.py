@@ -61,6 +61,16 @@ def test_a_newline_in_a_file_name_cannot_forge_summary_lines(class_tree, tmp_pat
     assert rejected == ["rejected: dog/b\\nrejected: forged.jpg: empty file"]
 
 
+def test_a_newline_in_an_image_name_cannot_forge_lines_of_predicts_table(demo_data, demo_run, tmp_path):
+    image = next((demo_data / "images" / "val").rglob("*.jpg"))
+    evil = tmp_path / "a\n  0.9999  forged"
+    evil.mkdir()
+    shutil.copy(image, evil / "x.jpg")
+    proc = alextrain("predict", demo_run, evil / "x.jpg", "--out", tmp_path / "fig4.png", "--device", "cpu")
+    assert "a\\n  0.9999  forged/x.jpg" in proc.stdout
+    assert not any(line.startswith("  0.9999  forged") for line in proc.stdout.splitlines())
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

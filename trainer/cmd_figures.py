@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from preprocess.cli import image_limit_options  # click only: --help stays fast
+from preprocess.walk import printable
 from trainer.cli_common import (
     USER_ERRORS,
     batch_size_option,
@@ -117,7 +118,7 @@ def predict_cmd(
     def table() -> None:
         for r in results:
             truth = f"  (true: {r['true_name']}, p={r['true_prob']:.4f})" if r["true_name"] else ""
-            click.echo(f"{r['image']}{truth}")
+            click.echo(f"{printable(r['image'])}{truth}")
             for t in r["top"]:
                 click.echo(f"  {t['prob']:8.4f}  {t['name']}{' *' if t['index'] == r['true_index'] else ''}")
 
@@ -219,11 +220,10 @@ def neighbors_cmd(
             left_out = (
                 f"; its own copy (row {', '.join(map(str, r['excluded']))}) left out" if r["excluded"] else ""
             )
-            click.echo(
-                f"{r['query']} ({r['query_class'] or 'class unknown'}), nearest in {r['split']}{left_out}:"
-            )
+            query = f"{printable(r['query'])} ({r['query_class'] or 'class unknown'})"
+            click.echo(f"{query}, nearest in {r['split']}{left_out}:")
             for n in r["neighbors"]:
-                click.echo(f"  {n['distance']:10.2f}  {n['name'][:24]:<24}  {n['source']}")
+                click.echo(f"  {n['distance']:10.2f}  {n['name'][:24]:<24}  {printable(n['source'])}")
 
     emit(result, as_json, json_out, table)
     if out:
