@@ -57,6 +57,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ShardError, SourceError, DatasetError, DamagedDataError, LayoutError)
 
 
+def _interrupted(then: str, prog: str = "alexprep") -> None:
+    """Ctrl-C: what is kept and how to go on, exit 130 (the shell's code for SIGINT), instead of
+    click's bare "Aborted!"."""
+    click.echo(f"{prog}: interrupted; {then}", err=True)
+    sys.exit(128 + 2)
+
+
 def _fail(message: str) -> None:
     click.echo(f"alexprep: error: {printable(message)}", err=True)
     sys.exit(2)
@@ -184,6 +191,8 @@ def shard_cmd(
         summary = shard(source, out, opt)
     except _user_errors() as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _interrupted(f"complete shards are kept: re-run the same command to go on ({printable(str(out))})")
     click.echo(f"layout: {summary.layout} ({'; '.join(summary.notes) or 'as found'})")
     for name in sorted(summary.found):
         f, w, r = summary.found[name], summary.written[name], summary.rejected[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -41,6 +42,7 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
     """Train AlexNet with the paper's recipe (all values overridable)."""
     from trainer.train import run
 
+    values: dict = {}
     try:
         values = load_config_file(config_file) if config_file else {}
         # only flags count as given: a config file (a run's config.json) may hold every key, the
@@ -60,6 +62,8 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=given)
     except USER_ERRORS as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        _interrupted(flags.get("out") or values.get("out"))
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 speaks for the run
     if rows:
@@ -71,6 +75,22 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         )
     else:
         click.echo(f"nothing to do: {cfg.run.out} has finished its {cfg.optim.epochs} epochs")
+
+
+def _interrupted(out: str | Path | None) -> None:
+    """Ctrl-C: where the run can go on from, exit 130 (the shell's code for SIGINT), instead of
+    click's bare "Aborted!" (rank 0 speaks; checkpoints are written atomically, so the last is whole)."""
+    if os.environ.get("RANK", "0") == "0":
+        last = Path(out or ".") / "last.pt"
+        then = (
+            f"go on from {last} with `alextrain run --out {out} --resume`"
+            if last.is_file()
+            else "no checkpoint was written yet: start it again"
+        )
+        from tqdm import tqdm  # on a line of its own, not after the epoch's bar
+
+        tqdm.write(f"alextrain: interrupted; {then}", file=sys.stderr)
+    raise SystemExit(128 + 2)
 
 
 def _saved_settings(out: str | None) -> dict:

@@ -1,7 +1,8 @@
 """How a run stops when it is told to or loses a peer: one line, never a page of traceback.
 
-- Ctrl-C once raises KeyboardInterrupt as usual (click says "Aborted!"; the last checkpoint is
-  intact and `--resume` continues from it). Ctrl-C again, while the exit's clean-up runs (DALI
+- Ctrl-C once raises KeyboardInterrupt as usual; `run` says where it can go on from (the last
+  checkpoint is intact and `--resume` continues from it), other commands say click's "Aborted!".
+  Ctrl-C again, while the exit's clean-up runs (DALI
   unloads its plugins in an atexit callback), exits at once with one line instead of "Exception
   ignored in atexit callback ... KeyboardInterrupt".
 - Under torchrun, a process that dies (killed, out of memory, a lost host) closes its
