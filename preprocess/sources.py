@@ -38,6 +38,7 @@ from preprocess.walk import (  # noqa: F401 (SourceError, Source, clean_name: re
     _images_under,
     _outside,
     _read_text,
+    _skip_tree,
     _skipped,
     _subdirs,
     check_split_name,
@@ -85,10 +86,9 @@ def _folder_split(root: Path, split_dir: Path, index: dict[str, int]) -> list[tu
     note_outside(split_dir, "not inside a class folder")  # `train/x.jpg`: no class to give it
     items = []
     for cls in _subdirs(split_dir):
-        if clean_name(cls) not in index:
-            raise SourceError(
-                f"{clean_name(str(split_dir / cls))}: class folder not present in the class list"
-            )
+        if clean_name(cls) not in index:  # SRC/<class>/ beside SRC/docs/ holding no image: no class
+            _skip_tree(split_dir / cls)  # its files are said as not read
+            continue
         for name in _images_under(split_dir / cls):
             items.append((str((split_dir / cls / name).relative_to(root)), index[clean_name(cls)]))
     return items

@@ -170,6 +170,23 @@ def test_image_files_outside_the_layout_are_said_as_not_read(tmp_path, layout, s
     assert said in s["layout"], proc.stdout  # ...but are said, with why
 
 
+def test_a_folder_without_images_beside_the_class_folders_is_not_a_class_nor_an_error(tmp_path):
+    # SRC/cat/, SRC/dog/ and SRC/docs/notes.txt: refused as "class folder not present in the
+    # class list" before (a fresh probe); the split layout makes it an empty class, warned
+    src = tmp_path / "src"
+    for rel in ("cat/0.jpg", "cat/1.jpg", "dog/0.jpg"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(jpeg((len(rel) * 40 % 255, 60, 90)))
+    (src / "docs").mkdir()
+    (src / "docs" / "notes.txt").write_text("how these were collected")
+    (src / "empty").mkdir()
+    out = tmp_path / "out"
+    s = _summary(alexprep("shard", src, out, "--size", 16, "--quiet"))
+    assert s["train"] == "found 3, written 3, rejected 0"
+    assert "1 file(s) not read: hidden or not an image suffix (e.g. docs/notes.txt" in s["layout"]
+    assert [c["name"] for c in json.loads((out / "classes.json").read_text())] == ["cat", "dog"]
+
+
 def test_two_class_folders_written_alike_are_refused_not_merged(tmp_path):
     src = tmp_path / "src"
     raw = os.fsdecode(b"bad\xff")  # the byte 0xFF, not UTF-8: written as the text `bad\xff`
