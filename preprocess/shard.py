@@ -121,8 +121,27 @@ def _identity(source: Source, plans: list[SplitPlan], opt: Options) -> dict:
     }
 
 
-def _check_out(src: Path, out: Path, identity: dict) -> dict | None:
-    """OUT's existing dataset.json if it is the same dataset; refuse anything else (reads only)."""
+def _difference(key: str, old: dict, identity: dict, found: dict[str, int]) -> str:
+    """One setting of OUT's dataset.json that this run would make otherwise, in the user's
+    terms: the flag and both values, or, for the plan, the inputs counted per split."""
+    if key != "plan_sha256":
+        return f"{key}: OUT {old.get(key)!r}, now {identity[key]!r}"
+    splits = old.get("splits") if isinstance(old.get("splits"), dict) else {}
+    before = {k: v.get("found") for k, v in splits.items() if isinstance(v, dict)}
+    now = ", ".join(f"{k} {n}" for k, n in sorted(found.items()))
+    if not before:  # a run that stopped before its summary: no counts to compare
+        return f"SRC's inputs are not those OUT was started from (found now: {now})"
+    if before == found:
+        return (
+            f"SRC's inputs are not those OUT was made from (as many, {now}: renamed, replaced or relabelled)"
+        )
+    then = ", ".join(f"{k} {n}" for k, n in sorted(before.items()))
+    return f"SRC's inputs are not those OUT was made from (found then: {then}; now: {now})"
+
+
+def _check_out(src: Path, out: Path, identity: dict, found: dict[str, int]) -> dict | None:
+    """OUT's existing dataset.json if it is the same dataset; refuse anything else (reads only).
+    `found`: the inputs per split now, to say how SRC changed."""
     if out.is_symlink():  # written through, a link would put the dataset somewhere OUT does not say
         target = "a folder" if out.is_dir() else "nothing" if not out.exists() else "a file"
         raise ShardError(
@@ -139,10 +158,10 @@ def _check_out(src: Path, out: Path, identity: dict) -> dict | None:
             old = layout.read_json(path)
         except layout.LayoutError as e:
             raise ShardError(f"{e}; OUT is not a dataset this tool wrote: use an empty OUT") from None
-        diff = [k for k in identity if old.get(k) != identity[k]]
+        diff = [_difference(k, old, identity, found) for k in identity if old.get(k) != identity[k]]
         if diff:
             raise ShardError(
-                f"{out}: holds a different dataset ({', '.join(diff)} differ); "
+                f"{out}: holds a different dataset ({'; '.join(diff)}); "
                 "use an empty OUT or the original arguments"
             )
         return old
@@ -238,7 +257,7 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
         raise ShardError(f"--node-rank {opt.node_rank} is not in [0, {opt.num_nodes})")
     plans = plan_splits(source, opt.shard_size, opt.seed)
     identity = _identity(source, plans, opt)
-    old = _check_out(source.root, out, identity)
+    old = _check_out(source.root, out, identity, {k: len(v) for k, v in source.splits.items()})
     redo = _check_redo(plans, opt)
     summary = Summary(source.layout, list(source.notes))
 

@@ -104,3 +104,19 @@ def test_the_summary_says_how_many_rejects_it_does_not_list(tmp_path):
     proc = alexprep("shard", src, one, "--size", 16, "--workers", 1, "--quiet")
     assert proc.stdout.count("rejected: ") == 1
     assert f"1 reject(s), each with its reason: {one}/<split>/rejects.parquet" in proc.stdout
+
+
+def test_a_changed_src_or_flag_says_what_changed(tmp_path):
+    src, out = make_source(tmp_path / "src", train=2, val=1), tmp_path / "out"
+    alexprep("shard", src, out, "--size", 16, "--workers", 1, "--quiet")
+
+    def refusal(*args: object) -> str:
+        proc = alexprep("shard", src, out, "--workers", 1, "--quiet", *args, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        return proc.stderr
+
+    assert "(size: OUT 16, now 32)" in refusal("--size", 32)
+    (src / "train" / "c0" / "0.jpg").rename(src / "train" / "c0" / "renamed.jpg")
+    assert "(as many, train 6, val 3: renamed, replaced or relabelled)" in refusal("--size", 16)
+    (src / "train" / "c1" / "new.jpg").write_bytes(jpeg((1, 2, 3)))
+    assert "(found then: train 6, val 3; now: train 7, val 3)" in refusal("--size", 16)
