@@ -45,10 +45,12 @@ class Stats:
     mean_image: np.ndarray  # (S, S, 3) float32 RGB
 
 
-def load_stats(out: Path) -> Stats:
+def load_stats(out: Path, own: bool = True) -> Stats:
     """OUT's stats.json and mean_image.npy, checked where they are read: shapes, dtypes, finite
-    values, and (when OUT has a train split and stats.json records one) the plan they were
-    computed from. A NaN here would otherwise train to NaN weights without a word."""
+    values, and (`own`: training, when OUT has a train split and stats.json records one) the
+    plan they were computed from. A NaN here would otherwise train to NaN weights without a
+    word. Evaluating a model (`own=False`) takes its training set's statistics wherever they are
+    copied to, checked by their hash against its checkpoint (trainer.inference.check_fits)."""
     sj, mi = out / layout.STATS_JSON, out / layout.MEAN_IMAGE
     for p in (sj, mi):
         if not p.is_file():
@@ -67,7 +69,8 @@ def load_stats(out: Path) -> Stats:
     if problem:
         raise StatsError(f"{sj}: {problem}; {redo}")
     meta = _dataset_meta(out)
-    _check_plan(sj, s, meta, redo)
+    if own:
+        _check_plan(sj, s, meta, redo)
     size = meta.get("size") if isinstance(meta.get("size"), int) else None
     mean = _load_mean_image(mi, size, redo)
     _check_pair(sj, s, mi, redo)

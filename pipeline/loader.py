@@ -135,7 +135,9 @@ class _Split:
             raise ValueError(f"crop {feed.crop} is larger than the stored images ({self.size})")
         self.rank, self.world = rank_world(feed)
         self.backend = cfg.backend if cfg.backend != "auto" else _auto_backend()
-        stats = load_stats(data)  # both normalisations need it (mean image, or mean/std per channel)
+        # both normalisations need it (mean image, or mean/std per channel); training takes this
+        # dataset's own, evaluation the model's (copied from its training set, checked by hash)
+        stats = load_stats(data, own=need_lighting)
         if cfg.normalization == "mean-image" and stats.mean_image.shape != (self.size, self.size, 3):
             raise ValueError(f"{data}/mean_image.npy is {stats.mean_image.shape}, shards are {self.size}px")
         self.norm = Normalization.of(stats, cfg.normalization)

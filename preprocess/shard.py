@@ -121,11 +121,17 @@ def _identity(source: Source, plans: list[SplitPlan], opt: Options) -> dict:
     }
 
 
-def _difference(key: str, old: dict, identity: dict, found: dict[str, int]) -> str:
+FLAGS = {"size": "--size", "quality": "--quality", "shard_size": "--shard-size", "seed": "--seed"}
+
+
+def _difference(key: str, old: dict, identity: dict, found: dict[str, int]) -> str | None:
     """One setting of OUT's dataset.json that this run would make otherwise, in the user's
-    terms: the flag and both values, or, for the plan, the inputs counted per split."""
+    terms: the flag and both values, or, for the plan (the inputs, their labels and, for train,
+    their --seed order), the inputs counted per split; None where a flag already explains it."""
     if key != "plan_sha256":
-        return f"{key}: OUT {old.get(key)!r}, now {identity[key]!r}"
+        return f"{FLAGS.get(key, key)}: OUT {old.get(key)!r}, now {identity[key]!r}"
+    if any(old.get(k) != identity[k] for k in ("seed", "layout", "num_classes")):
+        return None  # the order or the classes changed: said by that key
     splits = old.get("splits") if isinstance(old.get("splits"), dict) else {}
     before = {k: v.get("found") for k, v in splits.items() if isinstance(v, dict)}
     now = ", ".join(f"{k} {n}" for k, n in sorted(found.items()))
@@ -159,6 +165,7 @@ def _check_out(src: Path, out: Path, identity: dict, found: dict[str, int]) -> d
         except layout.LayoutError as e:
             raise ShardError(f"{e}; OUT is not a dataset this tool wrote: use an empty OUT") from None
         diff = [_difference(k, old, identity, found) for k in identity if old.get(k) != identity[k]]
+        diff = [d for d in diff if d]
         if diff:
             raise ShardError(
                 f"{out}: holds a different dataset ({'; '.join(diff)}); "

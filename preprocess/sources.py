@@ -86,9 +86,13 @@ def _folder_split(root: Path, split_dir: Path, index: dict[str, int]) -> list[tu
     note_outside(split_dir, "not inside a class folder")  # `train/x.jpg`: no class to give it
     items = []
     for cls in _subdirs(split_dir):
-        if clean_name(cls) not in index:  # SRC/<class>/ beside SRC/docs/ holding no image: no class
-            _skip_tree(split_dir / cls)  # its files are said as not read
-            continue
+        if clean_name(cls) not in index:
+            if not _images_under(split_dir / cls):  # SRC/docs/ beside SRC/<class>/: not a class
+                _skip_tree(split_dir / cls)  # its files are said as not read
+                continue
+            raise SourceError(  # ILSVRC: a val class that train/ does not have
+                f"{clean_name(str(split_dir / cls))}: class folder not present in the class list"
+            )
         for name in _images_under(split_dir / cls):
             items.append((str((split_dir / cls / name).relative_to(root)), index[clean_name(cls)]))
     return items
@@ -233,8 +237,8 @@ def _read_loc_solution(path: Path) -> dict[str, str]:
 def _read_labels_csv(labels_csv: Path, src: Path) -> list[tuple[str, str]]:
     """`filename,label` rows. The header is optional: a first row `filename,label` is skipped."""
     rows = [(n, r) for n, r in _csv_numbered(labels_csv, "labels file") if r and not r[0].startswith("#")]
-    if rows and [c.strip().lower() for c in rows[0][1][:2]] == ["filename", "label"]:
-        rows = rows[1:]
+    header = bool(rows) and [c.strip().lower() for c in rows[0][1][:2]] == ["filename", "label"]
+    rows = rows[1:] if header else rows
     if not rows:
         raise SourceError(f"{labels_csv}: no `filename,label` rows")
     # A third non-empty cell is most often a name holding an unquoted comma: refused, not guessed.
@@ -245,10 +249,10 @@ def _read_labels_csv(labels_csv: Path, src: Path) -> list[tuple[str, str]]:
                 f"got {len(r)} field(s): {clean_name(repr(r))[:80]}"
             )
     n, first = rows[0]
-    if _is_other_header(src, first[0].strip()):  # `file,class` as a row would make a class `class`
+    if not header and _is_other_header(src, first[0].strip()):  # `file,class`: a class `class`
         raise SourceError(
-            f"{labels_csv}:{n}: first row {clean_name(','.join(first))[:80]!r} names no file in SRC: "
-            "a header row must be exactly `filename,label` (or leave it out)"
+            f"{labels_csv}:{n}: first row {clean_name(','.join(first))[:80]!r} names no file in SRC "
+            "(a header row must be exactly `filename,label`; a file name needs its suffix)"
         )
     return [(r[0].strip(), r[1].strip()) for _, r in rows]
 

@@ -21,7 +21,7 @@ MAX_TEXT_BYTES = 256 * 2**20  # a labels CSV / synsets file larger than this is 
 
 _excluded: set[str] = set()  # real paths never walked (OUT, when it lies inside SRC)
 _skipped: set[str] = set()  # files seen in image folders that are not inputs (said in the summary)
-_outside: dict[str, str] = {}  # image files the layout has no place for -> why (said in the summary)
+_outside: dict[str, tuple[int, str]] = {}  # why -> (count, first name): image files with no place
 
 
 class SourceError(Exception):
@@ -144,10 +144,14 @@ def _skip_tree(folder: Path) -> None:
 
 
 def note_outside(folder: Path, why: str, below: bool = False) -> None:
-    """Record the image files in `folder` (with `below`, also in the folders under it) that the
-    layout has no place for: `SRC/x.jpg` beside the class folders, `SRC/extra/` beside `train/`
-    and `val/`. They have no class, so they are not inputs; `_outside` keeps them so that the
-    summary says they were not read, rather than dropping them unmentioned."""
+    """Count the image files in `folder` (with `below`, also in the folders under it, links not
+    followed) that the layout has no place for: `SRC/x.jpg` beside the class folders,
+    `SRC/extra/` beside `train/` and `val/`. They have no class, so they are not inputs;
+    `_outside` keeps a count and the first name per reason so that the summary says they were
+    not read, rather than dropping them unmentioned."""
+    if folder.is_symlink():  # as `_images_under`: a linked folder is not walked, but said
+        _skipped.add(str(folder))
+        return
     for base, dirs, files in os.walk(folder):
         dirs[:] = [
             d
@@ -156,7 +160,9 @@ def note_outside(folder: Path, why: str, below: bool = False) -> None:
         ]
         for f in files:
             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
-                _outside[os.path.join(base, f)] = why
+                count, first = _outside.get(why, (0, None))
+                path = os.path.join(base, f)
+                _outside[why] = (count + 1, path if first is None else min(first, path))
 
 
 def note_outside_splits(src: Path, top: list[str], split_dirs: list[str]) -> None:
@@ -172,12 +178,10 @@ def note_outside_splits(src: Path, top: list[str], split_dirs: list[str]) -> Non
 
 def outside_notes(src: Path) -> list[str]:
     """The summary's lines for `_outside`: per reason, how many and one example."""
-    notes = []
-    for why in sorted(set(_outside.values())):
-        paths = sorted(p for p, w in _outside.items() if w == why)
-        example = clean_name(os.path.relpath(paths[0], src))
-        notes.append(f"{len(paths)} image file(s) not read: {why} (e.g. {example})")
-    return notes
+    return [
+        f"{count} image file(s) not read: {why} (e.g. {clean_name(os.path.relpath(first, src))})"
+        for why, (count, first) in sorted(_outside.items())
+    ]
 
 
 def _subdirs(folder: Path) -> list[str]:

@@ -98,6 +98,55 @@ def test_an_eval_only_set_is_evaluated_with_the_training_sets_statistics(
     )
 
 
+def test_a_held_out_set_sharded_as_train_takes_the_models_statistics_too(
+    demo_data, demo_run, images, tmp_path
+):
+    # SRC/<class>/ sharded without --split: its one split is `train`, so pca-stats could make its
+    # own; the model's are what it is evaluated with (a loop of refusals before, a review found)
+    data = shard(images / "val", tmp_path / "held-out", stats=False)
+    for name in ("stats.json", "mean_image.npy"):
+        shutil.copy(demo_data / "shards" / name, data / name)
+    result = CliRunner().invoke(
+        main, ["eval", "--data", str(data), "--checkpoint", str(demo_run), "--split", "train", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    (mine,), (theirs,) = json.loads(result.stdout)["rows"], eval_rows(demo_data / "shards", demo_run)
+    assert mine["samples"] == 40 and mine["top1_err"] == pytest.approx(theirs["top1_err"])
+
+
+def test_the_same_classes_with_other_labels_and_the_same_statistics_from_another_decoder_fit(
+    demo_data, demo_run, images, tmp_path
+):
+    # classes.json's human-readable labels (from a synsets file) are not the classes; stats.json's
+    # provenance (the decoder's version) is not the statistics
+    names = sorted(p.name for p in (images / "train").iterdir() if p.is_dir())
+    synsets = tmp_path / "synsets.txt"
+    synsets.write_text("".join(f"{n} the {n} pattern\n" for n in names))
+    data = tmp_path / "labelled"
+    alexprep(
+        "shard",
+        images,
+        data,
+        "--size",
+        32,
+        "--shard-size",
+        60,
+        "--synsets",
+        synsets,
+        "--workers",
+        1,
+        "--quiet",
+    )
+    for name in ("stats.json", "mean_image.npy"):
+        shutil.copy(demo_data / "shards" / name, data / name)
+    stats = json.loads((data / "stats.json").read_text())
+    stats["computed_from"]["decoder"] = "another OpenCV build"
+    (data / "stats.json").write_text(json.dumps(stats))
+    assert json.loads((data / "classes.json").read_text())[0]["label"] == f"the {names[0]} pattern"
+    (mine,), (theirs,) = eval_rows(data, demo_run), eval_rows(demo_data / "shards", demo_run)
+    assert mine == theirs | {"model": mine["model"]}
+
+
 def test_resume_refuses_other_statistics_and_accepts_a_checkpoint_from_before_they_were_recorded(
     demo_data, demo_run, tmp_path
 ):
@@ -109,10 +158,13 @@ def test_resume_refuses_other_statistics_and_accepts_a_checkpoint_from_before_th
     why = refused("run", "--out", run, "--resume", "--epochs", 3, "--data", restatted, "--quiet")
     assert "its statistics (stats.json" in why
 
-    # a checkpoint written before stats_sha256 was part of the fingerprint resumes as before
     last = run / "last.pt"
     state = torch.load(last, weights_only=False)
-    assert state["dataset"].pop("stats_sha256")
+    torch.save({**state, "dataset": None}, last)  # a record that is not one: refused, not skipped
+    why = refused("run", "--out", run, "--resume", "--epochs", 3, "--data", demo_data / "shards", "--quiet")
+    assert "the checkpoint's record of it is unreadable" in why
+    # a checkpoint written before stats_sha256 was part of the fingerprint resumes as before
+    assert state["dataset"].pop("stats_sha256") and state["dataset"].pop("class_names_sha256")
     torch.save(state, last)
     proc = alextrain(
         "run", "--out", run, "--resume", "--epochs", 3, "--data", demo_data / "shards", "--quiet"
@@ -125,7 +177,7 @@ def test_a_finished_run_resumed_with_fewer_epochs_changes_nothing(demo_run, tmp_
     shutil.copytree(demo_run, run)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     proc = alextrain("run", "--out", run, "--resume", "--epochs", 1, "--quiet")
-    assert proc.stdout.strip() == f"nothing to do: {run} has finished its 1 epochs"
+    assert proc.stdout.strip() == f"nothing to do: {run} has trained 2 epochs; --epochs 1 asks for none more"
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # config.json too
     proc = alextrain("run", "--out", run, "--resume", "--quiet")  # its epochs are still its own
     assert proc.stdout.strip() == f"nothing to do: {run} has finished its 2 epochs"

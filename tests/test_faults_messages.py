@@ -115,7 +115,8 @@ def test_a_changed_src_or_flag_says_what_changed(tmp_path):
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         return proc.stderr
 
-    assert "(size: OUT 16, now 32)" in refusal("--size", 32)
+    assert "(--size: OUT 16, now 32);" in refusal("--size", 32)
+    assert "(--seed: OUT 0, now 1);" in refusal("--size", 16, "--seed", 1)  # not blamed on SRC
     (src / "train" / "c0" / "0.jpg").rename(src / "train" / "c0" / "renamed.jpg")
     assert "(as many, train 6, val 3: renamed, replaced or relabelled)" in refusal("--size", 16)
     (src / "train" / "c1" / "new.jpg").write_bytes(jpeg((1, 2, 3)))

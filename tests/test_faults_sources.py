@@ -187,6 +187,16 @@ def test_a_folder_without_images_beside_the_class_folders_is_not_a_class_nor_an_
     assert [c["name"] for c in json.loads((out / "classes.json").read_text())] == ["cat", "dog"]
 
 
+def test_an_ilsvrc_val_class_that_train_lacks_is_still_refused(tmp_path):
+    # a folder WITH images that is no class stays an error (only a folder without images is passed over)
+    src = tmp_path / "src"
+    for rel in ("train/n00000001/a.JPEG", "val/n00000002/c.JPEG"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(jpeg((9, 90, 9)))
+    proc = alexprep("shard", src, tmp_path / "out", "--size", 16, "--quiet", check=False)
+    assert proc.returncode == 2 and "val/n00000002: class folder not present in the class list" in proc.stderr
+
+
 def test_two_class_folders_written_alike_are_refused_not_merged(tmp_path):
     src = tmp_path / "src"
     raw = os.fsdecode(b"bad\xff")  # the byte 0xFF, not UTF-8: written as the text `bad\xff`

@@ -97,7 +97,7 @@ def test_labels_csv_that_is_empty_or_has_a_third_column_is_refused(tmp_path, tex
     [
         (
             "file,class\na.jpg,cat\n",
-            "l.csv:1: first row 'file,class' names no file in SRC: a header row must",
+            "l.csv:1: first row 'file,class' names no file in SRC (a header row must be exactly",
         ),
         ("filename,label\na.jpg,cat\na.jpg\n", "l.csv:3: expected a `filename,label` row"),
         ('a.jpg,cat\n\n# a comment\n"a,b.jpg",cat,x\n', "l.csv:4: expected a `filename,label` row"),
@@ -113,6 +113,18 @@ def test_labels_csv_with_another_header_or_a_row_of_1_or_3_fields_names_its_line
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_only_the_first_line_can_be_taken_for_a_header(tmp_path):
+    # after a real header, a row naming no file is a row (rejected as unreadable), not a header
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (src / name).write_bytes(jpeg((5, 5, 5)))
+    labels = tmp_path / "l.csv"
+    labels.write_text("filename,label\n00001,cat\na.jpg,cat\nb.jpg,dog\n")
+    proc = alexprep("shard", src, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
+    assert "train: found 3, written 2, rejected 1" in proc.stdout
 
 
 def test_rejected_csv_rows_are_said_as_rows_not_folders(tmp_path):

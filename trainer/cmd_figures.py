@@ -117,10 +117,11 @@ def predict_cmd(
 
     def table() -> None:
         for r in results:
-            truth = f"  (true: {r['true_name']}, p={r['true_prob']:.4f})" if r["true_name"] else ""
+            truth = f"  (true: {printable(r['true_name'])}, p={r['true_prob']:.4f})" if r["true_name"] else ""
             click.echo(f"{printable(r['image'])}{truth}")
             for t in r["top"]:
-                click.echo(f"  {t['prob']:8.4f}  {t['name']}{' *' if t['index'] == r['true_index'] else ''}")
+                mark = " *" if t["index"] == r["true_index"] else ""
+                click.echo(f"  {t['prob']:8.4f}  {printable(t['name'])}{mark}")
 
     emit([{k: v for k, v in r.items() if k != "_rgb"} for r in results], as_json, json_out, table)
     if unnamed:
@@ -223,7 +224,9 @@ def neighbors_cmd(
             query = f"{printable(r['query'])} ({r['query_class'] or 'class unknown'})"
             click.echo(f"{query}, nearest in {r['split']}{left_out}:")
             for n in r["neighbors"]:
-                click.echo(f"  {n['distance']:10.2f}  {n['name'][:24]:<24}  {printable(n['source'])}")
+                click.echo(
+                    f"  {n['distance']:10.2f}  {printable(n['name'])[:24]:<24}  {printable(n['source'])}"
+                )
 
     emit(result, as_json, json_out, table)
     if out:

@@ -74,7 +74,18 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
             + f"; checkpoint {Path(cfg.run.out) / 'last.pt'}"
         )
     else:
-        click.echo(f"nothing to do: {cfg.run.out} has finished its {cfg.optim.epochs} epochs")
+        click.echo(f"nothing to do: {_finished(Path(cfg.run.out), cfg.optim.epochs)}")
+
+
+def _finished(out: Path, epochs: int) -> str:
+    """What a run that had nothing left to do has done: all its epochs, or more than --epochs
+    asks for (a lower --epochs on --resume trains nothing and changes nothing)."""
+    from trainer.metrics import METRICS, read_metrics
+
+    done = len(read_metrics(out / METRICS))
+    if done <= epochs:
+        return f"{out} has finished its {epochs} epochs"
+    return f"{out} has trained {done} epochs; --epochs {epochs} asks for none more"
 
 
 def _interrupted(out: str | Path | None) -> None:

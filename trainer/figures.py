@@ -263,7 +263,7 @@ def predict_images(
 ) -> tuple[list[dict], list[int]]:
     """Top-k classes of each image with probabilities and names, and the true class when the
     path names one; also the indices of the shown classes that have no human-readable name."""
-    stats, classes = load_stats(data), load_classes(data)
+    stats, classes = load_stats(data, own=False), load_classes(data)  # checked: load_for_figures
     names, missing = class_names(data, classes)
     size = layout.read_json(data / layout.DATASET_JSON)["size"]
     device = next(model.parameters()).device

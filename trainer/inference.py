@@ -74,7 +74,7 @@ def check_fits(state: dict, path: Path, data: Path, meta: dict) -> None:
     now = data_identity(data, meta)
     source = state["config"].get("data") or "the training set"
     copy = f"copy stats.json and mean_image.npy from {source} into {data}"
-    if saved.get("classes_sha256") not in (None, now["classes_sha256"]):
+    if saved.get("class_names_sha256") not in (None, now["class_names_sha256"]):  # not their labels
         raise DatasetError(
             f"{data}/classes.json: not the classes {path} was trained on (other names or another "
             "order: its outputs would be scored against the wrong labels)"

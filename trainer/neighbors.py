@@ -57,7 +57,7 @@ def find_neighbors(
     meta = layout.read_json(data / layout.DATASET_JSON)
     if split not in meta.get("splits", {}):
         raise FigureError(f"{data}: no split {split!r} to search (have {', '.join(sorted(meta['splits']))})")
-    stats, classes = load_stats(data), load_classes(data)
+    stats, classes = load_stats(data, own=False), load_classes(data)  # checked: load_for_figures
     names, _ = class_names(data, classes)
     loaded = [
         load_image(q, stats, cfg["crop"], False, meta["size"], cfg["normalization"], limits) for q in queries

@@ -15,6 +15,7 @@ not be shared) start from the same weights, position and schedule.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from shards import layout
+from shards.reader import load_classes
 from trainer import checkpoint
 from trainer.config import TrainConfig, config_changes
 from trainer.distributed import Env, broadcast
@@ -97,22 +99,36 @@ class Position:
     best_top1_err: float | None = None
 
 
+STATS_KEYS = ("mean_rgb", "std_rgb", "eigval", "eigvec")  # what the loaders use of stats.json
+
+
 def stats_sha256(data: Path) -> str | None:
-    """SHA-256 of DATA/stats.json (None when there is none): its mean, std, eigenbasis and its
-    mean image's hash, i.e. what the loaders normalise and light the images with."""
+    """SHA-256 of what DATA/stats.json gives the loaders (None when there is none): its mean,
+    std and eigenbasis and its mean image's hash, i.e. what the images are normalised and lit
+    with. Not its provenance (the decoder's version): the same numbers are the same statistics."""
     try:
-        return hashlib.sha256((data / layout.STATS_JSON).read_bytes()).hexdigest()
+        s = json.loads((data / layout.STATS_JSON).read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError):
+        return "unreadable"  # the loader names what is wrong with it
+    if not isinstance(s, dict):
+        return "unreadable"
+    made = s.get("computed_from") if isinstance(s.get("computed_from"), dict) else {}
+    used = {**{k: s.get(k) for k in STATS_KEYS}, "mean_image_sha256": made.get("mean_image_sha256")}
+    return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()
 
 
 def data_identity(data: Path, meta: dict) -> dict:
     """What a model must find again in a dataset to be resumed or evaluated on it: the stored
-    size (its crops' scale), its classes in order (its outputs' meaning) and the statistics its
-    input is normalised with (a model is used with the statistics it was trained with)."""
+    size (its crops' scale), its classes in order (its outputs' meaning: by name, for eval; the
+    whole classes.json for resume) and the statistics its input is normalised with (a model is
+    used with the statistics it was trained with)."""
+    names = [c.get("name") for c in load_classes(data)]
     return {
         "size": meta["size"],
         "classes_sha256": hashlib.sha256((data / layout.CLASSES_JSON).read_bytes()).hexdigest(),
+        "class_names_sha256": hashlib.sha256(json.dumps(names).encode()).hexdigest(),
         "stats_sha256": stats_sha256(data),
     }
 
@@ -120,6 +136,7 @@ def data_identity(data: Path, meta: dict) -> dict:
 DATASET_KEYS = {
     "plan_sha256": "its images or their order (plan_sha256 in dataset.json)",
     "classes_sha256": "its classes (classes.json)",
+    "class_names_sha256": "its classes' names or order",
     "stats_sha256": "its statistics (stats.json: pca-stats re-run, or copied from another dataset)",
 }
 
@@ -127,7 +144,8 @@ DATASET_KEYS = {
 def dataset_change(saved: object, now: dict, data: Path) -> str | None:
     """What differs between a checkpoint's dataset fingerprint and this run's, as one clause, or
     None. A key the checkpoint lacks (written before the fingerprint had it) is not compared."""
-    saved = saved if isinstance(saved, dict) else {}
+    if not isinstance(saved, dict):
+        return f"the dataset (the checkpoint's record of it is unreadable: {type(saved).__name__})"
     keys = sorted(k for k in saved if saved[k] != now.get(k))
     if not keys:
         return None

@@ -226,7 +226,9 @@ def run(
         preflight(data, splits, r.verify_data == "full", hash_files=host_main, say=say, keep=keep)
         hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
         hosts.init_group(env.cuda)
-        agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, "dataset": fingerprint}, env)
+        # each key its own, so that a host whose data differs is told which part (its stats.json...)
+        data_keys = {f"dataset.{k}": v for k, v in fingerprint.items()}
+        agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, **data_keys}, env)
         with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir):
             return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
     finally:
