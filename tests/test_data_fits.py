@@ -183,6 +183,15 @@ def test_a_finished_run_resumed_with_fewer_epochs_changes_nothing(demo_run, tmp_
     assert proc.stdout.strip() == f"nothing to do: {run} has finished its 2 epochs"
 
 
+def test_resume_names_the_given_setting_that_differs_not_one_it_implies(demo_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    why = refused("run", "--out", run, "--resume", "--arch", "alexnet", "--lr", 0.003, "--quiet")
+    assert why.endswith(
+        "--resume with other settings than the run's: arch (checkpoint 'cifar', now 'alexnet')\n"
+    )
+
+
 def test_a_run_resumed_after_a_drop_says_the_lr_it_goes_on_with(demo_data, tmp_path):
     run = tmp_path / "run"
     common = ("--out", run, "--num-threads", 1, "--quiet")
