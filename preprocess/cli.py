@@ -57,10 +57,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ShardError, SourceError, DatasetError, DamagedDataError, LayoutError)
 
 
-def _interrupted(then: str, prog: str = "alexprep") -> None:
+def _interrupted(then: str) -> None:
     """Ctrl-C: what is kept and how to go on, exit 130 (the shell's code for SIGINT), instead of
     click's bare "Aborted!"."""
-    click.echo(f"{prog}: interrupted; {then}", err=True)
+    click.echo(f"alexprep: interrupted; {then}", err=True)
     sys.exit(128 + 2)
 
 

@@ -71,6 +71,17 @@ def test_a_newline_in_an_image_name_cannot_forge_lines_of_predicts_table(demo_da
     assert not any(line.startswith("  0.9999  forged") for line in proc.stdout.splitlines())
 
 
+def labelled_files(tmp_path: Path, csv: str, *names: str) -> tuple[Path, Path]:
+    """SRC holding plain-colour JPEGs under `names` (a flat folder) and l.csv holding `csv`."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, name in enumerate(names):
+        (src / name).write_bytes(jpeg((5 + 4 * i, 5, 5)))
+    labels = tmp_path / "l.csv"
+    labels.write_text(csv)
+    return src, labels
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -80,12 +91,7 @@ def test_a_newline_in_an_image_name_cannot_forge_lines_of_predicts_table(demo_da
     ],
 )
 def test_labels_csv_that_is_empty_or_has_a_third_column_is_refused(tmp_path, text, message):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a,b.jpg").write_bytes(jpeg((5, 5, 5)))
-    (src / "a").write_bytes(jpeg((9, 9, 9)))
-    labels = tmp_path / "l.csv"
-    labels.write_text(text)
+    src, labels = labelled_files(tmp_path, text, "a,b.jpg", "a")
     proc = alexprep("shard", src, tmp_path / "out", "--labels", labels, check=False)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -104,11 +110,7 @@ def test_labels_csv_that_is_empty_or_has_a_third_column_is_refused(tmp_path, tex
     ],
 )
 def test_labels_csv_with_another_header_or_a_row_of_1_or_3_fields_names_its_line(tmp_path, text, message):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.jpg").write_bytes(jpeg((5, 5, 5)))
-    labels = tmp_path / "l.csv"
-    labels.write_text(text)
+    src, labels = labelled_files(tmp_path, text, "a.jpg")
     proc = alexprep("shard", src, tmp_path / "out", "--labels", labels, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -117,23 +119,15 @@ def test_labels_csv_with_another_header_or_a_row_of_1_or_3_fields_names_its_line
 
 def test_only_the_first_line_can_be_taken_for_a_header(tmp_path):
     # after a real header, a row naming no file is a row (rejected as unreadable), not a header
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("a.jpg", "b.jpg"):
-        (src / name).write_bytes(jpeg((5, 5, 5)))
-    labels = tmp_path / "l.csv"
-    labels.write_text("filename,label\n00001,cat\na.jpg,cat\nb.jpg,dog\n")
+    src, labels = labelled_files(
+        tmp_path, "filename,label\n00001,cat\na.jpg,cat\nb.jpg,dog\n", "a.jpg", "b.jpg"
+    )
     proc = alexprep("shard", src, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
     assert "train: found 3, written 2, rejected 1" in proc.stdout
 
 
 def test_rejected_csv_rows_are_said_as_rows_not_folders(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("a.jpg", "b.jpg"):
-        (src / name).write_bytes(jpeg((5, 5, 5)))
-    labels = tmp_path / "l.csv"
-    labels.write_text("a.jpg,cat\nb.jpg,\nmissing.jpg,bird\n")
+    src, labels = labelled_files(tmp_path, "a.jpg,cat\nb.jpg,\nmissing.jpg,bird\n", "a.jpg", "b.jpg")
     proc = alexprep("shard", src, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
     assert "train: found 3, written 1, rejected 2" in proc.stdout
     assert "not in the labels" not in proc.stdout  # b.jpg has a row (rejected): it is said once
@@ -142,11 +136,7 @@ def test_rejected_csv_rows_are_said_as_rows_not_folders(tmp_path):
 
 
 def test_a_trailing_empty_cell_is_still_a_row(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.jpg").write_bytes(jpeg((5, 5, 5)))
-    labels = tmp_path / "l.csv"
-    labels.write_text("a.jpg,cat,\r\n")
+    src, labels = labelled_files(tmp_path, "a.jpg,cat,\r\n", "a.jpg")
     alexprep("shard", src, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
     assert [c["name"] for c in json.loads((tmp_path / "out" / "classes.json").read_text())] == ["cat"]
 

@@ -13,7 +13,7 @@ from trainer.cli_common import (
     USER_ERRORS,
     fail,
 )
-from trainer.config import RESUMABLE, TrainConfig, load_config_file
+from trainer.config import TrainConfig, config_changes, load_config_file
 from trainer.errors import TrainError
 from trainer.options import option, run_options
 
@@ -57,7 +57,7 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
                 raise TrainError(f"--resume: no such checkpoint: no run was started in {values['out']}")
             values = {**saved, **values}
             if resume and saved:
-                _refuse_changed(saved, values, given)
+                _refuse_changed(saved, values)
         cfg = TrainConfig.from_flat(values)
         if not cfg.run.data or not cfg.run.out:
             raise TrainError("--data and --out are required (flags or config file)")
@@ -79,15 +79,13 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         click.echo(f"nothing to do: {_finished(Path(cfg.run.out), cfg.optim.epochs)}")
 
 
-def _refuse_changed(saved: dict, values: dict, given: set[str]) -> None:
+def _refuse_changed(saved: dict, values: dict) -> None:
     """--resume with a given setting that differs from the run's: refused naming it, before the
     merged settings are checked, which would blame one the user did not give (`--arch alexnet`
-    on a cifar run: "crop 32: alexnet takes 224"). The run's start refuses the rest (its data,
-    its process count) on every rank; this check is the same on every rank (rank 0's settings)."""
-    run, now = TrainConfig.from_flat(saved).flat(), TrainConfig.from_flat(values).flat()
-    changed = [
-        f"{k} (checkpoint {run[k]!r}, now {now[k]!r})" for k in sorted(given - RESUMABLE) if run[k] != now[k]
-    ]
+    on a cifar run: "crop 32: alexnet takes 224"). `values` is `saved` with the given flags over
+    it, so what differs is what was given. The run's start refuses the rest (its data, its
+    process count) on every rank; this check is the same on every rank (rank 0's settings)."""
+    changed = config_changes(TrainConfig.from_flat(saved).to_dict(), TrainConfig.from_flat(values))
     if changed:
         raise TrainError(f"--resume with other settings than the run's: {'; '.join(changed)}")
 

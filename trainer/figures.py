@@ -54,6 +54,7 @@ def load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"): 
     from trainer.checkpoint import resolve
     from trainer.inference import check_fits, load_model, pick_device
     from trainer.model import ModelConfig
+    from trainer.runstate import data_identity
 
     checkpoint = resolve(checkpoint)
     model, state = load_model(checkpoint, pick_device(device))
@@ -70,7 +71,7 @@ def load_for_figures(checkpoint: Path, data: Path | None, device: str = "cpu"): 
     made_for = ModelConfig.from_dict(state["model_config"]).num_classes  # load_model checked it
     if len(classes) != made_for:
         raise CheckpointError(f"{checkpoint}: made for {made_for} classes, {data} has {len(classes)}")
-    check_fits(state, checkpoint, data, meta)
+    check_fits(state, checkpoint, data, data_identity(data, meta))
     return model, cfg, data, checkpoint
 
 

@@ -64,14 +64,14 @@ def load_model(
     return model.to(device).eval(), state
 
 
-def check_fits(state: dict, path: Path, data: Path, meta: dict) -> None:
+def check_fits(state: dict, path: Path, data: Path, now: dict) -> None:
     """DATA can be read as the model of `state` was trained: the same classes in the same order
     (permuted, every label is scored against another class), the same stored size (its crop
     would see another scale) and the same statistics (its input normalisation is part of the
     model; an eval-only set has none of its own: it takes the training set's). Checked against
-    the checkpoint's dataset fingerprint; what an older checkpoint does not record is not."""
+    the checkpoint's dataset fingerprint; what an older checkpoint does not record is not.
+    `now`: DATA's `runstate.data_identity`, read once for however many checkpoints."""
     saved = state.get("dataset") if isinstance(state.get("dataset"), dict) else {}
-    now = data_identity(data, meta)
     source = state["config"].get("data") or "the training set"
     copy = f"copy stats.json and mean_image.npy from {source} into {data}"
     if saved.get("class_names_sha256") not in (None, now["class_names_sha256"]):  # not their labels
@@ -117,10 +117,10 @@ def evaluate_checkpoints(
     dev = pick_device(device)
     num_classes = len(load_classes(data))
     paths = [checkpoint.resolve(p) for p in paths]
-    models, configs = [], []
+    models, configs, now = [], [], data_identity(data, meta)
     for p in paths:
         m, state = load_model(p, dev, num_classes)
-        check_fits(state, p, data, meta)
+        check_fits(state, p, data, now)
         models.append(m)
         configs.append(state["config"])
     cfg = configs[0]
