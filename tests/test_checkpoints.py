@@ -1,12 +1,16 @@
-"""Checkpoint files: which one a path means, atomic writes, keeping best and last N."""
+"""Checkpoint files: which one a path means, atomic writes, keeping best and last N; what a run
+records of its data so that it can be found again."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import alextrain
 from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
 
@@ -25,3 +29,30 @@ def test_resolve_prefers_best_then_last_and_names_the_problem(tmp_path: Path):
         checkpoint.resolve(tmp_path / "missing")
     assert torch.load(run / "best.pt", weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt"]  # no temporary left
+
+
+@pytest.mark.slow  # trains a run
+def test_a_run_started_with_a_relative_data_resumes_and_predicts_from_anywhere(
+    demo_data, tmp_path, monkeypatch
+):
+    shutil.copytree(demo_data / "shards", tmp_path / "work" / "shards")
+    monkeypatch.chdir(tmp_path / "work")
+    args = ("--arch", "cifar", "--epochs", 1, "--global-batch", 30, "--num-threads", 1, "--quiet")
+    alextrain("run", "--data", "shards", "--out", "run", *args)
+    config = tmp_path / "work" / "run" / "config.json"
+    assert json.loads(config.read_text())["run"]["data"] == str(tmp_path / "work" / "shards")
+    monkeypatch.chdir(tmp_path)  # before: "shards: no dataset.json; run `alexprep shard SRC shards`"
+    proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 2, "--quiet")
+    assert "resuming at epoch 1" in proc.stdout
+    image = next((demo_data / "images" / "val").rglob("*.jpg"))
+    assert alextrain("predict", "work/run", image).returncode == 0  # finds the shards' classes
+    # a run recorded before that, from another folder: said, not "re-shard"
+    old = json.loads(config.read_text())
+    old["run"]["data"] = "shards"
+    config.write_text(json.dumps(old))
+    proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 3, check=False)
+    assert proc.returncode == 2 and "recorded relative to the folder it was started in" in proc.stderr
+    # a checkpoint without its config.json: the settings are what is missing, not the run
+    config.unlink()
+    proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 3, check=False)
+    assert proc.returncode == 2 and "config.json: missing, so the run's settings are unknown" in proc.stderr

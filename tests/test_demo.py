@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import cv2
 import pytest
 
 from preprocess.demo import CLASSES, MARKER, make_images
 from shards.layout import LayoutError
-from trainer.demo import steps
+from trainer.demo import Step, _invoke, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +92,50 @@ def test_demo_end_to_end_in_a_folder_with_nothing_beside_it(tmp_path):
         text=True,
     )
     assert again.returncode == 0 and "nothing to do" in again.stdout  # re-run: reuses what is complete
+
+
+@click.group()
+def _steps_group() -> None:
+    """Commands that stop as a Ctrl-C stops `alextrain run` (130, said) or leaves it to click."""
+
+
+@_steps_group.command("said")
+def _said() -> None:
+    raise SystemExit(130)
+
+
+@_steps_group.command("bare")
+def _bare() -> None:
+    raise KeyboardInterrupt
+
+
+@_steps_group.command("refused")
+def _refused() -> None:
+    raise SystemExit(2)
+
+
+@pytest.mark.parametrize("command", ["said", "bare"])
+def test_a_step_stopped_by_ctrl_c_is_an_interruption_not_a_failed_step(command):
+    # before: "step failed (exit 130)" or "step failed (Abort: )", reported as an error (exit 2)
+    with pytest.raises(KeyboardInterrupt):
+        _invoke(Step("t", "alextrain", [command]), _steps_group)
+    with pytest.raises(Exception, match="step failed \\(exit 2\\): alextrain refused"):
+        _invoke(Step("t", "alextrain", ["refused"]), _steps_group)
+
+
+@pytest.mark.slow  # a real process and its signal
+def test_ctrl_c_while_drawing_says_how_to_go_on(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", "demo", "out"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    assert "making the demo images" in proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "re-run `alextrain demo out` to go on" in err, err

@@ -54,7 +54,8 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
 
             saved = run_settings(values.get("out"), _saved_settings)
             if resume and not saved and values.get("out") and not values.get("data"):
-                raise TrainError(f"--resume: no such checkpoint: no run was started in {values['out']}")
+                raise TrainError(_no_settings(Path(values["out"])))
+            _refuse_lost_data(saved, values)
             values = {**saved, **values}
             if resume and saved:
                 _refuse_changed(saved, values)
@@ -115,6 +116,28 @@ def _interrupted(out: str | Path | None) -> None:
 
         tqdm.write(f"alextrain: interrupted; {then}", file=sys.stderr)
     raise SystemExit(128 + 2)
+
+
+def _no_settings(out: Path) -> str:
+    """Why --resume alone cannot go on in `out`: no run there, or a checkpoint whose config.json
+    (the settings not given) is gone."""
+    if (out / "last.pt").is_file():
+        return (
+            f"{out / 'config.json'}: missing, so the run's settings are unknown; give them as flags "
+            "(--data and any the run was started with) with --resume"
+        )
+    return f"--resume: no such checkpoint: no run was started in {out}"
+
+
+def _refuse_lost_data(saved: dict, values: dict) -> None:
+    """Runs started before --data was recorded absolute hold it as typed: from another folder it
+    names nothing, and the dataset error would advise re-sharding shards that exist."""
+    data = saved.get("data")
+    if data and not values.get("data") and not Path(data).is_absolute() and not Path(data).exists():
+        raise TrainError(
+            f"the run's --data {data} was recorded relative to the folder it was started in, and "
+            "is not found from here: pass --data, or resume from that folder"
+        )
 
 
 def _saved_settings(out: str | None) -> dict:
@@ -211,10 +234,14 @@ def fig1_cmd(
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 def demo_cmd(out: Path) -> None:
     """The whole chain on a small image set it draws: shard, verify, pca-stats, run, eval,
-    Figures 3 and 4, report (about a minute on 2 CPU cores; OUT/run holds the results)."""
+    Figures 3 and 4, report (a few minutes on 2 CPU cores; OUT/run holds the results).
+    Re-run on the same OUT after a stop: what is complete is reused."""
     from trainer.demo import run_demo
 
     try:
         run_demo(out, click.get_current_context().find_root().command, echo=click.echo)
     except USER_ERRORS as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        click.echo(f"alextrain: demo interrupted; re-run `alextrain demo {out}` to go on", err=True)
+        raise SystemExit(128 + 2) from None

@@ -110,7 +110,11 @@ def _invoke(step: Step, alextrain: click.Group) -> None:
         main = alextrain
     try:
         main.main(step.args, prog_name=step.program, standalone_mode=False)
+    except click.exceptions.Abort:  # Ctrl-C in a command that leaves it to click
+        raise KeyboardInterrupt from None
     except SystemExit as e:  # a command's own refusal (already printed) or verify's exit 1
+        if e.code == 130:  # Ctrl-C, said by the command (`run`: where it goes on from)
+            raise KeyboardInterrupt from None
         if e.code not in (None, 0):
             raise DemoError(f"step failed (exit {e.code}): {step.line()}") from None
     except Exception as e:  # noqa: BLE001 -- click's usage errors and anything else: name the step

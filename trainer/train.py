@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -96,7 +97,9 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
         # --quality, is another dataset to --resume (another data order, other pixels)
         **{k: meta.get(k) for k in ("plan_sha256", "shard_size", "quality")},
     }
-    return cfg.replace(num_classes=classes, val_split=val, crop=crop), fingerprint
+    # recorded absolute: `--resume`, predict and neighbors find the shards from any folder
+    here = os.path.abspath(data)
+    return cfg.replace(data=here, num_classes=classes, val_split=val, crop=crop), fingerprint
 
 
 def feed(cfg: TrainConfig, env: Env) -> Feed:
