@@ -110,6 +110,11 @@ def resolve(path: Path) -> Path:
         for name in (BEST, LAST):
             if (path / name).is_file():
                 return path / name
+        if (path / "config.json").is_file():  # a run started whose first checkpoint is to come
+            raise CheckpointError(
+                f"{path}: a run with no checkpoint yet (the first is written when an epoch ends, "
+                "or after --checkpoint-every steps)"
+            )
         raise CheckpointError(f"{path}: a folder with no {BEST} or {LAST} (not a run folder?)")
     if path.is_file():
         return path

@@ -75,8 +75,20 @@ ten_crop_option = click.option(
 
 def json_options(f: Callable) -> Callable:
     """--json (print) and --json-out PATH (write): the same two flags on every command with a result."""
-    f = click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help=HELP["json_out"])(f)
+    f = click.option(
+        "--json-out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        callback=_not_stdout,
+        help=HELP["json_out"],
+    )(f)
     return click.option("--json", "as_json", is_flag=True, help=HELP["json"])(f)
+
+
+def _not_stdout(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """`--json-out -` would write a file named "-"; stdout is what --json is for."""
+    if value is not None and str(value) == "-":
+        raise click.BadParameter("'-' is not a file; --json prints the JSON on stdout")
+    return value
 
 
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what the figures can be saved as
@@ -99,6 +111,9 @@ def prepare_outputs(
     for path in (image, data):
         if path is None:
             continue
+        blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            fail(f"{path}: {blocked} is a file, not a folder")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -108,7 +108,9 @@ def summary_cmd(
     try:  # run's rules: a setting the arch ignores (cifar --towers 1) is refused, not dropped
         flat = dict(arch=arch, towers=towers, extra_conv=extra_conv, crop=crop, num_classes=num_classes)
         checked = TrainConfig.of(**flat)
-        checked.check()
+        ctx = click.get_current_context()
+        given = {k for k in flat if ctx.get_parameter_source(k) is click.core.ParameterSource.COMMANDLINE}
+        checked.check(given)  # as run does: a given --towers 2 on cifar is refused, not ignored
     except ConfigError as e:
         fail(str(e))
     if (num_classes or 0) > MAX_SUMMARY_CLASSES:

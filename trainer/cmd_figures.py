@@ -260,5 +260,6 @@ def report_cmd(run: Path, out: Path | None) -> None:
         fail(str(e))
     except OSError as e:  # e.g. a read-only run folder
         fail(f"{e.filename or run}: {e.strerror or e}")
-    click.echo(f"wrote {result['markdown']} and {result['png']} ({result['epochs']} epochs)")
+    n = result["epochs"]
+    click.echo(f"wrote {result['markdown']} and {result['png']} ({n} epoch{'s' * (n != 1)})")
     click.echo(result["why"])

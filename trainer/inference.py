@@ -111,9 +111,12 @@ def evaluate_checkpoints(
     `progress`: a bar on stderr naming the split and crop mode (ten-crop on ImageNet's val takes
     a while, and a silent command looks hung)."""
     meta = load_dataset(data)
+    have = ", ".join(sorted(meta["splits"]))
+    if split is not None and split not in meta["splits"]:
+        raise ValueError(f"--split {split}: {data} has no such split (have: {have})")
     split = split or default_val_split(meta)
-    if split is None or split not in meta["splits"]:
-        raise ValueError(f"{data}: no split to evaluate (have {sorted(meta['splits'])})")
+    if split is None:
+        raise ValueError(f"{data}: no val, validation or test split to evaluate (have: {have}); pass --split")
     dev = pick_device(device)
     num_classes = len(load_classes(data))
     paths = [checkpoint.resolve(p) for p in paths]
