@@ -57,11 +57,28 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ShardError, SourceError, DatasetError, DamagedDataError, LayoutError)
 
 
-def _interrupted(then: str) -> None:
-    """Ctrl-C: what is kept and how to go on, exit 130 (the shell's code for SIGINT), instead of
-    click's bare "Aborted!"."""
-    click.echo(f"alexprep: interrupted; {then}", err=True)
-    sys.exit(128 + 2)
+_ON_INTERRUPT = "alexprep.on_interrupt"  # ctx.meta key: the running command's Ctrl-C line
+
+
+class _Group(click.Group):
+    """alexprep's commands: Ctrl-C in any of them is one line saying what is kept and how to go
+    on, exit 130 (the shell's code for SIGINT), instead of click's bare "Aborted!" and exit 1.
+    One place for every command; each says its own line with `on_interrupt`."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            from tqdm import tqdm  # on a line of its own, not after a progress bar
+
+            then = ctx.meta.get(_ON_INTERRUPT, "nothing was written: re-run the command")
+            tqdm.write(f"alexprep: interrupted; {printable(then)}", file=sys.stderr)
+            sys.exit(128 + 2)
+
+
+def on_interrupt(then: str) -> None:
+    """What the running command's Ctrl-C line says after "interrupted; ": what is kept, how to go on."""
+    click.get_current_context().meta[_ON_INTERRUPT] = then
 
 
 def _fail(message: str) -> None:
@@ -69,7 +86,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Prepare ImageNet (or any labelled image folder) for AlexNet training.
 
@@ -182,6 +199,7 @@ def shard_cmd(
     One run per OUT and node rank at a time (a lock file in OUT); only regular files of at most
     --max-bytes and --max-pixels are read; every other input is rejected with its reason.
     """
+    on_interrupt(f"complete shards are kept: re-run the same command to go on ({out})")
     from preprocess.shard import Options, shard
     from preprocess.sources import discover
 
@@ -191,8 +209,6 @@ def shard_cmd(
         summary = shard(source, out, opt)
     except _user_errors() as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        _interrupted(f"complete shards are kept: re-run the same command to go on ({printable(str(out))})")
     click.echo(f"layout: {summary.layout} ({'; '.join(summary.notes) or 'as found'})")
     for name in sorted(summary.found):
         f, w, r = summary.found[name], summary.written[name], summary.rejected[name]
@@ -253,6 +269,7 @@ def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
     On success the result is recorded in OUT/verified.json (when OUT is writable), so a training
     run's pre-flight check can skip the full checksum pass while the files are unchanged.
     """
+    on_interrupt(f"nothing was recorded as verified: re-run `alexprep verify {out}` to check it")
     from shards.verify import verify
 
     try:
@@ -279,6 +296,7 @@ def pca_stats_cmd(out: Path, workers: int, max_images: int | None, quiet: bool) 
     descending) and OUT/mean_image.npy (size x size x 3 float32, RGB), which the training
     pipeline uses for mean subtraction and PCA lighting.
     """
+    on_interrupt(f"nothing was written (stats.json comes at the end): re-run `alexprep pca-stats {out}`")
     from preprocess.pca import pca_stats
 
     try:

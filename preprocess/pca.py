@@ -156,7 +156,8 @@ def pca_stats(out: Path, workers: int = 0, max_images: int | None = None, progre
             f"{out}: no images in its train split ({why if found else 'it had no inputs'}); "
             "add or fix its images and re-shard"
         )
-    layout.check_writable(out)  # a read-only OUT is said now, not after the whole pass
+    # a read-only OUT is said now, not after the whole pass; pca-stats writes only into OUT
+    layout.check_writable(out, elsewhere=f"copy {out} to a writable place and run pca-stats on the copy")
     layout.remove_stale_tmp(out)  # what a killed or failed run left
     total = Moments.zero(meta["size"])
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))

@@ -4,8 +4,7 @@ Layouts, tried in this order:
 
 - `ilsvrc`: ILSVRC-2012 as distributed (also inside Kaggle's `ILSVRC/Data/CLS-LOC/`):
   `train/<wnid>/*.JPEG`; `val/` either in `<wnid>/` folders, or flat with labels from
-  `LOC_val_solution.csv`, or from the devkit's `ILSVRC2012_validation_ground_truth.txt`
-  (whose ids are the devkit's ILSVRC2012_ID, *not* sorted-wnid order; `meta.mat` maps them).
+  `LOC_val_solution.csv` or the devkit (preprocess/ilsvrc.py).
 - `imagefolder`: `SRC/<split>/<class>/*` or `SRC/<class>/*` (one split, `train`).
 - `flat`: a flat folder plus `--labels FILE.csv` (`filename,label`), or `--label-from-name`
   for files named the ImageNet way, `<wnid>_<anything>.JPEG`.
@@ -17,15 +16,21 @@ Names are kept as the file system gives them (bytes that are not UTF-8 are carri
 `surrogateescape`, so the file can be opened); wherever a name is written out (manifest,
 rejects, sample JSON, classes.json) such bytes appear as `\\xHH` (`clean_name`). Labels CSVs are
 read the same way, so a Latin-1 CSV still names its Latin-1 files. OUT is never walked, even
-when it lies inside SRC.
+when it lies inside SRC. A `lost+found` folder is never a class, in any layout.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path, PurePosixPath
 
+from preprocess.ilsvrc import (  # noqa: F401 (_devkit_val_labels: re-exported for tests)
+    _devkit_val_labels,
+    check_val_classes,
+    devkit_problem,
+    flat_val_labels,
+    ilsvrc_root,
+)
 from preprocess.walk import (  # noqa: F401 (SourceError, Source, clean_name: re-exported)
     IMAGE_SUFFIXES,
     SPLIT_NAMES,
@@ -33,19 +38,21 @@ from preprocess.walk import (  # noqa: F401 (SourceError, Source, clean_name: re
     ClassInfo,
     Source,
     SourceError,
+    _csv_numbered,
     _excluded,
     _images_in,
     _images_under,
-    _outside,
     _read_text,
     _skip_tree,
     _skipped,
     _subdirs,
     check_split_name,
     clean_name,
+    lost_found_notes,
     note_outside,
     note_outside_splits,
     outside_notes,
+    reset,
 )
 
 
@@ -98,45 +105,6 @@ def _folder_split(root: Path, split_dir: Path, index: dict[str, int]) -> list[tu
     return items
 
 
-def _ilsvrc_root(src: Path) -> Path | None:
-    for root in (src, src / "ILSVRC" / "Data" / "CLS-LOC"):
-        train = root / "train"
-        if train.is_dir():
-            dirs = _subdirs(train)
-            if dirs and all(WNID.match(d) for d in dirs):
-                return root
-    return None
-
-
-def _devkit_val_labels(devkit: Path) -> list[str]:
-    """Devkit ground truth (one ILSVRC2012_ID per val image, in file-name order) -> wnids."""
-    try:
-        import scipy.io
-    except ImportError:
-        raise SourceError("the devkit's meta.mat needs scipy: pip install 'alexnet2012[devkit]'") from None
-
-    meta = devkit / "data" / "meta.mat"
-    truth = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"
-    for p in (meta, truth):
-        if not p.is_file():
-            raise SourceError(f"{p}: devkit file missing")
-    try:
-        synsets = scipy.io.loadmat(str(meta), squeeze_me=True)["synsets"]
-        id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
-    except Exception as e:  # noqa: BLE001 - scipy raises many kinds on a garbage file
-        raise SourceError(
-            f"{meta}: not a devkit meta.mat with synsets ({type(e).__name__}: {e})"[:300]
-        ) from None
-    try:
-        ids = [int(x) for x in _read_text(truth, "devkit ground truth").split()]
-    except ValueError as e:
-        raise SourceError(f"{truth}: expected one integer id per line ({e})") from None
-    try:
-        return [id_to_wnid[i] for i in ids]
-    except KeyError as e:
-        raise SourceError(f"{truth}: id {e} not in {meta}") from None
-
-
 def _ilsvrc(src: Path, root: Path, devkit: Path | None) -> Source:
     human = {}
     for folder in (src, root):
@@ -153,29 +121,11 @@ def _ilsvrc(src: Path, root: Path, devkit: Path | None) -> Source:
         source.notes.append("val: in <wnid>/ folders")
     elif val.is_dir():
         files = _images_in(val)
-        solution = next(
-            (f / "LOC_val_solution.csv" for f in (src, root) if (f / "LOC_val_solution.csv").is_file()), None
-        )
-        if devkit is None and (src / "ILSVRC2012_devkit_t12").is_dir():
-            devkit = src / "ILSVRC2012_devkit_t12"
-        if solution is not None:
-            rows = _read_loc_solution(solution)
-            labels = [rows.get(Path(n).stem) for n in files]
-            source.notes.append(f"val: flat, labels from {solution.name}")
-        elif devkit is not None:
-            labels = _devkit_val_labels(devkit)
-            if len(labels) != len(files):
-                raise SourceError(f"{devkit}: {len(labels)} labels for {len(files)} val images")
-            source.notes.append("val: flat, labels from the devkit (ILSVRC2012_ID -> wnid)")
-        else:
-            raise SourceError(
-                f"{val}: flat val/ but no labels: put LOC_val_solution.csv in {src} "
-                "or pass --devkit ILSVRC2012_devkit_t12"
-            )
-        missing = [n for n, lab in zip(files, labels, strict=True) if lab not in index]
-        if missing:
-            raise SourceError(f"{val / missing[0]}: no label for {len(missing)} val image(s)")
-        source.splits["val"] = [(f"val/{n}", index[lab]) for n, lab in zip(files, labels, strict=True)]
+        labels, note = flat_val_labels(src, root, files, devkit)
+        check_val_classes(val, files, labels, set(index))
+        source.notes.append(note)
+        pairs = zip(files, labels, strict=True)
+        source.splits["val"] = [(f"val/{n}", index[clean_name(w)]) for n, (w, _) in pairs]
     if (root / "test").is_dir():
         source.notes.append("test: skipped (ILSVRC test images carry no labels)")
     return source
@@ -204,34 +154,6 @@ def _imagefolder(src: Path, human: dict[str, str], split: str | None) -> Source 
         source.notes.append(f"one split, named {split}")
         return source
     return None
-
-
-def _csv_rows(path: Path, what: str) -> list[list[str]]:
-    return [row for _, row in _csv_numbered(path, what)]
-
-
-def _csv_numbered(path: Path, what: str) -> list[tuple[int, list[str]]]:
-    """(line number, row) pairs, so that an error can name the line of the row at fault."""
-    reader = csv.reader(_read_text(path, what).splitlines())
-    try:
-        return [(reader.line_num, row) for row in reader]
-    except csv.Error as e:
-        raise SourceError(f"{path}: not a CSV file ({e})") from None
-
-
-def _read_loc_solution(path: Path) -> dict[str, str]:
-    """Kaggle's `LOC_val_solution.csv`: ImageId -> first wnid of PredictionString."""
-    rows = _csv_rows(path, "LOC_val_solution.csv")
-    head = [c.strip() for c in rows[0]] if rows else []
-    if "ImageId" not in head or "PredictionString" not in head:
-        raise SourceError(f"{path}: expected columns ImageId,PredictionString, found {head[:4]}")
-    i, p = head.index("ImageId"), head.index("PredictionString")
-    labels = {}
-    for n, r in enumerate(rows[1:], start=2):
-        if len(r) <= max(i, p) or not r[p].split():
-            raise SourceError(f"{path}:{n}: row without a PredictionString: {clean_name(','.join(r))[:80]!r}")
-        labels[r[i].strip()] = r[p].split()[0]
-    return labels
 
 
 def _read_labels_csv(labels_csv: Path, src: Path) -> list[tuple[str, str]]:
@@ -386,9 +308,7 @@ def discover(
         raise SourceError(f"{src}: not a folder")
     if split is not None:
         check_split_name(split)
-    _excluded.clear()
-    _skipped.clear()
-    _outside.clear()
+    reset()
     if exclude is not None:
         _excluded.add(os.path.realpath(exclude))
     try:
@@ -399,12 +319,10 @@ def discover(
                 f"{len(_skipped)} file(s) not read: hidden or not an image suffix (e.g. {example}; "
                 f"inputs end in {', '.join(sorted(IMAGE_SUFFIXES))})"
             )
-        source.notes += outside_notes(src)
+        source.notes += outside_notes(src) + lost_found_notes(src)
         return source
     finally:
-        _excluded.clear()
-        _skipped.clear()
-        _outside.clear()
+        reset()
 
 
 def _discover(
@@ -428,7 +346,10 @@ def _discover(
     if label_from_name:
         rows, unlabelled = _labels_from_names(src, human)
         return _flat(src, rows, human, split or "train", "file names", unlabelled)
-    root = _ilsvrc_root(src)
+    root = ilsvrc_root(src, devkit)
+    problem = devkit_problem(src, root) if devkit is not None else None
+    if problem:  # a flag silently overridden, or of no effect, leaves the user believing it was used
+        raise SourceError(f"--devkit {devkit}: {problem}")
     if root is not None and split is not None:
         raise SourceError(f"--split {split}: {src} is an ILSVRC tree that names its own splits")
     if root is not None:

@@ -8,6 +8,7 @@ as `\\xHH` (`clean_name`). OUT is never walked, even when it lies inside SRC (`e
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,10 +19,18 @@ SPLIT_NAMES = ("train", "val", "validation", "valid", "test")
 WNID = re.compile(r"^n\d{8}$")
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TEXT_BYTES = 256 * 2**20  # a labels CSV / synsets file larger than this is not one
+LOST_FOUND = "lost+found"  # fsck's folder at every ext2/3/4 file system's root: never a class
 
 _excluded: set[str] = set()  # real paths never walked (OUT, when it lies inside SRC)
 _skipped: set[str] = set()  # files seen in image folders that are not inputs (said in the summary)
 _outside: dict[str, tuple[int, str]] = {}  # why -> (count, first name): image files with no place
+_lost: set[str] = set()  # lost+found folders passed over (said in the summary)
+
+
+def reset() -> None:
+    """Forget what an earlier walk excluded, skipped and passed over (one `discover` at a time)."""
+    for seen in (_excluded, _skipped, _outside, _lost):
+        seen.clear()
 
 
 class SourceError(Exception):
@@ -184,15 +193,43 @@ def outside_notes(src: Path) -> list[str]:
     ]
 
 
+def lost_found_notes(src: Path) -> list[str]:
+    """The summary's lines for the lost+found folders passed over: each one, and how many image
+    files in it were not read (fsck's finds, often root's alone: an unreadable one counts 0)."""
+    notes = []
+    for folder in sorted(_lost):
+        images = sum(
+            Path(f).suffix.lower() in IMAGE_SUFFIXES for _, _, files in os.walk(folder) for f in files
+        )
+        rel = clean_name(os.path.relpath(folder, src))
+        notes.append(
+            f"{rel}/ passed over: a file system's recovery folder, never a class "
+            f"({images} image file(s) in it not read)"
+        )
+    return notes
+
+
 def _subdirs(folder: Path) -> list[str]:
-    """Class (or split) folders: hidden ones are not classes (`.git`, `.ipynb_checkpoints`); what
-    they hold is counted as not read."""
+    """Class (or split) folders: hidden ones are not classes (`.git`, `.ipynb_checkpoints`), what
+    they hold is counted as not read; nor is `lost+found` (on a disk mounted as SRC or train/ it
+    would become a class, or turn ILSVRC's train/<wnid>/ into another layout), which is said."""
     names = []
     for e in _scandir(folder):
         if not _is_dir(e):
             continue
         if e.name.startswith("."):
             _skip_tree(Path(e.path))
+        elif e.name == LOST_FOUND:
+            _lost.add(e.path)
         else:
             names.append(e.name)
     return sorted(names)
+
+
+def _csv_numbered(path: Path, what: str) -> list[tuple[int, list[str]]]:
+    """(line number, row) pairs, so that an error can name the line of the row at fault."""
+    reader = csv.reader(_read_text(path, what).splitlines())
+    try:
+        return [(reader.line_num, row) for row in reader]
+    except csv.Error as e:
+        raise SourceError(f"{path}: not a CSV file ({e})") from None

@@ -46,28 +46,30 @@ class LayoutError(Exception):
     """OUT (or a file in it) is not what it must be: the message names the path and why."""
 
 
-# What a user can do about a failed write, by errno: one line instead of a traceback.
+# What a user can do about a failed write, by errno: one line instead of a traceback. `{elsewhere}`:
+# how to write to another place, which only a command that takes an output path can say plainly.
 _WRITE_REMEDY = {
-    errno.ENOSPC: "no space left on the device: free some space (or write elsewhere), then re-run",
-    errno.EDQUOT: "disk quota exceeded: free some space (or write elsewhere), then re-run",
-    errno.EFBIG: "file too large for this filesystem: write elsewhere",
-    errno.EACCES: "permission denied: make it writable by this user (or write elsewhere)",
-    errno.EPERM: "operation not permitted: make it writable by this user (or write elsewhere)",
-    errno.EROFS: "read-only filesystem: write elsewhere",
+    errno.ENOSPC: "no space left on the device: free some space (or {elsewhere}), then re-run",
+    errno.EDQUOT: "disk quota exceeded: free some space (or {elsewhere}), then re-run",
+    errno.EFBIG: "file too large for this filesystem: {elsewhere}",
+    errno.EACCES: "permission denied: make it writable by this user (or {elsewhere})",
+    errno.EPERM: "operation not permitted: make it writable by this user (or {elsewhere})",
+    errno.EROFS: "read-only filesystem: {elsewhere}",
 }
+ELSEWHERE = "write elsewhere"
 
 
 WRITE_ERRNOS = frozenset(_WRITE_REMEDY)
 
 
-def write_problem(path: Path, e: OSError) -> str:
+def write_problem(path: Path, e: OSError, elsewhere: str = ELSEWHERE) -> str:
     """One line for a failed write: the path and what to do."""
     remedy = _WRITE_REMEDY.get(e.errno, f"cannot write ({e.strerror or e})")
-    return f"{path}: {remedy}"
+    return f"{path}: {remedy.format(elsewhere=elsewhere)}"
 
 
 @contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
+def writing(path: Path, elsewhere: str = ELSEWHERE) -> Iterator[None]:
     """Every writer runs its writes in this: an OSError (disk full, permissions, a read-only
     filesystem) becomes one LayoutError naming `path` and what to do. The writer's own
     `except BaseException` clean-up of its temporary file has run by then."""
@@ -78,14 +80,15 @@ def writing(path: Path) -> Iterator[None]:
     except OSError as e:
         if e.errno is None:
             raise
-        raise LayoutError(write_problem(path, e)) from None
+        raise LayoutError(write_problem(path, e, elsewhere)) from None
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, elsewhere: str = ELSEWHERE) -> None:
     """Fail now, not after an hour's pass, if files cannot be created in `folder`: a probe file
-    is created and removed (access() would say yes to root on a read-only mount)."""
+    is created and removed (access() would say yes to root on a read-only mount). `elsewhere`:
+    how this command writes to another place (pca-stats has no output option: copy OUT)."""
     probe = tmp_path(folder / "write-probe")
-    with writing(folder):
+    with writing(folder, elsewhere):
         os.close(open_exclusive(probe))
         probe.unlink()
 

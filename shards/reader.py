@@ -29,6 +29,8 @@ def load_dataset(out: Path) -> dict:
     path = out / layout.DATASET_JSON
     if out.exists() and not out.is_dir():  # "no dataset.json" would send the user to re-shard
         raise DatasetError(f"{out}: not a folder (a sharded dataset is the folder `alexprep shard` wrote)")
+    if not out.exists():  # a mistyped path: re-sharding is not the cure
+        raise DatasetError(f"{out}: no such folder")
     if not path.is_file():
         raise DatasetError(f"{out}: no {layout.DATASET_JSON}; run `alexprep shard SRC {out}`")
     try:
@@ -102,11 +104,15 @@ def repair_hint(tar: Path) -> str:
 VAL_SPLITS = ("val", "validation", "test")  # the split evaluated when none is named, first found
 
 
-def load_classes(out: Path) -> list[dict]:
-    """OUT/classes.json: one {index, name, wnid, label} per class, in index order."""
+RESTORE_CLASSES = "restore it by re-running `alexprep shard` with the original arguments"
+
+
+def load_classes(out: Path, missing: str = "pass the shards the model was trained on") -> list[dict]:
+    """OUT/classes.json: one {index, name, wnid, label} per class, in index order. `missing`: what
+    to do when there is none, in the caller's terms (a model's data, or `verify`'s dataset)."""
     path = out / layout.CLASSES_JSON
     if not path.is_file():
-        raise DatasetError(f"{out}: no {layout.CLASSES_JSON}; pass the shards the model was trained on")
+        raise DatasetError(f"{out}: no {layout.CLASSES_JSON}; {missing}")
     try:
         classes = layout.read_json_list(path)
     except layout.LayoutError as e:
@@ -121,8 +127,7 @@ def load_classes(out: Path) -> list[dict]:
         stated = None
     if isinstance(stated, int) and stated != len(classes):
         raise DatasetError(
-            f"{path}: lists {len(classes)} classes, dataset.json says {stated}; "
-            "restore it by re-running `alexprep shard` with the original arguments"
+            f"{path}: lists {len(classes)} classes, dataset.json says {stated}; {RESTORE_CLASSES}"
         )
     return classes
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from shards import layout
 from shards.index import INDEX_VERSION, read_index
 from shards.pool import check_stop, fork_pool
-from shards.reader import DamagedDataError, DatasetError, load_classes, load_dataset
+from shards.reader import RESTORE_CLASSES, DamagedDataError, DatasetError, load_classes, load_dataset
 from shards.writer import sample_json
 
 __all__ = ["DamagedDataError", "check_shard", "check_structure", "preflight", "shard_problem", "verify"]
@@ -251,12 +251,15 @@ def check_shard(job: tuple[str, int, dict[str, tuple[str, int, bytes]]]) -> tupl
         extra = sorted(n for n in members if n.startswith(f"{key}.") and n.split(".", 1)[1] not in _EXTS)
         if extra:
             problems.append(f"{name}: {key}: unexpected member(s) {', '.join(extra)}")
-        if hashlib.sha256(jpeg).hexdigest() != sha:
+        intact = hashlib.sha256(jpeg).hexdigest() == sha
+        if not intact:
             problems.append(f"{name}: {key}: checksum mismatch")
         if data.get(f"{key}.cls") != str(label).encode():
             problems.append(f"{name}: {key}: .cls member differs from the manifest's label")
         if data.get(f"{key}.json") != meta_json:
             problems.append(f"{name}: {key}: .json member differs from the manifest")
+        if not intact:  # said; decoding it too would add only libjpeg's "Corrupt JPEG data" on stderr
+            continue
         img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         if img is None or img.shape != (size, size, 3):
             shape = None if img is None else img.shape
@@ -304,7 +307,7 @@ def _check_one(out: Path, meta: dict, split: str, tar: Path) -> list[str]:
 def verify(out: Path, workers: int = 1, progress: bool = True) -> list[str]:
     """All problems found in the dataset at `out` (empty: it is intact, and recorded as such)."""
     meta = load_dataset(out)
-    classes = load_classes(out)
+    classes = load_classes(out, missing=RESTORE_CLASSES)
     splits = sorted(meta["splits"])
     before = _stamps_or_none(out, meta, splits)
     problems, jobs, hashed = [], [], []

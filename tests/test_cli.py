@@ -208,13 +208,19 @@ def test_outputs_are_checked_before_any_work(tmp_path):
     blocker.write_text("x")
     missing = tmp_path / "no-such.pt"  # the work would fail on this; the output check comes first
     cases = [
-        (["kernels", missing, "--out", blocker / "k.png"], "cannot create its folder"),
+        (["kernels", missing, "--out", blocker / "k.png"], f"{blocker} is a file, not a folder"),
         (["kernels", missing, "--out", tmp_path / "k.txt"], "unknown image type '.txt'"),
-        (["predict", missing, "img.jpg", "--out", blocker / "p.png"], "cannot create its folder"),
+        (["predict", missing, "img.jpg", "--out", blocker / "p.png"], f"{blocker} is a file, not a folder"),
         (["predict", missing, "img.jpg", "--out", tmp_path], "is a folder"),
-        (["neighbors", missing, "--query", "q.jpg", "--json-out", blocker / "n.json"], "cannot create"),
-        (["eval", "--data", tmp_path, "--checkpoint", missing, "--json-out", blocker / "e.json"], "cannot"),
-        (["summary", "--json-out", blocker / "s.json"], "cannot create its folder"),
+        (
+            ["neighbors", missing, "--query", "q.jpg", "--json-out", blocker / "n.json"],
+            f"{blocker} is a file, not a folder",
+        ),
+        (
+            ["eval", "--data", tmp_path, "--checkpoint", missing, "--json-out", blocker / "e.json"],
+            "is a file, not a folder",
+        ),
+        (["summary", "--json-out", blocker / "s.json"], f"{blocker} is a file, not a folder"),
     ]
     for args, message in cases:
         _fails_cleanly(alextrain(*args, check=False), message)

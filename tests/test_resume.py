@@ -249,7 +249,7 @@ def test_settings_are_refused_up_front_with_the_key_named(demo_data, tmp_path):
     saved = tmp_path / "config.json"
     repeat = TrainConfig.of(data=str(tmp_path / "none"), out=str(out), arch="cifar")
     saved.write_text(json.dumps(repeat.to_dict()))
-    assert "none: no dataset.json" in _cli("--config", saved)[1]  # past every check of the settings
+    assert "none: no such folder" in _cli("--config", saved)[1]  # past every check of the settings
     saved.write_text(json.dumps({**json.loads(saved.read_text()), "towers": 1}))
     assert "--towers (towers): --arch cifar has one tower" in _cli("--config", saved)[1]
 

@@ -396,7 +396,7 @@ def test_user_errors_are_one_line(imagenet_shards, imagenet_labels, tmp_path):
             ],
             "--node-rank 2",
         ),
-        (["verify", tmp_path / "nothing"], "no dataset.json"),
+        (["verify", tmp_path / "nothing"], "nothing: no such folder"),
     ]
     for args, message in cases:
         proc = alexprep(*args, check=False)

@@ -170,7 +170,7 @@ def test_user_errors(cifar_run, cifar_ready, tmp_path):
     no_stats = tmp_path / "no-stats"
     shutil.copytree(cifar_ready, no_stats, ignore=shutil.ignore_patterns("stats.json"))
     cases = [
-        (["run", "--data", tmp_path / "none", "--out", tmp_path / "r"], "no dataset.json"),
+        (["run", "--data", tmp_path / "none", "--out", tmp_path / "r"], "none: no such folder"),
         (["run", "--data", no_stats, "--out", tmp_path / "r1", "--arch", "cifar"], "stats.json: missing"),
         (["eval", "--data", cifar_ready, "--checkpoint", tmp_path / "missing.pt"], "no such checkpoint"),
         (
