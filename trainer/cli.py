@@ -14,10 +14,10 @@ import warnings
 import click
 
 from trainer import cmd_eval, cmd_figures, cmd_train
-from trainer.cli_common import one_line_warning
+from trainer.cli_common import Group, one_line_warning
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train and evaluate the paper's AlexNet on shards written by `alexprep`.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from pipeline.augment import StatsError
+from preprocess.cli import InterruptibleGroup
 from shards import layout
 from shards.reader import DatasetError
 from trainer.errors import CheckpointError, FigureError, TrainError
@@ -29,6 +30,13 @@ USER_ERRORS = (
     FigureError,
     ValueError,
 )
+
+
+class Group(InterruptibleGroup):
+    """alextrain's commands: Ctrl-C is one line and exit 130, as in alexprep (`run` says its own,
+    per rank; the others say what `on_interrupt` set, or that nothing was written)."""
+
+    program = "alextrain"
 
 
 def fail(message: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from preprocess.cli import on_interrupt  # Ctrl-C's line: one mechanism for both CLIs
 from trainer import fig1_stats  # torch-free: fig1's defaults
 from trainer.cli_common import (
     USER_ERRORS,
@@ -216,6 +217,10 @@ def fig1_cmd(
     from trainer.ablations import Plan, parse_list, run_figure1
     from trainer.fig1_report import lines
 
+    on_interrupt(
+        "finished runs are kept and the one in flight goes on from its last checkpoint: "
+        "re-run the same command"
+    )
     try:
         shared = dict(crop=crop, steps_per_epoch=steps_per_epoch, num_threads=num_threads, init=init)
         base = TrainConfig.of(**{k: v for k, v in shared.items() if v is not None})
@@ -238,10 +243,8 @@ def demo_cmd(out: Path) -> None:
     Re-run on the same OUT after a stop: what is complete is reused."""
     from trainer.demo import run_demo
 
+    on_interrupt(f"what is complete is kept: re-run `alextrain demo {out}` to go on")
     try:
         run_demo(out, click.get_current_context().find_root().command, echo=click.echo)
     except USER_ERRORS as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        click.echo(f"alextrain: demo interrupted; re-run `alextrain demo {out}` to go on", err=True)
-        raise SystemExit(128 + 2) from None
