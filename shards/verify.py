@@ -127,11 +127,21 @@ def _verified(out: Path, meta: dict, splits: Sequence[str], record_path: Path | 
         return False
 
 
-def _damaged(data: Path, problems: list[str], bad: list[Path]) -> DamagedDataError:
+def _damaged(
+    data: Path, problems: list[str], bad: list[Path], structure_only: bool = False
+) -> DamagedDataError:
+    """`structure_only`: found by sizes and index headers alone, before any shard was read, so
+    the others' contents are unknown: verify reads them all before the repair, not after it."""
     redo = " ".join(f"--redo-shard {t.stem}" for t in bad)
+    first = (
+        f"run `alexprep verify {data}` to find every damaged shard (the others' contents "
+        "were not read yet), then "
+        if structure_only
+        else ""
+    )
     return DamagedDataError(
         f"{data}: {len(bad)} damaged shard(s): " + "; ".join(problems) + ". "
-        f"Repair: re-run `alexprep shard SRC {data} ... {redo}` with the original arguments "
+        f"Repair: {first}re-run `alexprep shard SRC {data} ... {redo}` with the original arguments "
         "(byte-identical), then `alexprep verify`"
     )
 
@@ -156,8 +166,8 @@ def check_structure(data: Path, splits: Sequence[str]) -> None:
             if why:
                 problems.append(why)
                 bad.append(tar)
-    if problems:
-        raise _damaged(data, problems, bad)
+    if problems:  # said at once, before any hashing: what else is damaged, only verify can say
+        raise _damaged(data, problems, bad, structure_only=True)
 
 
 def preflight(
@@ -167,6 +177,7 @@ def preflight(
     hash_files: bool = True,
     say: Callable[[str], None] | None = None,
     keep: Path | None = None,
+    progress: bool = False,
 ) -> None:
     """Check the shards of `splits` under `data` before training on them.
 
@@ -176,7 +187,8 @@ def preflight(
     recorded in verified.json where `data` is writable, so the next start skips it; `keep` (a
     file beside the run, for shards mounted read-only) holds the same record and vouches too.
     `hash_files=False` (the other processes of a host: one hashing pass per host is enough)
-    stops after the structural check. `say` hears, before it starts, why the slow pass runs.
+    stops after the structural check. `say` hears, before it starts, why the slow pass runs;
+    `progress`: a bar in bytes (ImageNet's 140 GB take minutes that would otherwise be silent).
     Raises DatasetError if `data` is not a complete dataset or lacks a split, DamagedDataError
     naming every bad shard (and sample, where a member could be pinned down) with how to repair it.
     """
@@ -192,15 +204,19 @@ def preflight(
         shards = len(before or {}) // 2  # a tar and its index each
         say(f"{data}: hashing {shards:,} shards ({size / 1e9:.1f} GB) against their SHA-256 ({why})")
     problems, bad = [], []
-    for split in splits:
-        records = _records(meta, split)
-        for i in range(meta["splits"][split]["shards"]):
-            tar = layout.tar_path(data, split, i)
-            record = records.get(tar.stem)
-            why = shard_hash_problem(tar, record) if record else None
-            if why:
-                problems.extend(_check_one(data, meta, split, tar) or [why])
-                bad.append(tar)
+    total = sum(v[0] for v in (before or {}).values())
+    with tqdm(total=total, unit="B", unit_scale=True, desc="hashing", disable=not progress) as bar:
+        for split in splits:
+            records = _records(meta, split)
+            for i in range(meta["splits"][split]["shards"]):
+                tar = layout.tar_path(data, split, i)
+                record = records.get(tar.stem)
+                why = shard_hash_problem(tar, record) if record else None
+                if why:
+                    problems.extend(_check_one(data, meta, split, tar) or [why])
+                    bad.append(tar)
+                pair = (tar, layout.idx_path(tar))
+                bar.update(sum((before or {}).get(str(p.relative_to(data)), (0,))[0] for p in pair))
     if problems:
         raise _damaged(data, problems, bad)
     if before is not None and before == _stamps_or_none(data, meta, splits):

@@ -396,9 +396,11 @@ def test_preflight_catches_truncation_fast_and_a_flipped_byte_when_full(small_sh
     with open(out / "train" / "train-000001.tar", "r+b") as f:
         f.truncate(5000)
     start = time.perf_counter()
-    with pytest.raises(DamagedDataError, match=r"train-000001\.tar: 5,000 bytes, [\d,]+ were written"):
+    with pytest.raises(DamagedDataError, match=r"train-000001\.tar: 5,000 bytes, [\d,]+ were written") as e:
         preflight(out, ["train"])
     assert time.perf_counter() - start < 0.5
+    # found before any tar was read: the others' contents are unknown, and verify is the way to all
+    assert f"Repair: run `alexprep verify {out}` to find every damaged shard" in str(e.value)
 
 
 def test_preflight_trusts_verify_only_while_the_files_are_unchanged(small_shards, tmp_path):
@@ -411,15 +413,17 @@ def test_preflight_trusts_verify_only_while_the_files_are_unchanged(small_shards
         preflight(out, ["train"])
 
 
-def test_preflight_hashes_once_says_so_and_one_process_per_host_does_it(small_shards, tmp_path):
-    """Unverified shards are hashed at the first start (announced: on ImageNet it takes minutes);
-    a clean pass is remembered, so a restart (compose's restart: on-failure) does not repeat it;
-    the other processes of a host do only the structural check."""
+def test_preflight_hashes_once_says_so_and_one_process_per_host_does_it(small_shards, tmp_path, capsys):
+    """Unverified shards are hashed at the first start (announced, with a bar: on ImageNet it
+    takes minutes); a clean pass is remembered, so a restart (compose's restart: on-failure) does
+    not repeat it; the other processes of a host do only the structural check."""
     out = _copy(small_shards, tmp_path)
     (out / "verified.json").unlink(missing_ok=True)
     said: list[str] = []
-    preflight(out, ["train"], say=said.append)
+    preflight(out, ["train"], say=said.append, progress=True)
     assert len(said) == 1 and re.search(r"hashing \d+ shards \(\d+\.\d GB\).*alexprep verify", said[0])
+    bar = [ln for ln in re.split(r"[\r\n]", capsys.readouterr().err) if ln.strip()][-1]  # left on screen
+    assert bar.startswith("hashing: 100%") and "B/s]" in bar, bar
     assert json.loads((out / "verified.json").read_text())["files"]
     preflight(out, ["train"], say=said.append)
     assert len(said) == 1  # vouched for now: no second pass

@@ -226,7 +226,8 @@ def run(
         keep = hosts.verified_record(run_dir)
         # a damaged shard, named now; the hashing pass (when due) runs once per host, not per
         # process, and its clean result is kept beside the run too (read-only shards keep none)
-        preflight(data, splits, r.verify_data == "full", hash_files=host_main, say=say, keep=keep)
+        full, bar = r.verify_data == "full", progress and host_main
+        preflight(data, splits, full, hash_files=host_main, say=say, keep=keep, progress=bar)
         hosts.wait_for_hosts(hosts.dataset_bytes(data, splits), say)  # before any collective
         hosts.init_group(env.cuda)
         # each key its own, so that a host whose data differs is told which part (its stats.json...)
