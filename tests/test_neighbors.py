@@ -74,6 +74,10 @@ def test_neighbors_searches_train_leaves_the_query_out_and_names_each(
     (r,) = json.loads(proc.stdout)
     assert r["excluded"] == [] and r["neighbors"][0]["index"] == own
     assert r["neighbors"][0]["distance"] < 1e-2 * r["neighbors"][1]["distance"]
+    # a --k over the split's size: all its rows, and said (val: 40 images, the query's copy left out)
+    val_query = demo_data / "images" / "val" / "circle" / "circle-0000.jpg"
+    proc = cli("neighbors", demo_run, "--query", val_query, "--split", "val", "--k", 64, "--num-threads", 1)
+    assert "(39 of --k 64: the split holds no more)" in proc.stdout, proc.stdout
 
 
 def test_fig4b_labels_the_query_and_each_neighbour_with_class_and_distance(

@@ -227,6 +227,8 @@ def neighbors_cmd(
                 click.echo(
                     f"  {n['distance']:10.2f}  {printable(n['name'])[:24]:<24}  {printable(n['source'])}"
                 )
+            if len(r["neighbors"]) < k:  # a small split: fewer rows than asked, said rather than silent
+                click.echo(f"  ({len(r['neighbors'])} of --k {k}: the split holds no more)")
 
     emit(result, as_json, json_out, table)
     if out:
