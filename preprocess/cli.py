@@ -57,13 +57,16 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ShardError, SourceError, DatasetError, DamagedDataError, LayoutError)
 
 
-_ON_INTERRUPT = "alexprep.on_interrupt"  # ctx.meta key: the running command's Ctrl-C line
+_ON_INTERRUPT = "on_interrupt"  # ctx.meta key: the running command's Ctrl-C line
 
 
-class _Group(click.Group):
-    """alexprep's commands: Ctrl-C in any of them is one line saying what is kept and how to go
-    on, exit 130 (the shell's code for SIGINT), instead of click's bare "Aborted!" and exit 1.
-    One place for every command; each says its own line with `on_interrupt`."""
+class InterruptibleGroup(click.Group):
+    """A CLI's commands (alexprep's; alextrain's subclass it): Ctrl-C in any of them is one line
+    saying what is kept and how to go on, exit 130 (the shell's code for SIGINT), instead of
+    click's bare "Aborted!" and exit 1. One place for every command; each says its own line
+    with `on_interrupt`."""
+
+    program = "alexprep"
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -72,7 +75,7 @@ class _Group(click.Group):
             from tqdm import tqdm  # on a line of its own, not after a progress bar
 
             then = ctx.meta.get(_ON_INTERRUPT, "nothing was written: re-run the command")
-            tqdm.write(f"alexprep: interrupted; {printable(then)}", file=sys.stderr)
+            tqdm.write(f"{self.program}: interrupted; {printable(then)}", file=sys.stderr)
             sys.exit(128 + 2)
 
 
@@ -86,7 +89,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Prepare ImageNet (or any labelled image folder) for AlexNet training.
 
