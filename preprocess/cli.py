@@ -74,7 +74,7 @@ class InterruptibleGroup(click.Group):
         except KeyboardInterrupt:
             from tqdm import tqdm  # on a line of its own, not after a progress bar
 
-            then = ctx.meta.get(_ON_INTERRUPT, "nothing was written: re-run the command")
+            then = ctx.meta.get(_ON_INTERRUPT, "its result is not complete: re-run the command")
             tqdm.write(f"{self.program}: interrupted; {printable(then)}", file=sys.stderr)
             sys.exit(128 + 2)
 

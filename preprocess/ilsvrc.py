@@ -21,6 +21,7 @@ from preprocess.walk import (
     WNID,
     SourceError,
     _csv_numbered,
+    _images_under,
     _read_text,
     _subdirs,
     clean_name,
@@ -37,28 +38,31 @@ def ilsvrc_root(src: Path, devkit: Path | None) -> Path | None:
         if not (root / "train").is_dir():
             continue
         dirs = _subdirs(root / "train")
-        others = [d for d in dirs if not WNID.match(d)]
-        if dirs and not others:
+        # a folder without images (train/tmp/) is no class in either layout: skipped, and said
+        wnids = [d for d in dirs if WNID.match(d)]
+        others = [d for d in dirs if not WNID.match(d) and _images_under(root / "train" / d)]
+        if wnids and not others:
             return root
-        why = _meant_as_ilsvrc(src, root, devkit) if len(others) < len(dirs) else None
+        why = _meant_as_ilsvrc(src, root, devkit) if wnids else None
         if why:
             raise SourceError(_stray_folders(root / "train", others, why))
     return None
 
 
 def _meant_as_ilsvrc(src: Path, root: Path, devkit: Path | None) -> str | None:
-    """What besides train/<wnid>/ says SRC is ILSVRC-2012 (None: it may be an ImageFolder tree
-    whose classes happen to include wnids)."""
-    if devkit is not None:
-        return "--devkit given"
+    """Why SRC is plainly ILSVRC-2012 though train/ holds folders that are not wnids: its val/ is
+    flat, which an ImageFolder tree's is not (and would be skipped as an ImageFolder's), with what
+    else says so. None: an ImageFolder tree whose class names happen to include wnids, read as one
+    (a stray --devkit then meets devkit_problem's refusal)."""
+    if not _flat(root / "val"):
+        return None
     solution = solution_file(src, root)
-    if solution is not None:
-        return f"{solution.name} present"
-    if (src / DEVKIT).is_dir():
-        return f"{DEVKIT}/ present"
-    if _flat(root / "val"):
-        return "val/ is flat"
-    return None
+    also = [
+        *(["--devkit given"] if devkit is not None else []),
+        *([f"{solution.name} present"] if solution is not None else []),
+        *([f"{DEVKIT}/ present"] if (src / DEVKIT).is_dir() else []),
+    ]
+    return ", ".join(["val/ is flat", *also])
 
 
 def _flat(val: Path) -> bool:

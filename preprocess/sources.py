@@ -110,7 +110,7 @@ def _ilsvrc(src: Path, root: Path, devkit: Path | None) -> Source:
     for folder in (src, root):
         if (folder / "LOC_synset_mapping.txt").is_file():
             human = read_synset_names(folder / "LOC_synset_mapping.txt")
-    wnids = _subdirs(root / "train")
+    wnids = [d for d in _subdirs(root / "train") if WNID.match(d)]  # others hold no image (ilsvrc_root)
     classes = _make_classes(wnids, human)
     index = {c.name: c.index for c in classes}
     source = Source(root, "ilsvrc", classes)

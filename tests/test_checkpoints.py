@@ -51,7 +51,12 @@ def test_a_run_started_with_a_relative_data_resumes_and_predicts_from_anywhere(
     old["run"]["data"] = "shards"
     config.write_text(json.dumps(old))
     proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 3, check=False)
-    assert proc.returncode == 2 and "recorded relative to the folder it was started in" in proc.stderr
+    assert proc.returncode == 2 and "(recorded relative to the folder the run was started in)" in proc.stderr
+    old["run"]["data"] = str(tmp_path / "moved")  # shards moved since: said, with the way on
+    config.write_text(json.dumps(old))
+    proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 3, check=False)
+    assert f"--data {tmp_path / 'moved'} (from the run's config.json" in proc.stderr, proc.stderr
+    assert "is not found here: pass --data" in proc.stderr
     # a checkpoint without its config.json: the settings are what is missing, not the run
     config.unlink()
     proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 3, check=False)

@@ -83,16 +83,39 @@ def test_lost_found_is_never_a_class_and_is_said(tmp_path, where):
         assert "val: found 3, written 3, rejected 0" in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("meant", ["LOC_val_solution.csv", "--devkit", "flat val/"])
-def test_a_folder_that_is_no_wnid_in_an_ilsvrc_train_is_refused_up_front(tmp_path, meant):
+@pytest.mark.parametrize(
+    "meant, why",
+    [
+        ("flat val/", "(val/ is flat)"),
+        ("LOC_val_solution.csv", "(val/ is flat, LOC_val_solution.csv present)"),
+        ("--devkit", "(val/ is flat, --devkit given)"),
+        ("devkit folder", "(val/ is flat, ILSVRC2012_devkit_t12/ present)"),
+    ],
+)
+def test_a_folder_that_is_no_wnid_in_an_ilsvrc_train_is_refused_up_front(tmp_path, meant, why):
     src = tmp_path / "src"
     ilsvrc(src, solution=meant == "LOC_val_solution.csv")
     (src / "train" / "extras").mkdir()
     (src / "train" / "extras" / "x.JPEG").write_bytes(jpeg((5, 5, 5)))
+    if meant == "devkit folder":
+        (src / "ILSVRC2012_devkit_t12").mkdir()
     args = ["--devkit", tmp_path] if meant == "--devkit" else []
     proc = shard(src, tmp_path / "out", *args, check=False)
-    refused(proc, f"{src / 'train'}: 1 folder(s) that are not wnids (extras/)", "move them out of train/")
+    refused(
+        proc, f"{src / 'train'}: 1 folder(s) that are not wnids (extras/)", why, "move them out of train/"
+    )
     assert not (tmp_path / "out").exists()  # before any work
+
+
+def test_a_folder_without_images_beside_the_wnids_is_passed_over_not_refused(tmp_path):
+    src = tmp_path / "src"
+    ilsvrc(src)
+    (src / "train" / "tmp").mkdir()
+    (src / "train" / "tmp" / "notes.txt").write_text("scratch")
+    out = tmp_path / "out"
+    proc = shard(src, out)
+    assert proc.stdout.startswith("layout: ilsvrc (val: flat, labels from LOC_val_solution.csv"), proc.stdout
+    assert "val: found 3, written 3, rejected 0" in proc.stdout and class_names(out) == list(WNIDS)
 
 
 def test_many_folders_that_are_no_wnids_are_named_first_few_and_counted(tmp_path):
@@ -100,17 +123,24 @@ def test_many_folders_that_are_no_wnids_are_named_first_few_and_counted(tmp_path
     ilsvrc(src)
     for name in ("a", "b", "c", "d", "e"):
         (src / "train" / name).mkdir()
+        (src / "train" / name / "x.JPEG").write_bytes(jpeg((5, 5, 5)))
     proc = shard(src, tmp_path / "out", check=False)
-    refused(proc, "5 folder(s) that are not wnids (a/, b/, c/ and 2 more)", "(LOC_val_solution.csv present)")
+    refused(
+        proc, "5 folder(s) that are not wnids (a/, b/, c/ and 2 more)", "(val/ is flat, LOC_val_solution.csv"
+    )
 
 
-def test_wnids_among_an_imagefolder_trees_classes_are_still_an_imagefolder(tmp_path):
-    # val/ in class folders, no solution file nor devkit: nothing says ILSVRC, so not refused
+@pytest.mark.parametrize("leftover", [False, True])
+def test_wnids_among_an_imagefolder_trees_classes_are_still_an_imagefolder(tmp_path, leftover):
+    # val/ in class folders: nothing of it would be skipped, so not refused, even beside a
+    # leftover LOC_val_solution.csv (`extras` is a class the user has)
     src = tmp_path / "src"
     for split in ("train", "val"):
         for cls in ("n01440764", "extras"):
             (src / split / cls).mkdir(parents=True)
             (src / split / cls / "a.jpg").write_bytes(jpeg((9, 90 if cls == "extras" else 200, 9)))
+    if leftover:
+        write_solution(src, ["ImageId,PredictionString", "ILSVRC2012_val_00000001,n01440764 1 2 3 4"])
     proc = shard(src, tmp_path / "out")
     assert proc.stdout.startswith("layout: imagefolder"), proc.stdout
     assert class_names(tmp_path / "out") == ["extras", "n01440764"]

@@ -57,6 +57,8 @@ def test_a_split_the_data_lacks_is_named_and_a_run_without_checkpoint_is_said(de
             else [command, "--data", shards, "--checkpoint", started]
         )
         _one_line_error(alextrain(*args, check=False), "a run with no checkpoint yet")
+    shutil.copy(demo_run / "metrics.jsonl", started)  # a finished run's record, its weights not kept
+    _one_line_error(alextrain("kernels", started, check=False), "its checkpoints are not here")
 
 
 @pytest.mark.parametrize("args", [["--arch", "cifar", "--towers", "2"], ["--arch", "cifar", "--towers", "1"]])

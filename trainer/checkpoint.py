@@ -110,6 +110,9 @@ def resolve(path: Path) -> Path:
         for name in (BEST, LAST):
             if (path / name).is_file():
                 return path / name
+        if (path / "metrics.jsonl").is_file() and (path / "metrics.jsonl").stat().st_size:
+            # a finished run's record kept without its weights (docs/fig1-settled/runs/*)
+            raise CheckpointError(f"{path}: its metrics.jsonl lists epochs, but its checkpoints are not here")
         if (path / "config.json").is_file():  # a run started whose first checkpoint is to come
             raise CheckpointError(
                 f"{path}: a run with no checkpoint yet (the first is written when an epoch ends, "

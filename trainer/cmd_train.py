@@ -131,14 +131,18 @@ def _no_settings(out: Path) -> str:
 
 
 def _refuse_lost_data(saved: dict, values: dict) -> None:
-    """Runs started before --data was recorded absolute hold it as typed: from another folder it
-    names nothing, and the dataset error would advise re-sharding shards that exist."""
+    """The run's --data (from its config.json; under torchrun, rank 0's) is not here: the shards
+    moved, this host mounts them elsewhere, or a run from before --data was recorded absolute
+    is resumed from another folder. Said so, rather than "no such folder" alone."""
     data = saved.get("data")
-    if data and not values.get("data") and not Path(data).is_absolute() and not Path(data).exists():
-        raise TrainError(
-            f"the run's --data {data} was recorded relative to the folder it was started in, and "
-            "is not found from here: pass --data, or resume from that folder"
-        )
+    if not data or values.get("data") or Path(data).exists():
+        return
+    where = (
+        "recorded relative to the folder the run was started in"
+        if not Path(data).is_absolute()
+        else "from the run's config.json (under torchrun, rank 0's)"
+    )
+    raise TrainError(f"the run's --data {data} ({where}) is not found here: pass --data")
 
 
 def _saved_settings(out: str | None) -> dict:

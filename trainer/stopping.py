@@ -1,7 +1,8 @@
 """How a run stops when it is told to or loses a peer: one line, never a page of traceback.
 
 - Ctrl-C once raises KeyboardInterrupt as usual; `run` says where it can go on from (the last
-  checkpoint is intact and `--resume` continues from it), other commands say click's "Aborted!".
+  checkpoint is intact and `--resume` continues from it), other commands what their CLI group
+  says (trainer/cli_common.Group: one line, exit 130).
   Ctrl-C again, while the exit's clean-up runs (DALI
   unloads its plugins in an atexit callback), exits at once with one line instead of "Exception
   ignored in atexit callback ... KeyboardInterrupt".
@@ -39,7 +40,8 @@ def second_interrupt_exits(prog: str) -> None:
 
     def handler(signum: int, frame: object) -> None:
         if handler.interrupted:
-            sys.stderr.write(f"{prog}: interrupted again: stopped without clean-up\n")
+            # after a newline: a progress bar may hold the line (tqdm.write takes locks: not here)
+            sys.stderr.write(f"\n{prog}: interrupted again: stopped without clean-up\n")
             sys.stderr.flush()
             os._exit(128 + signal.SIGINT)
         handler.interrupted = True
