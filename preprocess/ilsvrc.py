@@ -54,7 +54,7 @@ def _meant_as_ilsvrc(src: Path, root: Path, devkit: Path | None) -> str | None:
     flat, which an ImageFolder tree's is not (and would be skipped as an ImageFolder's), with what
     else says so. None: an ImageFolder tree whose class names happen to include wnids, read as one
     (a stray --devkit then meets devkit_problem's refusal)."""
-    if not _flat(root / "val"):
+    if not val_is_flat(root / "val"):
         return None
     solution = solution_file(src, root)
     also = [
@@ -65,14 +65,18 @@ def _meant_as_ilsvrc(src: Path, root: Path, devkit: Path | None) -> str | None:
     return ", ".join(["val/ is flat", *also])
 
 
-def _flat(val: Path) -> bool:
-    """val/ holds image files and no class folder: ILSVRC's flat val/ (no ImageFolder has one)."""
+def val_is_flat(val: Path) -> bool:
+    """val/ holds image files and no folder of images: ILSVRC's flat val/ (an ImageFolder's has
+    class folders). The one test of it: a stray image-less folder (val/tmp/) must not turn a flat
+    val/ into a foldered one whose every image is then skipped."""
     try:
         with os.scandir(val) as it:
             entries = [(e.name, e.is_dir()) for e in it]
     except OSError:
         return False
-    folders = any(d and not n.startswith(".") and n != LOST_FOUND for n, d in entries)
+    folders = any(
+        d and not n.startswith(".") and n != LOST_FOUND and _images_under(val / n) for n, d in entries
+    )
     return not folders and any(not d and Path(n).suffix.lower() in IMAGE_SUFFIXES for n, d in entries)
 
 
@@ -104,7 +108,7 @@ def devkit_problem(src: Path, root: Path | None) -> str | None:
     val = root / "val"
     if not val.is_dir():
         return f"{root} has no val/ for the devkit to label; drop --devkit"
-    if _subdirs(val):
+    if not val_is_flat(val) and _subdirs(val):
         return f"{val} is in <wnid>/ folders, which label it; the devkit would have no effect: drop --devkit"
     solution = solution_file(src, root)
     if solution is not None:

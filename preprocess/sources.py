@@ -30,6 +30,7 @@ from preprocess.ilsvrc import (  # noqa: F401 (_devkit_val_labels: re-exported f
     devkit_problem,
     flat_val_labels,
     ilsvrc_root,
+    val_is_flat,
 )
 from preprocess.walk import (  # noqa: F401 (SourceError, Source, clean_name: re-exported)
     IMAGE_SUFFIXES,
@@ -116,7 +117,7 @@ def _ilsvrc(src: Path, root: Path, devkit: Path | None) -> Source:
     source = Source(root, "ilsvrc", classes)
     source.splits["train"] = _folder_split(root, root / "train", index)
     val = root / "val"
-    if val.is_dir() and _subdirs(val):
+    if val.is_dir() and not val_is_flat(val) and _subdirs(val):
         source.splits["val"] = _folder_split(root, val, index)
         source.notes.append("val: in <wnid>/ folders")
     elif val.is_dir():

@@ -107,11 +107,13 @@ def test_a_folder_that_is_no_wnid_in_an_ilsvrc_train_is_refused_up_front(tmp_pat
     assert not (tmp_path / "out").exists()  # before any work
 
 
-def test_a_folder_without_images_beside_the_wnids_is_passed_over_not_refused(tmp_path):
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_a_folder_without_images_beside_the_wnids_is_passed_over_not_refused(tmp_path, where):
+    # val/tmp/ before: val/ taken for a foldered one, its 3 flat images skipped, exit 0
     src = tmp_path / "src"
     ilsvrc(src)
-    (src / "train" / "tmp").mkdir()
-    (src / "train" / "tmp" / "notes.txt").write_text("scratch")
+    (src / where / "tmp").mkdir()
+    (src / where / "tmp" / "notes.txt").write_text("scratch")
     out = tmp_path / "out"
     proc = shard(src, out)
     assert proc.stdout.startswith("layout: ilsvrc (val: flat, labels from LOC_val_solution.csv"), proc.stdout
