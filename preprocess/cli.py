@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -75,12 +76,16 @@ class InterruptibleGroup(click.Group):
             from tqdm import tqdm  # on a line of its own, not after a progress bar
 
             then = ctx.meta.get(_ON_INTERRUPT, "its result is not complete: re-run the command")
-            tqdm.write(f"{self.program}: interrupted; {printable(then)}", file=sys.stderr)
+            then = then() if callable(then) else then
+            if then is not None:
+                tqdm.write(f"{self.program}: interrupted; {printable(then)}", file=sys.stderr)
             sys.exit(128 + 2)
 
 
-def on_interrupt(then: str) -> None:
-    """What the running command's Ctrl-C line says after "interrupted; ": what is kept, how to go on."""
+def on_interrupt(then: str | Callable[[], str | None]) -> None:
+    """What the running command's Ctrl-C line says after "interrupted; ": what is kept, how to go
+    on; a callable is asked at the Ctrl-C (what is kept by then), and None says nothing (a rank
+    that leaves the saying to rank 0)."""
     click.get_current_context().meta[_ON_INTERRUPT] = then
 
 

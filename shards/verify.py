@@ -204,8 +204,10 @@ def preflight(
         shards = len(before or {}) // 2  # a tar and its index each
         say(f"{data}: hashing {shards:,} shards ({size / 1e9:.1f} GB) against their SHA-256 ({why})")
     problems, bad = [], []
-    total = sum(v[0] for v in (before or {}).values())
-    with tqdm(total=total, unit="B", unit_scale=True, desc="hashing", disable=not progress) as bar:
+    sizes = {name: stamp[0] for name, stamp in (before or {}).items()}  # by path relative to data
+    with tqdm(
+        total=sum(sizes.values()), unit="B", unit_scale=True, desc="hashing", disable=not progress
+    ) as bar:
         for split in splits:
             records = _records(meta, split)
             for i in range(meta["splits"][split]["shards"]):
@@ -216,7 +218,7 @@ def preflight(
                     problems.extend(_check_one(data, meta, split, tar) or [why])
                     bad.append(tar)
                 pair = (tar, layout.idx_path(tar))
-                bar.update(sum((before or {}).get(str(p.relative_to(data)), (0,))[0] for p in pair))
+                bar.update(sum(sizes.get(str(p.relative_to(data)), 0) for p in pair))
     if problems:
         raise _damaged(data, problems, bad)
     if before is not None and before == _stamps_or_none(data, meta, splits):

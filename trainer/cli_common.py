@@ -33,8 +33,8 @@ USER_ERRORS = (
 
 
 class Group(InterruptibleGroup):
-    """alextrain's commands: Ctrl-C is one line and exit 130, as in alexprep (`run` says its own,
-    per rank; the others say what `on_interrupt` set, or that nothing was written)."""
+    """alextrain's commands: Ctrl-C is one line and exit 130, as in alexprep, saying what each
+    set with `on_interrupt` (`run`: where it goes on from, on rank 0 alone)."""
 
     program = "alextrain"
 

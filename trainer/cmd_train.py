@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -44,6 +43,7 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
     from trainer.train import run
 
     values: dict = {}
+    on_interrupt(lambda: _interrupted(flags.get("out") or values.get("out")))
     try:
         values = load_config_file(config_file) if config_file else {}
         # only flags count as given: a config file (a run's config.json) may hold every key, the
@@ -66,8 +66,6 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=given)
     except USER_ERRORS as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        _interrupted(flags.get("out") or values.get("out"))
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 speaks for the run
     if rows:
@@ -103,20 +101,15 @@ def _finished(out: Path, epochs: int) -> str:
     return f"{out} has trained {done} epochs; --epochs {epochs} asks for none more"
 
 
-def _interrupted(out: str | Path | None) -> None:
-    """Ctrl-C: where the run can go on from, exit 130 (the shell's code for SIGINT), instead of
-    click's bare "Aborted!" (rank 0 speaks; checkpoints are written atomically, so the last is whole)."""
-    if os.environ.get("RANK", "0") == "0":
-        last = Path(out or ".") / "last.pt"
-        then = (
-            f"go on from {last} with `alextrain run --out {out} --resume`"
-            if last.is_file()
-            else "no checkpoint was written yet: start it again"
-        )
-        from tqdm import tqdm  # on a line of its own, not after the epoch's bar
-
-        tqdm.write(f"alextrain: interrupted; {then}", file=sys.stderr)
-    raise SystemExit(128 + 2)
+def _interrupted(out: str | Path | None) -> str | None:
+    """Ctrl-C's line (said by the CLI group, exit 130): where the run can go on from, as of the
+    Ctrl-C (checkpoints are written atomically, so the last is whole). Rank 0 speaks: None elsewhere."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    last = Path(out or ".") / "last.pt"
+    if last.is_file():
+        return f"go on from {last} with `alextrain run --out {out} --resume`"
+    return "no checkpoint was written yet: start it again"
 
 
 def _no_settings(out: Path) -> str:
