@@ -23,6 +23,14 @@ from preprocess.defaults import (  # imports nothing heavy: --help stays instant
 )
 from preprocess.walk import printable
 
+
+class UserPath(click.Path):
+    """click.Path with `~` expanded: `--out=~/x` and a quoted "~/x" reach us without a shell's help."""
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        return super().convert(os.path.expanduser(value) if isinstance(value, str) else value, param, ctx)
+
+
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 workers_option = click.option(
     "--workers", type=click.IntRange(0), default=0, help="Worker processes [default: all cores]."
@@ -106,11 +114,11 @@ def main() -> None:
 
 
 @main.command("shard")
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("src", type=UserPath(path_type=Path))
+@click.argument("out", type=UserPath(path_type=Path))
 @click.option(
     "--labels",
-    type=click.Path(path_type=Path),
+    type=UserPath(path_type=Path),
     help="CSV of `filename,label` for a flat SRC folder (label: class name or wnid).",
 )
 @click.option(
@@ -125,12 +133,12 @@ def main() -> None:
 )
 @click.option(
     "--synsets",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=UserPath(exists=True, dir_okay=False, path_type=Path),
     help="LOC_synset_mapping.txt-style file (`wnid name, ...`) for human-readable names.",
 )
 @click.option(
     "--devkit",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=UserPath(exists=True, file_okay=False, path_type=Path),
     help="ILSVRC2012_devkit_t12 folder, for a flat val/ labelled by the devkit.",
 )
 @click.option(
@@ -268,7 +276,7 @@ def _warn_empty_classes(names: list[str], flat: bool) -> None:
 
 
 @main.command("verify")
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=UserPath(path_type=Path))
 @workers_option
 @quiet_option
 def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
@@ -293,7 +301,7 @@ def verify_cmd(out: Path, workers: int, quiet: bool) -> None:
 
 
 @main.command("pca-stats")
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=UserPath(path_type=Path))
 @workers_option
 @click.option("--max-images", type=click.IntRange(1), help="Quick estimate from the first N train images.")
 @quiet_option

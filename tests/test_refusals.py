@@ -228,6 +228,26 @@ def test_config_that_is_a_device_a_fifo_or_huge_is_refused_without_reading(tiny_
     assert not (tmp_path / "r").exists()
 
 
+def test_tilde_in_a_config_file_and_in_flag_equals_is_the_home_folder(tiny_data, tmp_path, monkeypatch):
+    """No shell expands `~` in a TOML value or in `--out=~/x`: the config does, for every path."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "shards").symlink_to(tiny_data)
+    monkeypatch.setenv("HOME", str(home))
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\ndata = "~/shards"\n[model]\narch = "cifar"\n')
+    alextrain(
+        "run", "--config", config, "--out=~/run", "--epochs", 1, "--global-batch", 4,
+        "--loader", "reference", "--num-threads", 1, "--quiet",
+    )  # fmt: skip
+    saved = json.loads((home / "run" / "config.json").read_text())
+    assert saved["run"]["data"] == str(home / "shards") and saved["run"]["out"] == str(home / "run")
+    assert not (Path.cwd() / "~").exists()
+    # every other path flag and argument too (preprocess/cli.py UserPath)
+    proc = alextrain("eval", "--checkpoint=~/run", "--data=~/shards", "--device", "cpu", "--num-threads", 1)
+    assert "top-1" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("weights", [[1], {1: 2, "body.0.weight": [1]}])
 def test_kernels_of_a_checkpoint_without_tensors_is_one_line(tmp_path, weights):
     import torch

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from pipeline.augment import StatsError
-from preprocess.cli import InterruptibleGroup
+from preprocess.cli import InterruptibleGroup, UserPath
 from shards import layout
 from shards.reader import DatasetError
 from trainer.errors import CheckpointError, FigureError, TrainError
@@ -61,12 +61,12 @@ HELP = {
 def data_option(required: bool = True) -> Callable:
     help_ = HELP["data"] + ("" if required else " [default: the one the checkpoint was trained on]")
     return click.option(
-        "--data", required=required, type=click.Path(file_okay=False, path_type=Path), help=help_
+        "--data", required=required, type=UserPath(file_okay=False, path_type=Path), help=help_
     )
 
 
 def checkpoint_argument(f: Callable) -> Callable:
-    return click.argument("checkpoint", type=click.Path(path_type=Path))(f)
+    return click.argument("checkpoint", type=UserPath(path_type=Path))(f)
 
 
 device_option = option("device")  # the same flag, default and help as `alextrain run`'s
@@ -85,7 +85,7 @@ def json_options(f: Callable) -> Callable:
     """--json (print) and --json-out PATH (write): the same two flags on every command with a result."""
     f = click.option(
         "--json-out",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=UserPath(dir_okay=False, path_type=Path),
         callback=_not_stdout,
         help=HELP["json_out"],
     )(f)

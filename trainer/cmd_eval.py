@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from preprocess.cli import UserPath
 from trainer.cli_common import (
     HELP,
     USER_ERRORS,
@@ -29,7 +30,7 @@ from trainer.options import option
     "checkpoints",
     required=True,
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=UserPath(path_type=Path),
     help=HELP["checkpoint"] + " Repeat to also evaluate the average of several (the paper's 5 CNNs).",
 )
 @click.option("--split", default=None, help="Split to evaluate [default: val, validation or test].")

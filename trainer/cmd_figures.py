@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from preprocess.cli import image_limit_options  # click only: --help stays fast
+from preprocess.cli import UserPath, image_limit_options  # click only: --help stays fast
 from preprocess.walk import printable
 from trainer.cli_common import (
     USER_ERRORS,
@@ -28,7 +28,7 @@ from trainer.cli_common import (
 @click.command("kernels")
 @checkpoint_argument
 @click.option(
-    "--out", type=click.Path(path_type=Path), help="Image file [default: fig3.png in the run folder]."
+    "--out", type=UserPath(path_type=Path), help="Image file [default: fig3.png in the run folder]."
 )
 @click.option(
     "--scale", type=click.IntRange(1, 32), help="Pixels per weight [default: ~44 px a kernel; 4 for 11x11]."
@@ -62,11 +62,11 @@ def kernels_cmd(checkpoint: Path, out: Path | None, scale: int | None) -> None:
 
 @click.command("predict")
 @checkpoint_argument
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=UserPath(path_type=Path))
 @data_option(required=False)
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=UserPath(path_type=Path),
     help="Figure 4 (left) as an image (.png, .pdf, ...) [default: fig4.png in the run folder].",
 )
 @ten_crop_option
@@ -142,7 +142,7 @@ def predict_cmd(
     "queries",
     multiple=True,
     required=True,
-    type=click.Path(path_type=Path),
+    type=UserPath(path_type=Path),
     help="A query image; repeat for several.",
 )
 @click.option("--k", type=click.IntRange(1, 64), default=6, show_default=True, help="Neighbours per query.")
@@ -157,7 +157,7 @@ def predict_cmd(
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=UserPath(path_type=Path),
     help="Figure 4 (right) as an image (.png, .pdf, ...) [default: fig4b.png in the run folder].",
 )
 @device_option
@@ -236,8 +236,8 @@ def neighbors_cmd(
 
 
 @click.command("report")
-@click.argument("run", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Markdown report [default: RUN/report.md].")
+@click.argument("run", type=UserPath(path_type=Path))
+@click.option("--out", type=UserPath(path_type=Path), help="Markdown report [default: RUN/report.md].")
 def report_cmd(run: Path, out: Path | None) -> None:
     """Curves (loss, top-1/top-5 error, lr per epoch) as PNG, and the run's last epoch, beside the
     paper's Table 2 when its data has the 1,000 ILSVRC-2012 classes (else the report says why not).

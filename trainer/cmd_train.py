@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from preprocess.cli import on_interrupt  # Ctrl-C's line: one mechanism for both CLIs
+from preprocess.cli import (
+    UserPath,
+    on_interrupt,  # Ctrl-C's line: one mechanism for both CLIs
+)
 from trainer import fig1_stats  # torch-free: fig1's defaults
 from trainer.cli_common import (
     USER_ERRORS,
@@ -23,7 +26,7 @@ from trainer.options import option, run_options
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=UserPath(exists=True, dir_okay=False, path_type=Path),
     help="JSON or TOML file of the same settings; flags override it.",
 )
 @click.option(
@@ -147,11 +150,11 @@ def _saved_settings(out: str | None) -> dict:
 
 
 @click.command("fig1")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="CIFAR-10 shards (--size 32).")
+@click.option("--data", required=True, type=UserPath(path_type=Path), help="CIFAR-10 shards (--size 32).")
 @click.option(
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=UserPath(path_type=Path),
     help="Folder for the runs, JSON, Markdown and PNG.",
 )
 @click.option(
@@ -233,7 +236,7 @@ def fig1_cmd(
 
 
 @click.command("demo")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=UserPath(file_okay=False, path_type=Path))
 def demo_cmd(out: Path) -> None:
     """The whole chain on a small image set it draws: shard, verify, pca-stats, run, eval,
     Figures 3 and 4, report (a few minutes on 2 CPU cores; OUT/run holds the results).

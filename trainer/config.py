@@ -18,6 +18,7 @@ The config is passed whole: each part of the code reads the section it needs.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -36,16 +37,7 @@ from pipeline.config import (
     key,
     setting,
 )
-from preprocess.paper import (
-    BATCH_SIZE,
-    CROP_SIZE,
-    DROPOUT,
-    EPOCHS,
-    LEARNING_RATE,
-    MAX_DROPS,
-    MOMENTUM,
-    WEIGHT_DECAY,
-)
+from preprocess import paper
 
 __all__ = ["ConfigError", "LoaderConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig"]
 
@@ -89,7 +81,7 @@ class ModelConfig:
     )
     extra_conv: bool = setting(False, "A sixth conv layer (Table 2's 1 CNN*). alexnet only.")
     dropout: float = setting(
-        DROPOUT,
+        paper.DROPOUT,
         "Dropout probability of fc6 and fc7 (section 4.2). alexnet only.",
         check=between(0.0, 1.0, hi_open=True),
         rule="must be in [0, 1)",
@@ -116,7 +108,7 @@ class ModelConfig:
     @property
     def input_size(self) -> int:
         """The crop, resolved: the dataset fills it in for cifar; alone, CIFAR's 32."""
-        return self.crop or (CROP_SIZE if self.arch == "alexnet" else CIFAR_SIZE)
+        return self.crop or (paper.CROP_SIZE if self.arch == "alexnet" else CIFAR_SIZE)
 
     @property
     def conv1_padding(self) -> int:
@@ -149,14 +141,14 @@ class OptimConfig:
     """SGD and the learning-rate schedule (section 5)."""
 
     global_batch: int = setting(
-        BATCH_SIZE,
+        paper.BATCH_SIZE,
         "Images per step across all processes (section 5: 128); each process takes an equal share. "
         "Larger is a departure: see --lr-scaling and --warmup-epochs (docs/runbook.md).",
         check=at_least(1),
         rule="must be >= 1",
     )
     lr: float = setting(
-        LEARNING_RATE,
+        paper.LEARNING_RATE,
         "Learning rate (section 5: 0.01), at the paper's batch of 128 (see --lr-scaling).",
         check=lambda v: finite(v) and 0 < v <= MAX_LR,
         rule=f"must be a finite number in (0, {MAX_LR:g}]",
@@ -174,16 +166,19 @@ class OptimConfig:
         rule="must be >= 0",
     )
     momentum: float = setting(
-        MOMENTUM, "SGD momentum (section 5).", check=between(0.0, 1.0, True), rule="must be in [0, 1)"
+        paper.MOMENTUM, "SGD momentum (section 5).", check=between(0.0, 1.0, True), rule="must be in [0, 1)"
     )
     weight_decay: float = setting(
-        WEIGHT_DECAY, "L2 weight decay (section 5).", check=between(0.0, 1.0, True), rule="must be in [0, 1)"
+        paper.WEIGHT_DECAY,
+        "L2 weight decay (section 5).",
+        check=between(0.0, 1.0, True),
+        rule="must be in [0, 1)",
     )
     decay_biases: bool = setting(
         False, "Also apply weight decay to biases (the paper's update decays weights only)."
     )
     epochs: int = setting(
-        EPOCHS,
+        paper.EPOCHS,
         "Epochs in all (section 5: roughly 90); raise it to extend a run with --resume.",
         check=at_least(1),
         rule="must be >= 1",
@@ -203,12 +198,12 @@ class OptimConfig:
         rule="must be >= 1",
     )
     max_drops: int = setting(
-        MAX_DROPS, "Most lr divisions (plateau; section 5: 3).", check=at_least(0), rule="must be >= 0"
+        paper.MAX_DROPS, "Most lr divisions (plateau; section 5: 3).", check=at_least(0), rule="must be >= 0"
     )
 
     def base_lr(self) -> float:
         """The lr after warm-up: --lr, times global batch / 128 with --lr-scaling linear."""
-        return self.lr * (self.global_batch / BATCH_SIZE if self.lr_scaling == "linear" else 1.0)
+        return self.lr * (self.global_batch / paper.BATCH_SIZE if self.lr_scaling == "linear" else 1.0)
 
 
 @dataclass(frozen=True)
@@ -285,6 +280,8 @@ FIELDS = {key(f): f for cls in SECTIONS.values() for f in fields(cls)}
 # them: tests/test_resume.py). A resumed run may change those and the rest of RESUMABLE, no other.
 PER_HOST = frozenset({"data", "out", "mmap", "num_threads"})
 RESUMABLE = PER_HOST | {"epochs", "checkpoint_every", "keep", "verify_data"}
+# `~` expanded in these: a config file or --data=~/x has no shell to do it
+PATHS = frozenset({"data", "out", "init_from"})
 ARCH_IGNORES = {
     "cifar": {
         "towers": "--arch cifar has one tower",
@@ -342,6 +339,7 @@ class TrainConfig:
         by_section: dict[str, dict] = {}
         for k, v in values.items():
             s, a = WHERE[k]
+            v = os.path.expanduser(v) if k in PATHS and isinstance(v, str) else v
             by_section.setdefault(s, {})[a] = tuple(v) if isinstance(v, list) else v
         return replace(self, **{s: replace(getattr(self, s), **kv) for s, kv in by_section.items()})
 
