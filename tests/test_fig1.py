@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,6 +180,38 @@ def test_killed_fig1_resumes_to_the_same_numbers_and_a_finished_one_only_rereads
     assert "starting:" not in third and "resuming" not in third and tail(third) == tail(again)
 
 
+@pytest.mark.slow  # reads back ~14 runs, and one more small shard
+def test_a_damaged_or_foreign_run_is_restored_or_refused_never_read_back_short(straight, tiny, tmp_path):
+    """What fig1 reads back is what was trained, on this data, under these settings: a kill
+    between the last epoch's checkpoint and its metrics line (or a torn file) is restored from
+    last.pt; a run with no config.json or from another dataset is refused, not mixed in."""
+    straight_out, _ = straight
+    out = tmp_path / "out"
+    shutil.copytree(straight_out, out)
+    summary = json.loads((straight_out / "ablation.json").read_text())
+    lr = summary["nets"]["relu"]["lr"]
+    final, point = out / "relu" / f"lr{lr:g}-seed1", out / "relu-lrn" / "lr0.01-seed0"
+    whole = (final / "metrics.jsonl").read_text()
+    (final / "metrics.jsonl").write_text(whole[: whole.rindex("{")])  # its last epoch's line lost
+    (point / "metrics.jsonl").write_text("")
+    again = _fig1(tiny, out).stdout
+    assert again.count("rewritten from last.pt's record of its epochs") == 2, again
+    assert (final / "metrics.jsonl").read_text() == whole and "starting:" not in again
+    assert json.loads((out / "ablation.json").read_text())["nets"] == summary["nets"]
+
+    (point / "config.json").unlink()
+    proc = _fig1(tiny, out, check=False)
+    assert proc.returncode == 2 and "has metrics.jsonl but no config.json" in proc.stderr, proc.stderr
+    shutil.rmtree(point)
+
+    src = extract_cifar(tmp_path / "src", {"train": 128, "test": 32}, ("airplane", "cat", "frog"))
+    other = tmp_path / "other"  # the same classes and size, other images
+    alexprep("shard", src, other, "--size", 32, "--quiet")
+    alexprep("pca-stats", other, "--quiet")
+    proc = _fig1(other, out, check=False)
+    assert proc.returncode == 2 and "trained on other data: the dataset (" in proc.stderr, proc.stderr
+
+
 @pytest.mark.slow  # ~15 s on 2 cores
 def test_diverged_sweep_points_are_flagged_and_never_chosen(tiny, tmp_path):
     args = ["fig1", "--data", tiny, "--out", tmp_path, "--nets", "relu", "--lrs", "3,9"]
@@ -223,11 +256,23 @@ def test_fig1_user_errors_are_one_line_before_any_work(tmp_path):
             ["--lrs", "0.001,0.01"],
             "--lrs: 0.001 -> 0.01 is a step of 10.00x; the grid steps by at most sqrt(10)",
         ),
+        (["--lrs", "0.01,0.0100000001"], "--lrs: 0.01 and 0.0100000001 would share the run folder lr0.01"),
     ):
         args = ["fig1", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *flags]
         result = CliRunner().invoke(cli_main, args)
         assert result.exit_code == 2 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_fig1_out_that_is_a_file_or_holds_a_folder_for_its_output_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "o" / "fig1.md").mkdir(parents=True)
+    for out, message in ((tmp_path / "afile", "exists and is not a folder"),
+                         (tmp_path / "afile" / "sub", "a parent of it is a file"),
+                         (tmp_path / "o", "is a folder; fig1 writes its fig1.md there")):  # fmt: skip
+        result = CliRunner().invoke(cli_main, ["fig1", "--data", str(tmp_path), "--out", str(out)])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1
 
 
 def test_fig1_without_matplotlib_stops_before_training(tmp_path, monkeypatch):

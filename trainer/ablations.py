@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards import layout
-from trainer import fig1_report
+from trainer import checkpoint, fig1_report
 from trainer import fig1_stats as stats
 from trainer.config import TrainConfig, config_changes
 from trainer.errors import TrainError
 from trainer.guard import NonFiniteError
 from trainer.metrics import METRICS, read_metrics
+from trainer.runstate import dataset_change
 from trainer.train import resolve_data, run
 
 # Figure 1's caption: no regularisation of any kind, a fixed lr (no schedule).
@@ -88,6 +89,12 @@ class Plan:
             raise ValueError(f"--lrs: {e}") from None
         if min(self.budget, self.epochs, self.seeds) < 1:
             raise ValueError("--sweep-epochs, --epochs and --seeds must each be >= 1")
+        by_name: dict[str, list[float]] = {}
+        for lr in sorted(set(self.grid)):  # two lrs in one run folder: the second refused hours in
+            by_name.setdefault(f"{lr:g}", []).append(lr)
+        for name, lrs in by_name.items():
+            if len(lrs) > 1:
+                raise ValueError(f"--lrs: {' and '.join(map(repr, lrs))} would share the run folder lr{name}")
 
     @property
     def final_seeds(self) -> list[int]:
@@ -132,11 +139,16 @@ def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list
     diverges does not stop the other nets and seeds of a run of many hours."""
     folder, epochs = Path(cfg.run.out), cfg.optim.epochs
     saved = folder / "config.json"
-    resolved = resolve_data(cfg)[0]  # what `run` compares: with the data's class count
+    resolved, fingerprint = resolve_data(cfg)  # what `run` compares: with the data's class count
     if saved.is_file():
         changes = config_changes(layout.read_json(saved), resolved)
         if changes:
             raise TrainError(f"{folder}: made with other settings: {'; '.join(changes)}; use another --out")
+    elif (folder / METRICS).exists():  # read back, its curve would count under any settings
+        raise TrainError(
+            f"{folder}: has {METRICS} but no config.json, so its settings are unknown; remove it"
+        )
+    _refuse_other_data(folder, fingerprint, Path(resolved.run.data))
     done = len(read_metrics(folder / METRICS))
     if (folder / DIVERGED).is_file():
         say(f"fig1: {label}: diverged before, read back ({folder})")
@@ -149,8 +161,23 @@ def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list
             layout.write_json(folder / DIVERGED, {"error": str(e)})
     else:
         say(f"fig1: {label}: {epochs} epochs done, read back ({folder})")
-    rows = read_metrics(folder / METRICS)[:epochs]
-    return rows, resolved.model.num_classes or 0, (folder / DIVERGED).is_file()
+    rows, diverged = read_metrics(folder / METRICS)[:epochs], (folder / DIVERGED).is_file()
+    if len(rows) < epochs and not diverged:  # never a short curve published as the run's
+        raise TrainError(
+            f"{folder / METRICS}: lists {len(rows)} of {epochs} epochs; remove {folder} to retrain it"
+        )
+    return rows, resolved.model.num_classes or 0, diverged
+
+
+def _refuse_other_data(folder: Path, fingerprint: dict, data: Path) -> None:
+    """A run trained on another dataset is not read back as this one's (its last.pt records
+    the data's fingerprint, as `--resume` checks; a folder without one, such as the records in
+    docs/fig1-settled/runs, is read back on its config.json alone)."""
+    last = folder / checkpoint.LAST
+    if last.is_file():
+        why = dataset_change(checkpoint.load(last).get("dataset"), fingerprint, data)
+        if why:
+            raise TrainError(f"{folder}: trained on other data: {why}; use another --out")
 
 
 def _curve(rows: list[dict], key: str = "train_top1_err") -> list[float]:
@@ -283,7 +310,11 @@ def run_figure1(plan: Plan, data: Path, out: Path, say: Say = print, progress: b
     """The sweep of every net, then seed rounds (seed 1 of every net, then seed 2, ...)."""
     plan.check()
     fig1_report.require_matplotlib()  # matplotlib missing: one line now, not after hours of training
-    out.mkdir(parents=True, exist_ok=True)
+    layout.ensure_dir(out)
+    for name in ("ablation.json", "fig1.md", "fig1.png"):  # a folder there: said now, not hours in
+        if (out / name).is_dir():
+            raise TrainError(f"{out / name}: is a folder; fig1 writes its {name} there")
+    layout.check_writable(out)
     one = len(set(plan.grid)) == 1  # one lr: no sweep, that lr for every net
     swept: dict[str, dict] = {}
     for n in [] if one else plan.nets:  # the summary after each net's sweep: hours in, numbers early

@@ -46,6 +46,24 @@ def read_metrics(path: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def _lines(history: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in history).encode()
+
+
+def restore_metrics(run: Path, history: list[dict]) -> bool:
+    """Rewrite a finished run's metrics.jsonl from its checkpoint's history where the two differ:
+    a kill between the last epoch's checkpoint and its line, or a torn or emptied file, would
+    otherwise leave a run that reads as finished and lists fewer epochs. True if it rewrote."""
+    path, text = run / METRICS, _lines(history)
+    try:
+        if path.read_bytes() == text:
+            return False
+    except OSError:
+        pass
+    layout.write_atomic(path, text)
+    return True
+
+
 class MetricsWriter:
     """metrics.jsonl (one line per finished epoch), and TensorBoard when it is installed.
 
@@ -59,7 +77,7 @@ class MetricsWriter:
         self.path, self.enabled, self.tb = run / METRICS, enabled, None
         if not enabled:
             return
-        layout.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in history).encode())
+        layout.write_atomic(self.path, _lines(history))
         if importlib.util.find_spec("tensorboard") is not None:  # optional extra
             from torch.utils.tensorboard import SummaryWriter
 

@@ -32,7 +32,7 @@ from trainer.errors import TrainError
 from trainer.evaluate import autocast, evaluate
 from trainer.faults import maybe_die
 from trainer.guard import check as check_finite
-from trainer.metrics import MetricsWriter
+from trainer.metrics import METRICS, MetricsWriter, restore_metrics
 from trainer.model import build_model
 from trainer.optim import describe_drop, set_lr
 from trainer.runstate import Position, Sums, Trainer, data_identity, folder_refusal, start
@@ -297,8 +297,10 @@ def _train_locked(
     start(trainer, env, resume, auto_resume)
     if r.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
         tqdm.write(finetune.describe(finetune.init_from(trainer.model, r.init_from, cfg.model)))
-    if trainer.pos.epoch >= cfg.optim.epochs:
-        return []  # finished: its config.json still says what it was trained with
+    if trainer.pos.epoch >= cfg.optim.epochs:  # finished: its config.json says what it was trained with
+        if env.main and restore_metrics(run_dir, trainer.pos.history):
+            print(f"{run_dir / METRICS}: rewritten from {checkpoint.LAST}'s record of its epochs", flush=True)
+        return []
     trainer.schedule.begin(trainer.pos.epoch)
     if env.main:
         layout.ensure_dir(run_dir)
