@@ -21,13 +21,18 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainer.config import TrainConfig
-from trainer.model import Float32LRN, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import positive  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.model import Float32LRN, build_model  # noqa: E402
 
 
 def nets(lrn: str) -> dict[str, nn.Module]:
@@ -59,10 +64,10 @@ def rate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=positive, default=2, help="torch's CPU threads")
+    ap.add_argument("--batch-size", type=positive, default=128)
+    ap.add_argument("--steps", type=positive, default=40, help="timed steps per measurement")
+    ap.add_argument("--repeats", type=positive, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")

@@ -24,16 +24,20 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pipeline.bench import epoch_boundaries, pass_starts
-from pipeline.loader import EvalLoader, Feed, LoaderConfig, TrainLoader
-from preprocess.pca import pca_stats
-from preprocess.shard import Options, shard
-from preprocess.sources import discover
-from shards.reader import load_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import absolute, at_least, batch_fits, cuda_or_error, folder, positive, refused  # noqa: E402
+from pipeline.bench import epoch_boundaries, pass_starts  # noqa: E402
+from pipeline.loader import EvalLoader, Feed, LoaderConfig, TrainLoader  # noqa: E402
+from preprocess.pca import pca_stats  # noqa: E402
+from preprocess.shard import Options, shard  # noqa: E402
+from preprocess.sources import discover  # noqa: E402
+from shards.reader import load_dataset  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 MODES = {"old": False, "new": True}  # TrainLoader(ahead=), EvalLoader(keep=)
@@ -70,23 +74,31 @@ def run_once(data: Path, cfg: LoaderConfig, feed: Feed, ahead: bool, epochs: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, help="shards (with pca-stats); default: made under --work")
-    ap.add_argument("--work", type=Path, help="where the default dataset is made (and kept)")
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--passes", type=int, default=3, help="eval passes")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2, help="DALI threads / DataLoader workers")
+    ap.add_argument("--data", type=absolute, help="shards (with pca-stats); default: made under --work")
+    ap.add_argument("--work", type=folder, help="where the default dataset is made (and kept)")
+    ap.add_argument("--epochs", type=at_least(2), default=6, help="per run (a boundary needs two)")
+    ap.add_argument("--passes", type=at_least(2), default=3, help="eval passes (the first is not counted)")
+    ap.add_argument("--batch-size", type=positive, default=64)
+    ap.add_argument("--threads", type=positive, default=2, help="DALI threads / DataLoader workers")
     ap.add_argument("--backend", nargs="+", default=["dali", "reference"], choices=["dali", "reference"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--repeats", type=int, default=2, help="old/new runs per loader, interleaved")
+    ap.add_argument("--repeats", type=positive, default=2, help="old/new runs per loader, interleaved")
     a = ap.parse_args()
+    cuda_or_error(ap, a.device)
+    if a.data is None and not SAMPLES.is_dir():
+        ap.error(f"no --data, and no {SAMPLES} to make the dataset from")
     made = time.perf_counter()
     data = a.data or make_boundary_data(a.work or Path(tempfile.mkdtemp(prefix="alexnet-boundary-")))
     made = time.perf_counter() - made
-    meta = load_dataset(data)
+    with refused(ap, "--data "):
+        meta = load_dataset(data)
     shards = len(list((data / "train").glob("*.tar")))
+    batch_fits(ap, data, meta, a.batch_size)
     size = meta["size"]
     feed = Feed(batch_size=a.batch_size, crop=size - size // 8, device=a.device, rank=0, world=1)
+    with refused(ap):  # what the loaders refuse: fewer samples than a batch, no pca-stats, ...
+        for backend in a.backend:
+            TrainLoader(data, LoaderConfig(backend=backend, num_threads=a.threads), feed, epochs=a.epochs)
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(a.repeats):
         for backend in a.backend:

@@ -48,6 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import absolute, folder, positive, refused  # noqa: E402 - the standard library only
+
 # everything the checks import, checked before any work (third-party, then the project's)
 MODULES = [
     "torch",
@@ -109,7 +111,8 @@ def check(title: str) -> Callable:
                 fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - reported in the table, the other checks go on
                 traceback.print_exc()
-                row(title, f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}")
+                first = str(e).splitlines()[0][:300] if str(e) else ""  # a child's error line fits
+                row(title, f"FAILED: {type(e).__name__}: {first}")
             print(f"   ({time.perf_counter() - start:.1f} s)", flush=True)
 
         return run
@@ -408,6 +411,12 @@ def alextrain(s: Setup, *args: str, env: dict | None = None):  # noqa: ANN201
     return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
 
 
+def last_error(done) -> str:  # noqa: ANN001
+    """A finished child's own last line of stderr (else stdout), for its row; the rest is in the log."""
+    lines = (done.stderr or "").strip().splitlines() or (done.stdout or "").strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
 @check("alextrain run, killed mid-epoch, resumed; eval")
 def check_run(s: Setup) -> None:
     import torch
@@ -426,12 +435,12 @@ def check_run(s: Setup) -> None:
     start = time.perf_counter()
     killed = alextrain(s, "run", *common, env={DIE_ENV: f"step:{die}"})
     if killed.returncode != -9:
-        raise RuntimeError(f"the run was to be killed at step {die}, it exited {killed.returncode}")
+        raise RuntimeError(
+            f"the run was to be killed at step {die}, it exited {killed.returncode}: {last_error(killed)}"
+        )
     resumed = alextrain(s, "run", *common, "--resume")
     if resumed.returncode != 0:
-        raise RuntimeError(
-            f"--resume exited {resumed.returncode}: {resumed.stderr.strip().splitlines()[-1:]}"
-        )
+        raise RuntimeError(f"--resume exited {resumed.returncode}: {last_error(resumed)}")
     where = next(
         (ln for ln in resumed.stdout.splitlines() if ln.startswith("resuming")), "no 'resuming' line"
     )
@@ -446,7 +455,7 @@ def check_run(s: Setup) -> None:
     )
     ev = alextrain(s, "eval", "--data", str(s.data), "--checkpoint", str(run / "last.pt"), "--device", s.kind)
     if ev.returncode != 0:
-        raise RuntimeError(f"alextrain eval exited {ev.returncode}: {ev.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"alextrain eval exited {ev.returncode}: {last_error(ev)}")
     last = ev.stdout.strip().splitlines()[-1].split() if ev.stdout.strip() else ["no output"]
     row("alextrain eval of last.pt", f"top-1 err, top-5 err, samples: {' '.join(last[1:])}")
 
@@ -469,25 +478,35 @@ def versions(s: Setup) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # paths absolute when parsed: the `alextrain` children run from the repository, not from here
     ap.add_argument(
-        "--data", type=Path, required=True, help="shards with train/ and val/ (bench/gpu_data.sh)"
+        "--data", type=absolute, required=True, help="shards with train/ and val/ (bench/gpu_data.sh)"
     )
-    ap.add_argument("--out", type=Path, default=Path("gpu-out"), help="the table and logs")
+    ap.add_argument("--out", type=folder, default="gpu-out", help="the table and logs")
     ap.add_argument(
-        "--work", type=Path, default=Path(tempfile.gettempdir()) / "alexnet-gpu-check", help="bench set, run"
+        "--work",
+        type=folder,
+        default=str(Path(tempfile.gettempdir()) / "alexnet-gpu-check"),
+        help="bench set, run",
     )
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--batch", type=int, help="default: 256 on cuda, 4 on cpu")
-    ap.add_argument("--steps", type=int, help="timed steps per measurement: default 25 on cuda, 2 on cpu")
+    ap.add_argument("--batch", type=positive, help="default: 256 on cuda, 4 on cpu")
     ap.add_argument(
-        "--copies", type=int, help="bench set: the training images N times over (8 on cuda, 1 on cpu)"
+        "--steps", type=positive, help="timed steps per measurement: default 25 on cuda, 2 on cpu"
     )
-    ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 12))
+    ap.add_argument(
+        "--copies", type=positive, help="bench set: the training images N times over (16 on cuda, 1 on cpu)"
+    )
+    ap.add_argument("--threads", type=positive, default=min(os.cpu_count() or 1, 12))
     a = ap.parse_args()
     check_imports()
     import torch
 
-    from shards.reader import load_dataset
+    from shards.reader import load_classes, load_dataset
+
+    with refused(ap, "--data "):  # one line now, not a traceback from the bench set
+        load_dataset(a.data)
+        load_classes(a.data)
 
     gpu = a.device == "cuda"
     if gpu and not torch.cuda.is_available():
@@ -496,7 +515,8 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     copies = a.copies or (16 if gpu else 1)
-    bench = make_bench_set(a.data, a.work, copies)
+    with refused(ap):  # e.g. no val split in --data
+        bench = make_bench_set(a.data, a.work, copies)
     meta = load_dataset(bench)
     s = Setup(
         data=a.data,

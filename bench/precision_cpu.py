@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import at_least, cuda_or_error, folder, positive  # noqa: E402
+
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 PRECISIONS = ("fp32", "bf16")  # the baseline first
 
@@ -57,7 +61,14 @@ def make_subset(tgz: Path, dest: Path, per_class: int) -> Path:
 
 
 def cli(*args: object) -> None:
-    subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    """`python -m MODULE ARGS` from the repository; one that fails ends the bench with its own
+    last error line."""
+    cmd = [sys.executable, "-m", *map(str, args)]
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+        command = {"preprocess.cli": "alexprep", "trainer.cli": "alextrain"}.get(str(args[0]), args[0])
+        sys.exit(f"precision_cpu: {command} {args[1]} exited {done.returncode}: {why}")
 
 
 def rows(run: Path) -> list[dict]:
@@ -66,15 +77,20 @@ def rows(run: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--per-class", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--work", type=folder, help="the subset, its shards and the runs (kept); default: a new temp folder"
+    )
+    ap.add_argument("--per-class", type=positive, default=300, help="training images per class")
+    ap.add_argument("--epochs", type=positive, default=10)
+    ap.add_argument("--seeds", type=at_least(0), nargs="+", default=[1, 2, 3])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = ap.parse_args()
+    cuda_or_error(ap, a.device)
     work = a.work or Path(tempfile.mkdtemp(prefix="precision-"))
     data = work / f"shards-{a.per_class}"
     if not (data / "stats.json").is_file():
+        if not CIFAR.is_file():
+            ap.error(f"no {CIFAR} to make the CIFAR-10 subset from (nor {data} made earlier)")
         src = make_subset(CIFAR, work, a.per_class)
         cli("preprocess.cli", "shard", src, data, "--size", 32, "--quiet")
         cli("preprocess.cli", "pca-stats", data, "--quiet")

@@ -2,6 +2,9 @@
 
     python bench/shard_throughput.py [--images DIR] [--repeats 3]
 
+DIR: a folder of <wnid>_<n>.JPEG files (the label is the name up to the first `_`), by default
+the 1,000 real ImageNet samples of ../shared/data.
+
 Both sides run as fresh processes, timed from launch to exit (start-up included):
 - baseline: a plain PIL script (one process): for each file, open -> convert RGB -> resize the
   shorter side to 256 (Pillow's default antialiased bicubic) -> centre crop -> save JPEG q90;
@@ -27,8 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import absolute, positive  # noqa: E402
+
+DEFAULT = ROOT.parent / "shared" / "data" / "imagenet-samples"
 
 PIL_SCRIPT = """
 import sys
@@ -46,11 +53,16 @@ for i, f in enumerate(sorted(src.glob("*.JPEG"))):
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the process and its children) of one command."""
+    """(wall seconds, CPU seconds of the process and its children) of one command; one that fails
+    ends the bench with its own last error line."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
+    if done.returncode != 0:
+        what = "the PIL script" if cmd[1] == "-c" else f"alexprep {cmd[3]}"
+        why = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+        sys.exit(f"shard_throughput: {what} exited {done.returncode}: {why}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
@@ -58,11 +70,20 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=Path, default=DEFAULT)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--images",
+        type=absolute,
+        default=DEFAULT,
+        help="a folder of <wnid>_<n>.JPEG files (default: %(default)s)",
+    )
+    ap.add_argument("--repeats", type=positive, default=3)
     args = ap.parse_args()
+    if not args.images.is_dir():
+        ap.error(f"--images {args.images}: {'not a folder' if args.images.exists() else 'no such folder'}")
     files = sorted(args.images.glob("*.JPEG"))
     n = len(files)
+    if n == 0:
+        ap.error(f"--images {args.images}: no *.JPEG files in it")
     runs: dict[str, list[tuple[float, float]]] = {"pil": [], "w1": [], "w2": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -89,3 +89,17 @@ def test_a_missing_module_is_named_in_one_line_before_any_work(toy, tmp_path):
         "gpu_check: cannot import: no_such_module_x (ModuleNotFoundError: No module named 'no_such_module_x')"
     ]
     assert not (tmp_path / "gpu-out").exists()  # nothing made before the check
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_a_relative_data_path_is_the_callers_and_a_missing_one_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--data", "nope", "--device", "cpu"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]  # the path made absolute from the caller's folder
+    assert last == f"gpu_check.py: error: --data {tmp_path.resolve() / 'nope'}: no such folder"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "gpu-out").exists()
