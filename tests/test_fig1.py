@@ -269,7 +269,8 @@ def test_fig1_out_that_is_a_file_or_holds_a_folder_for_its_output_is_one_line(tm
     (tmp_path / "o" / "fig1.md").mkdir(parents=True)
     for out, message in ((tmp_path / "afile", "exists and is not a folder"),
                          (tmp_path / "afile" / "sub", "a parent of it is a file"),
-                         (tmp_path / "o", "is a folder; fig1 writes its fig1.md there")):  # fmt: skip
+                         (tmp_path / "o", "is a folder; fig1 writes its fig1.md there"),
+                         (tmp_path, "is the dataset folder; use a folder of its own")):  # fmt: skip
         result = CliRunner().invoke(cli_main, ["fig1", "--data", str(tmp_path), "--out", str(out)])
         assert result.exit_code == 2 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1

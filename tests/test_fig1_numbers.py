@@ -185,3 +185,14 @@ def test_a_partial_summary_says_how_far_the_run_got():
     assert fig1_report.lines(summary)[-1] == "(partial: 1 of 2 nets swept, 0 of 6 final runs)"
     assert "Partial: 1 of 2 nets swept, 0 of 6 final runs: not the settled" in fig1_report.markdown(summary)
     assert "no lr reached 25 % within 10 epochs" in fig1_report.markdown(summary)
+
+
+def test_a_diverged_seed_is_left_out_of_the_last_epochs_test_error_as_of_the_end_error():
+    """fig1.md's row of a net reads one set of seeds: a seed that diverged stopped early, so its
+    last finished epoch is no more its end for the test error than for the training error."""
+    fine = {"seed": 1, "train_error": [0.6, 0.4], "test_error": [0.62, 0.5]}
+    gone = {"seed": 2, "train_error": [0.6], "test_error": [0.9], "diverged": True}
+    plan = Plan(nets=("relu",), epochs=2, seeds=2)
+    summary = summarise(plan, {}, {"relu": 0.01}, {"relu": [fine, gone]}, complete=True)
+    row = next(line for line in fig1_report.markdown(summary).splitlines() if line.startswith("| relu |"))
+    assert row.endswith("| 0.500 | 0.500 (0.500-0.500) |"), row  # seed 2: 0.9 at its last

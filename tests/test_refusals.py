@@ -372,6 +372,14 @@ def test_report_out_named_png_is_refused_not_overwritten_by_the_markdown(tmp_pat
     assert (tmp_path / "figs" / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_of_a_file_outside_any_run_names_the_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    proc = alextrain("report", tmp_path / "notes.txt", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        "notes.txt: a file, not a run folder (nor a checkpoint in one)"
+    ), proc.stderr
+
+
 def test_a_damaged_feature_cache_is_computed_again_and_a_folder_in_its_place_is_one_line(tiny_data, tmp_path):
     import torch
 

@@ -310,6 +310,8 @@ def run_figure1(plan: Plan, data: Path, out: Path, say: Say = print, progress: b
     """The sweep of every net, then seed rounds (seed 1 of every net, then seed 2, ...)."""
     plan.check()
     fig1_report.require_matplotlib()  # matplotlib missing: one line now, not after hours of training
+    if out.resolve() == data.resolve():  # fig1.md and the run folders among the shards
+        raise TrainError(f"--out {out}: is the dataset folder; use a folder of its own")
     layout.ensure_dir(out)
     for name in ("ablation.json", "fig1.md", "fig1.png"):  # a folder there: said now, not hours in
         if (out / name).is_dir():

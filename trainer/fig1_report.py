@@ -113,7 +113,8 @@ def partial(summary: dict) -> str:
 
 
 def _last(runs: list[dict], key: str) -> str:
-    vals = [r[key][-1] for r in runs if r[key] and r[key][-1] is not None]
+    # a diverged seed's last epoch is not where it ended (as for the end error and the band)
+    vals = [r[key][-1] for r in runs if r[key] and r[key][-1] is not None and not r.get("diverged")]
     if not vals:
         return "-"
     return f"{sum(vals) / len(vals):.3f} ({min(vals):.3f}-{max(vals):.3f})"
@@ -229,7 +230,7 @@ def figure(summary: dict):  # noqa: ANN201 (a matplotlib Figure; matplotlib is i
             color=colour,
             marker="o" if n <= MARKERS_UP_TO else None,
             markersize=3,
-            label=f"{net} (lr {r['lr']:g}, {len(curves)} seeds)",
+            label=f"{net} (lr {r['lr']:g}, {len(curves)} seed{'s' * (len(curves) != 1)})",
         )
         if len(curves) > 1:
             low = [min(c[e] for c in curves) for e in range(n)]
