@@ -185,6 +185,9 @@ def test_a_partial_summary_says_how_far_the_run_got():
     assert fig1_report.lines(summary)[-1] == "(partial: 1 of 2 nets swept, 0 of 6 final runs)"
     assert "Partial: 1 of 2 nets swept, 0 of 6 final runs: not the settled" in fig1_report.markdown(summary)
     assert "no lr reached 25 % within 10 epochs" in fig1_report.markdown(summary)
+    assert "(no final runs)" in fig1_report.markdown(summary) and "| ratio |" not in fig1_report.markdown(
+        summary
+    )
 
 
 def test_a_diverged_seed_is_left_out_of_the_last_epochs_test_error_as_of_the_end_error():

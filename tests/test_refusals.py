@@ -372,6 +372,21 @@ def test_report_out_named_png_is_refused_not_overwritten_by_the_markdown(tmp_pat
     assert (tmp_path / "figs" / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_of_one_checkpoint_given_twice_is_refused_not_averaged_as_two(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    alextrain(
+        "run", "--data", tiny_data, "--out", run, "--arch", "cifar", "--epochs", 1, "--global-batch", 4,
+        "--loader", "reference", "--num-threads", 1, "--quiet",
+    )  # fmt: skip
+    ev = ("eval", "--data", tiny_data, "--device", "cpu", "--num-threads", 1)
+    proc = alextrain(*ev, "--checkpoint", run, "--checkpoint", run / "best.pt", check=False)
+    assert proc.returncode == 2 and f"{run / 'best.pt'} is given twice" in proc.stderr, proc.stderr
+    assert (
+        "average of 2"
+        in alextrain(*ev, "--checkpoint", run / "best.pt", "--checkpoint", run / "last.pt").stdout
+    )
+
+
 def test_report_of_a_file_outside_any_run_names_the_file(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     proc = alextrain("report", tmp_path / "notes.txt", check=False)

@@ -155,26 +155,31 @@ def markdown(summary: dict) -> str:
         lines_ += ["", f"Chosen by: {s['decided_by']}{edge}.", ""]
     levels = proto["levels"]
     heads = " | ".join(f"{lv * 100:g} %" for lv in levels)
-    lines_ += [
-        "Epochs to each training error, mean over seeds (range):",
-        "",
-        f"| net | lr | seeds | {heads} | train err, last {proto['end_epochs']} epochs | "
-        "test err, last epoch |",
-        "|---|---:|---:|" + "---:|" * (len(levels) + 2),
-    ]
+    lines_ += ["Epochs to each training error, mean over seeds (range):", ""]
+    lines_ += (
+        [
+            f"| net | lr | seeds | {heads} | train err, last {proto['end_epochs']} epochs | "
+            "test err, last epoch |",
+            "|---|---:|---:|" + "---:|" * (len(levels) + 2),
+        ]
+        if summary["nets"]
+        else ["(no final runs)"]
+    )
     for net, r in summary["nets"].items():
         cells = " | ".join(spread_text(r["epochs_to"][stats.level_key(lv)]) for lv in levels)
         end = "-" if r["end_error"] is None else f"{r['end_error']:.3f}"
         lines_.append(
             f"| {net} | {r['lr']:g} | {_runs_text(r)} | {cells} | {end} | {_last(r['runs'], 'test_error')} |"
         )
-    lines_ += [
-        "",
-        "Ratios of epochs (slow / fast), of the seed means, with their range over seeds:",
-        "",
-        f"| ratio | question | {heads} | at the common level |",
-        "|---|---|" + "---:|" * (len(levels) + 1),
-    ]
+    lines_ += ["", "Ratios of epochs (slow / fast), of the seed means, with their range over seeds:", ""]
+    lines_ += (
+        [
+            f"| ratio | question | {heads} | at the common level |",
+            "|---|---|" + "---:|" * (len(levels) + 1),
+        ]
+        if summary["ratios"]
+        else ["(none: a ratio needs final runs of both its nets)"]
+    )
     for r in summary["ratios"].values():
         fast = summary["nets"][r["fast"]]["epochs_to"]
         cells = " | ".join(ratio_text(r["at"][k], fast[k]) for k in map(stats.level_key, levels))

@@ -120,6 +120,11 @@ def evaluate_checkpoints(
     dev = pick_device(device)
     num_classes = len(load_classes(data))
     paths = [checkpoint.resolve(p) for p in paths]
+    twice = sorted({str(p) for p in paths if sum(q.resolve() == p.resolve() for q in paths) > 1})
+    if twice:  # the same model twice would be averaged as two CNNs
+        raise ValueError(
+            f"--checkpoint: {twice[0]} is given twice (a run folder means its best.pt, else its last.pt)"
+        )
     models, configs, now = [], [], data_identity(data, meta)
     for p in paths:
         m, state = load_model(p, dev, num_classes)
