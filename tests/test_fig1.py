@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.loader import EvalLoader, TrainLoader
+from shards import layout
 from tests.conftest import alexprep, alextrain, extract_cifar, opts
 from trainer import fig1_stats as stats
 from trainer.cli import main as cli_main
@@ -194,7 +195,12 @@ def test_a_damaged_or_foreign_run_is_restored_or_refused_never_read_back_short(s
     whole = (final / "metrics.jsonl").read_text()
     (final / "metrics.jsonl").write_text(whole[: whole.rindex("{")])  # its last epoch's line lost
     (point / "metrics.jsonl").write_text("")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a dead writer's half-written checkpoint in a finished run: removed on read-back
+    stale = out / "relu" / f"lr{lr:g}-seed2" / f".last.pt.{layout._host()}.{gone.pid}.x1.tmp"
+    stale.write_bytes(b"half")
     again = _fig1(tiny, out).stdout
+    assert not stale.exists()
     assert again.count("rewritten from last.pt's record of its epochs") == 2, again
     assert (final / "metrics.jsonl").read_text() == whole and "starting:" not in again
     assert json.loads((out / "ablation.json").read_text())["nets"] == summary["nets"]

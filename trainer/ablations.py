@@ -161,6 +161,7 @@ def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list
             layout.write_json(folder / DIVERGED, {"error": str(e)})
     else:
         say(f"fig1: {label}: {epochs} epochs done, read back ({folder})")
+        layout.remove_stale_tmp(folder)  # a checkpoint half-written when a finished run was killed
     rows, diverged = read_metrics(folder / METRICS)[:epochs], (folder / DIVERGED).is_file()
     if len(rows) < epochs and not diverged:  # never a short curve published as the run's
         raise TrainError(
