@@ -282,6 +282,18 @@ def test_fig1_out_that_is_a_file_or_holds_a_folder_for_its_output_is_one_line(tm
         assert result.stderr.count("\n") == 1
 
 
+def test_fig1_with_fewer_nets_than_the_summary_in_out_says_so_up_front(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "ablation.json").write_text(json.dumps({"protocol": {"nets": ["relu", "tanh"]}}))
+    result = CliRunner().invoke(
+        cli_main, ["fig1", "--data", str(tmp_path), "--out", str(out), "--nets", "relu"]
+    )
+    assert f"fig1: {out}: its summary had tanh too; this one will not (their runs stay: --nets relu,tanh" in (
+        result.stdout
+    )
+
+
 def test_fig1_without_matplotlib_stops_before_training(tmp_path, monkeypatch):
     """Hours of training and then no figure: refused at once, naming the extra."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)

@@ -307,6 +307,22 @@ def publish(summary: dict, out: Path) -> None:
     fig1_report.plot(summary, out / "fig1.png")
 
 
+def _say_left_out(plan: Plan, out: Path, say: Say) -> None:
+    """A call with fewer --nets than the summary in OUT rewrites it without them: said up front
+    (their runs stay; naming them again publishes them again, read back)."""
+    try:
+        before = layout.read_json(out / "ablation.json")["protocol"]["nets"]
+    except (OSError, ValueError, KeyError, TypeError, layout.LayoutError):
+        return
+    gone = [n for n in before if n not in plan.nets] if isinstance(before, list) else []
+    if gone:
+        every = ",".join([*plan.nets, *gone])
+        say(
+            f"fig1: {out}: its summary had {', '.join(map(str, gone))} too; this one will not (their "
+            f"runs stay: --nets {every} publishes them again)"
+        )
+
+
 def run_figure1(plan: Plan, data: Path, out: Path, say: Say = print, progress: bool = True) -> dict:
     """The sweep of every net, then seed rounds (seed 1 of every net, then seed 2, ...)."""
     plan.check()
@@ -318,6 +334,7 @@ def run_figure1(plan: Plan, data: Path, out: Path, say: Say = print, progress: b
         if (out / name).is_dir():
             raise TrainError(f"{out / name}: is a folder; fig1 writes its {name} there")
     layout.check_writable(out)
+    _say_left_out(plan, out, say)
     one = len(set(plan.grid)) == 1  # one lr: no sweep, that lr for every net
     swept: dict[str, dict] = {}
     for n in [] if one else plan.nets:  # the summary after each net's sweep: hours in, numbers early
