@@ -11,9 +11,17 @@ third-party imports itself, before any work).
 from __future__ import annotations
 
 import argparse
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def last_line(done: subprocess.CompletedProcess) -> str:
+    """A finished child's own last line of stderr, else of stdout: why it failed, in one line
+    (the rest is in its log)."""
+    lines = (done.stderr or "").strip().splitlines() or (done.stdout or "").strip().splitlines()
+    return lines[-1] if lines else "no output"
 
 
 def at_least(low: int) -> Callable[[str], int]:

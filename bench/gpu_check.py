@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import absolute, folder, positive, refused  # noqa: E402 - the standard library only
+from bench.common import absolute, folder, last_line, positive, refused  # noqa: E402 - the standard library only
 
 # everything the checks import, checked before any work (third-party, then the project's)
 MODULES = [
@@ -411,12 +411,6 @@ def alextrain(s: Setup, *args: str, env: dict | None = None):  # noqa: ANN201
     return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
 
 
-def last_error(done) -> str:  # noqa: ANN001
-    """A finished child's own last line of stderr (else stdout), for its row; the rest is in the log."""
-    lines = (done.stderr or "").strip().splitlines() or (done.stdout or "").strip().splitlines()
-    return lines[-1] if lines else "no output"
-
-
 @check("alextrain run, killed mid-epoch, resumed; eval")
 def check_run(s: Setup) -> None:
     import torch
@@ -436,11 +430,11 @@ def check_run(s: Setup) -> None:
     killed = alextrain(s, "run", *common, env={DIE_ENV: f"step:{die}"})
     if killed.returncode != -9:
         raise RuntimeError(
-            f"the run was to be killed at step {die}, it exited {killed.returncode}: {last_error(killed)}"
+            f"the run was to be killed at step {die}, it exited {killed.returncode}: {last_line(killed)}"
         )
     resumed = alextrain(s, "run", *common, "--resume")
     if resumed.returncode != 0:
-        raise RuntimeError(f"--resume exited {resumed.returncode}: {last_error(resumed)}")
+        raise RuntimeError(f"--resume exited {resumed.returncode}: {last_line(resumed)}")
     where = next(
         (ln for ln in resumed.stdout.splitlines() if ln.startswith("resuming")), "no 'resuming' line"
     )
@@ -455,7 +449,7 @@ def check_run(s: Setup) -> None:
     )
     ev = alextrain(s, "eval", "--data", str(s.data), "--checkpoint", str(run / "last.pt"), "--device", s.kind)
     if ev.returncode != 0:
-        raise RuntimeError(f"alextrain eval exited {ev.returncode}: {last_error(ev)}")
+        raise RuntimeError(f"alextrain eval exited {ev.returncode}: {last_line(ev)}")
     last = ev.stdout.strip().splitlines()[-1].split() if ev.stdout.strip() else ["no output"]
     row("alextrain eval of last.pt", f"top-1 err, top-5 err, samples: {' '.join(last[1:])}")
 

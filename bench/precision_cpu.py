@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import at_least, cuda_or_error, folder, positive  # noqa: E402
+from bench.common import at_least, cuda_or_error, folder, last_line, positive  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 PRECISIONS = ("fp32", "bf16")  # the baseline first
@@ -66,9 +66,8 @@ def cli(*args: object) -> None:
     cmd = [sys.executable, "-m", *map(str, args)]
     done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or ["no error output"])[-1]
         command = {"preprocess.cli": "alexprep", "trainer.cli": "alextrain"}.get(str(args[0]), args[0])
-        sys.exit(f"precision_cpu: {command} {args[1]} exited {done.returncode}: {why}")
+        sys.exit(f"precision_cpu: {command} {args[1]} exited {done.returncode}: {last_line(done)}")
 
 
 def rows(run: Path) -> list[dict]:

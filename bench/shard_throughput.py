@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import absolute, positive  # noqa: E402
+from bench.common import absolute, last_line, positive  # noqa: E402
 
 DEFAULT = ROOT.parent / "shared" / "data" / "imagenet-samples"
 
@@ -61,8 +61,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         what = "the PIL script" if cmd[1] == "-c" else f"alexprep {cmd[3]}"
-        why = (done.stderr.strip().splitlines() or ["no error output"])[-1]
-        sys.exit(f"shard_throughput: {what} exited {done.returncode}: {why}")
+        sys.exit(f"shard_throughput: {what} exited {done.returncode}: {last_line(done)}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu

@@ -197,10 +197,12 @@ def test_a_damaged_or_foreign_run_is_restored_or_refused_never_read_back_short(s
     (point / "metrics.jsonl").write_text("")
     gone = subprocess.Popen(["true"])
     gone.wait()  # a dead writer's half-written checkpoint in a finished run: removed on read-back
-    stale = out / "relu" / f"lr{lr:g}-seed2" / f".last.pt.{layout._host()}.{gone.pid}.x1.tmp"
-    stale.write_bytes(b"half")
+    stale = [out / "relu" / f"lr{lr:g}-seed2" / f".last.pt.{layout._host()}.{gone.pid}.x1.tmp"]
+    stale.append(final / f".best.pt.{layout._host()}.{gone.pid}.x2.tmp")  # read back through `run`
+    for f in stale:
+        f.write_bytes(b"half")
     again = _fig1(tiny, out).stdout
-    assert not stale.exists()
+    assert not any(f.exists() for f in stale)
     assert again.count("rewritten from last.pt's record of its epochs") == 2, again
     assert (final / "metrics.jsonl").read_text() == whole and "starting:" not in again
     assert json.loads((out / "ablation.json").read_text())["nets"] == summary["nets"]

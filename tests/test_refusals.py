@@ -243,6 +243,9 @@ def test_tilde_in_a_config_file_and_in_flag_equals_is_the_home_folder(tiny_data,
     saved = json.loads((home / "run" / "config.json").read_text())
     assert saved["run"]["data"] == str(home / "shards") and saved["run"]["out"] == str(home / "run")
     assert not (Path.cwd() / "~").exists()
+    resumed = alextrain("run", "--out=~/run", "--resume", "--epochs", 2, "--quiet")  # its config.json found
+    assert "resuming at epoch 1" in resumed.stdout
+    assert len((home / "run" / "metrics.jsonl").read_text().splitlines()) == 2
     # every other path flag and argument too (preprocess/cli.py UserPath)
     proc = alextrain("eval", "--checkpoint=~/run", "--data=~/shards", "--device", "cpu", "--num-threads", 1)
     assert "top-1" in proc.stdout, proc.stdout
@@ -372,19 +375,27 @@ def test_report_out_named_png_is_refused_not_overwritten_by_the_markdown(tmp_pat
     assert (tmp_path / "figs" / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_eval_of_one_checkpoint_given_twice_is_refused_not_averaged_as_two(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    alextrain(
-        "run", "--data", tiny_data, "--out", run, "--arch", "cifar", "--epochs", 1, "--global-batch", 4,
-        "--loader", "reference", "--num-threads", 1, "--quiet",
-    )  # fmt: skip
+def test_eval_of_one_model_given_twice_is_refused_not_averaged_as_two(tiny_data, tmp_path):
+    """A run folder and its best.pt, best.pt and last.pt (often hard links of one file), or a copy:
+    the same weights, which eval would average as two CNNs."""
+    runs = [tmp_path / "run0", tmp_path / "run1"]
+    for seed, run in enumerate(runs):
+        alextrain(
+            "run", "--data", tiny_data, "--out", run, "--arch", "cifar", "--epochs", 1, "--global-batch", 4,
+            "--loader", "reference", "--num-threads", 1, "--seed", seed, "--quiet",
+        )  # fmt: skip
+    shutil.copy(runs[0] / "last.pt", tmp_path / "copy.pt")
     ev = ("eval", "--data", tiny_data, "--device", "cpu", "--num-threads", 1)
-    proc = alextrain(*ev, "--checkpoint", run, "--checkpoint", run / "best.pt", check=False)
-    assert proc.returncode == 2 and f"{run / 'best.pt'} is given twice" in proc.stderr, proc.stderr
-    assert (
-        "average of 2"
-        in alextrain(*ev, "--checkpoint", run / "best.pt", "--checkpoint", run / "last.pt").stdout
-    )
+    for a, b in ((runs[0], runs[0] / "best.pt"), (runs[0] / "best.pt", runs[0] / "last.pt"),
+                 (runs[0], tmp_path / "copy.pt")):  # fmt: skip
+        proc = alextrain(*ev, "--checkpoint", a, "--checkpoint", b, check=False)
+        why = (
+            "is given twice (a run folder means its best.pt"
+            if a == runs[0] and b.parent == a
+            else "holds the same"
+        )
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr
+    assert "average of 2" in alextrain(*ev, "--checkpoint", runs[0], "--checkpoint", runs[1]).stdout
 
 
 def test_report_of_a_file_outside_any_run_names_the_file(tmp_path):

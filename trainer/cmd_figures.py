@@ -255,7 +255,7 @@ def report_cmd(run: Path, out: Path | None) -> None:
 
     from trainer.report import report
 
-    if run.is_file() and not (run.parent / "metrics.jsonl").is_file():  # not "FOLDER: no metrics.jsonl"
+    if run.is_file() and run.suffix != ".pt" and not (run.parent / "metrics.jsonl").is_file():
         fail(f"{run}: a file, not a run folder (nor a checkpoint in one)")
     run = run.parent if run.is_file() else run
     try:

@@ -16,7 +16,7 @@ from trainer.cli_common import (
     USER_ERRORS,
     fail,
 )
-from trainer.config import TrainConfig, config_changes, load_config_file
+from trainer.config import TrainConfig, config_changes, load_config_file, user_paths
 from trainer.errors import TrainError
 from trainer.options import option, run_options
 
@@ -46,6 +46,7 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
     from trainer.train import run
 
     values: dict = {}
+    flags = user_paths(flags)  # before --resume looks for --out=~/r's config.json
     on_interrupt(lambda: _interrupted(flags.get("out") or values.get("out")))
     try:
         values = load_config_file(config_file) if config_file else {}

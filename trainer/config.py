@@ -11,8 +11,7 @@ flags (trainer/options.py), config files (TOML tables or JSON, nested by section
 and a run's config.json all come from it. Every key is unique across sections, so a flat key
 such as `lr` names one field. `TrainConfig.check()` applies every rule, combinations included,
 before any work; the checks that need the dataset (class count, stored size) or the process
-count (global batch) are in trainer/train.py and trainer/distributed.py, also before any work.
-The config is passed whole: each part of the code reads the section it needs.
+count (global batch) are in trainer/train.py and trainer/distributed.py. Passed whole.
 """
 
 from __future__ import annotations
@@ -280,7 +279,6 @@ FIELDS = {key(f): f for cls in SECTIONS.values() for f in fields(cls)}
 # them: tests/test_resume.py). A resumed run may change those and the rest of RESUMABLE, no other.
 PER_HOST = frozenset({"data", "out", "mmap", "num_threads"})
 RESUMABLE = PER_HOST | {"epochs", "checkpoint_every", "keep", "verify_data"}
-# `~` expanded in these: a config file or --data=~/x has no shell to do it
 PATHS = frozenset({"data", "out", "init_from"})
 ARCH_IGNORES = {
     "cifar": {
@@ -337,9 +335,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown settings {unknown}")
         by_section: dict[str, dict] = {}
-        for k, v in values.items():
+        for k, v in user_paths(values).items():
             s, a = WHERE[k]
-            v = os.path.expanduser(v) if k in PATHS and isinstance(v, str) else v
             by_section.setdefault(s, {})[a] = tuple(v) if isinstance(v, list) else v
         return replace(self, **{s: replace(getattr(self, s), **kv) for s, kv in by_section.items()})
 
@@ -429,7 +426,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{path}: not a readable JSON or TOML config ({e})") from None
-    return flatten(data, str(path))
+    return user_paths(flatten(data, str(path)))
 
 
 def config_changes(saved: dict, now: TrainConfig) -> list[str]:
@@ -446,3 +443,8 @@ def config_changes(saved: dict, now: TrainConfig) -> list[str]:
     return [
         f"{k} (checkpoint {then.get(k)!r}, now {mine.get(k)!r})" for k in keys if then.get(k) != mine.get(k)
     ]
+
+
+def user_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """`~` expanded in the PATHS settings: a config file or `--out=~/x` has no shell to do it."""
+    return {k: os.path.expanduser(v) if k in PATHS and isinstance(v, str) else v for k, v in values.items()}

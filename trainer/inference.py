@@ -96,6 +96,18 @@ def check_fits(state: dict, path: Path, data: Path, now: dict) -> None:
         )
 
 
+def _refuse_same_weights(path: Path, mine: dict, earlier: list[tuple[Path, dict]]) -> None:
+    """One model given twice (a run folder and its last.pt, a hard link or a copy: best.pt is
+    often last.pt's hard link) would be averaged as two CNNs."""
+    for other, theirs in earlier:
+        if path.resolve() == other.resolve():
+            raise ValueError(
+                f"--checkpoint: {path} is given twice (a run folder means its best.pt, else last.pt)"
+            )
+        if mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine):
+            raise ValueError(f"--checkpoint: {path} holds the same weights as {other}; give each model once")
+
+
 def evaluate_checkpoints(
     data: Path,
     paths: list[Path],
@@ -120,17 +132,14 @@ def evaluate_checkpoints(
     dev = pick_device(device)
     num_classes = len(load_classes(data))
     paths = [checkpoint.resolve(p) for p in paths]
-    twice = sorted({str(p) for p in paths if sum(q.resolve() == p.resolve() for q in paths) > 1})
-    if twice:  # the same model twice would be averaged as two CNNs
-        raise ValueError(
-            f"--checkpoint: {twice[0]} is given twice (a run folder means its best.pt, else its last.pt)"
-        )
-    models, configs, now = [], [], data_identity(data, meta)
+    models, configs, seen, now = [], [], [], data_identity(data, meta)
     for p in paths:
         m, state = load_model(p, dev, num_classes)
         check_fits(state, p, data, now)
+        _refuse_same_weights(p, state["model"], seen)
         models.append(m)
         configs.append(state["config"])
+        seen.append((p, state["model"]))
     cfg = configs[0]
     for p, c in zip(paths[1:], configs[1:], strict=True):
         if (c["crop"], c["normalization"]) != (cfg["crop"], cfg["normalization"]):
