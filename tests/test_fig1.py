@@ -218,6 +218,9 @@ def test_a_damaged_or_foreign_run_is_restored_or_refused_never_read_back_short(s
     alexprep("pca-stats", other, "--quiet")
     proc = _fig1(other, out, check=False)
     assert proc.returncode == 2 and "trained on other data: the dataset (" in proc.stderr, proc.stderr
+    proc = _fig1(other, other / "train" / "fig1", check=False)  # among the shards: before any mkdir
+    assert proc.returncode == 2 and "is the dataset folder or one of its splits" in proc.stderr, proc.stderr
+    assert not (other / "train" / "fig1").exists()
 
 
 @pytest.mark.slow  # ~15 s on 2 cores
@@ -278,8 +281,8 @@ def test_fig1_out_that_is_a_file_or_holds_a_folder_for_its_output_is_one_line(tm
     for out, message in ((tmp_path / "afile", "exists and is not a folder"),
                          (tmp_path / "afile" / "sub", "a parent of it is a file"),
                          (tmp_path / "o", "is a folder; fig1 writes its fig1.md there"),
-                         (tmp_path, "is the dataset folder; use a folder of its own")):  # fmt: skip
-        result = CliRunner().invoke(cli_main, ["fig1", "--data", str(tmp_path), "--out", str(out)])
+                         (tmp_path / "data", "is the dataset folder or one of its splits")):  # fmt: skip
+        result = CliRunner().invoke(cli_main, ["fig1", "--data", str(tmp_path / "data"), "--out", str(out)])
         assert result.exit_code == 2 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1
 
@@ -289,7 +292,7 @@ def test_fig1_with_fewer_nets_than_the_summary_in_out_says_so_up_front(tmp_path)
     out.mkdir()
     (out / "ablation.json").write_text(json.dumps({"protocol": {"nets": ["relu", "tanh"]}}))
     result = CliRunner().invoke(
-        cli_main, ["fig1", "--data", str(tmp_path), "--out", str(out), "--nets", "relu"]
+        cli_main, ["fig1", "--data", str(tmp_path / "data"), "--out", str(out), "--nets", "relu"]
     )
     assert f"fig1: {out}: its summary had tanh too; this one will not (their runs stay: --nets relu,tanh" in (
         result.stdout

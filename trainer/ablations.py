@@ -39,7 +39,7 @@ from trainer.errors import TrainError
 from trainer.guard import NonFiniteError
 from trainer.metrics import METRICS, read_metrics
 from trainer.runstate import dataset_change
-from trainer.train import resolve_data, run
+from trainer.train import check_out, resolve_data, run
 
 # Figure 1's caption: no regularisation of any kind, a fixed lr (no schedule).
 PAPER_CONDITIONS = dict(arch="cifar", weight_decay=0.0, mirror=False, lighting="off", max_drops=0)
@@ -327,8 +327,7 @@ def run_figure1(plan: Plan, data: Path, out: Path, say: Say = print, progress: b
     """The sweep of every net, then seed rounds (seed 1 of every net, then seed 2, ...)."""
     plan.check()
     fig1_report.require_matplotlib()  # matplotlib missing: one line now, not after hours of training
-    if out.resolve() == data.resolve():  # fig1.md and the run folders among the shards
-        raise TrainError(f"--out {out}: is the dataset folder; use a folder of its own")
+    check_out(data, out)  # not among the shards: said before a folder is made there
     layout.ensure_dir(out)
     for name in ("ablation.json", "fig1.md", "fig1.png"):  # a folder there: said now, not hours in
         if (out / name).is_dir():

@@ -210,7 +210,7 @@ def run(
     r = cfg.run
     splits = [r.train_split, *([r.val_split] if r.val_split else [])]
     data, run_dir = Path(r.data), Path(r.out)
-    _check_out(data, run_dir)
+    check_out(data, run_dir)
     why = folder_refusal(run_dir, resume, auto_resume) if env.main else None
     if why:  # said before an hour of hashing; start() decides for good, under the lock
         if run_dir.is_dir():  # said under the lock: a run writing there now is said instead
@@ -240,7 +240,7 @@ def run(
             _remove_unused(run_dir)
 
 
-def _check_out(data: Path, run_dir: Path) -> None:
+def check_out(data: Path, run_dir: Path) -> None:
     """--out is a folder of its own, not the dataset or one of its splits."""
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainError(f"--out {run_dir}: exists and is not a folder")
