@@ -287,3 +287,17 @@ def demo_run(demo_data) -> Path:
     assert result.exit_code == 0, result.output
     (demo_data / "run.log").write_text(result.output)  # what the user saw (tests/test_report.py)
     return run
+
+
+def doubled_logits(src: Path, dst: Path) -> Path:
+    """Another model with the same predictions: the cifar net of checkpoint `src` with its last
+    layer scaled by 2, so every logit doubles. The classes keep their order, so top-1/top-5 of
+    it, and of its average with `src`, are `src`'s: an ensemble with a known answer (eval
+    refuses one model given twice)."""
+    import torch
+
+    state = torch.load(src, weights_only=True)
+    for k in ("fc.weight", "fc.bias"):
+        state["model"][k] = state["model"][k] * 2
+    torch.save(state, dst)
+    return dst

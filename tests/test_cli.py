@@ -19,7 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import alexprep, alextrain
+from tests.conftest import alexprep, alextrain, doubled_logits
 from trainer.cli import main
 from trainer.cli_common import HELP
 
@@ -259,7 +259,8 @@ def test_eval_json_flag_prints_and_json_out_writes(tiny, tiny_run, tmp_path):
     assert printed == json.loads((tmp_path / "e.json").read_text())
     assert printed["split"] == "val" and printed["rows"][0]["samples"] == 12
     assert printed["rows"][0]["model"] == str(tiny_run / "best.pt")  # the run folder's best
-    table = cli("eval", "--data", tiny, "--checkpoint", tiny_run, "--checkpoint", tiny_run / "last.pt")
+    twin = doubled_logits(tiny_run / "last.pt", tmp_path / "twin.pt")
+    table = cli("eval", "--data", tiny, "--checkpoint", tiny_run, "--checkpoint", twin)
     assert "average of 2" in table.stdout and not table.stdout.startswith("{")
 
 
