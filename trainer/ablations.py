@@ -89,12 +89,11 @@ class Plan:
             raise ValueError(f"--lrs: {e}") from None
         if min(self.budget, self.epochs, self.seeds) < 1:
             raise ValueError("--sweep-epochs, --epochs and --seeds must each be >= 1")
-        by_name: dict[str, list[float]] = {}
+        by_name: dict[str, float] = {}
         for lr in sorted(set(self.grid)):  # two lrs in one run folder: the second refused hours in
-            by_name.setdefault(f"{lr:g}", []).append(lr)
-        for name, lrs in by_name.items():
-            if len(lrs) > 1:
-                raise ValueError(f"--lrs: {' and '.join(map(repr, lrs))} would share the run folder lr{name}")
+            first = by_name.setdefault(f"{lr:g}", lr)
+            if first != lr:
+                raise ValueError(f"--lrs: {first!r} and {lr!r} would share the run folder lr{lr:g}")
 
     @property
     def final_seeds(self) -> list[int]:
@@ -312,7 +311,7 @@ def _say_left_out(plan: Plan, out: Path, say: Say) -> None:
     (their runs stay; naming them again publishes them again, read back)."""
     try:
         before = layout.read_json(out / "ablation.json")["protocol"]["nets"]
-    except (OSError, ValueError, KeyError, TypeError, layout.LayoutError):
+    except (KeyError, TypeError, layout.LayoutError):  # none yet, or not fig1's
         return
     gone = [n for n in before if n not in plan.nets] if isinstance(before, list) else []
     if gone:

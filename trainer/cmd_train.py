@@ -7,10 +7,7 @@ from pathlib import Path
 
 import click
 
-from preprocess.cli import (
-    UserPath,
-    on_interrupt,  # Ctrl-C's line: one mechanism for both CLIs
-)
+from preprocess.cli import UserPath, on_interrupt  # on_interrupt: one Ctrl-C mechanism for both CLIs
 from trainer import fig1_stats  # torch-free: fig1's defaults
 from trainer.cli_common import (
     USER_ERRORS,

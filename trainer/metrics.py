@@ -46,15 +46,12 @@ def read_metrics(path: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def _lines(history: list[dict]) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in history).encode()
-
-
 def restore_metrics(run: Path, history: list[dict]) -> bool:
-    """Rewrite a finished run's metrics.jsonl from its checkpoint's history where the two differ:
+    """Rewrite a run's metrics.jsonl from its checkpoint's history where the two differ (at every
+    start, and for a finished run that trains nothing):
     a kill between the last epoch's checkpoint and its line, or a torn or emptied file, would
     otherwise leave a run that reads as finished and lists fewer epochs. True if it rewrote."""
-    path, text = run / METRICS, _lines(history)
+    path, text = run / METRICS, "".join(json.dumps(r) + "\n" for r in history).encode()
     try:
         if path.read_bytes() == text:
             return False
@@ -77,7 +74,7 @@ class MetricsWriter:
         self.path, self.enabled, self.tb = run / METRICS, enabled, None
         if not enabled:
             return
-        layout.write_atomic(self.path, _lines(history))
+        restore_metrics(run, history)
         if importlib.util.find_spec("tensorboard") is not None:  # optional extra
             from torch.utils.tensorboard import SummaryWriter
 

@@ -297,19 +297,15 @@ def _train_locked(
     start(trainer, env, resume, auto_resume)
     if r.init_from and trainer.pos.step == 0 and env.main:  # fine-tuning; DDP broadcasts rank 0's weights
         tqdm.write(finetune.describe(finetune.init_from(trainer.model, r.init_from, cfg.model)))
+    if env.main:  # half-written checkpoints of a killed run, finished (a kill at its last save) or not
+        layout.ensure_dir(run_dir)
+        layout.remove_stale_tmp(run_dir)
     if trainer.pos.epoch >= cfg.optim.epochs:  # finished: its config.json says what it was trained with
-        if env.main:  # a kill at its last save: best.pt's half-written copy, no metrics line
-            layout.remove_stale_tmp(run_dir)
-            if restore_metrics(run_dir, trainer.pos.history):
-                print(
-                    f"{run_dir / METRICS}: rewritten from {checkpoint.LAST}'s record of its epochs",
-                    flush=True,
-                )
+        if env.main and restore_metrics(run_dir, trainer.pos.history):  # its last line lost, or torn
+            print(f"{run_dir / METRICS}: rewritten from {checkpoint.LAST}'s record of its epochs", flush=True)
         return []
     trainer.schedule.begin(trainer.pos.epoch)
     if env.main:
-        layout.ensure_dir(run_dir)
-        layout.remove_stale_tmp(run_dir)  # half-written checkpoints of a killed run
         layout.write_json(run_dir / "config.json", cfg.to_dict())
         print(announce(cfg, env, steps, trainer.pos, trainer.schedule.lr), flush=True)
     metrics = MetricsWriter(run_dir, env.main, trainer.pos.history)
