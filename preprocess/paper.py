@@ -18,7 +18,9 @@ IMAGE_SIZE = 256
 # corner patches and the centre patch, each also mirrored (10 in all), softmax averaged.
 CROP_SIZE = 224
 TEN_CROP_POS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))  # relative (x, y)
-# Section 4.1: PCA lighting, alpha_i ~ N(0, 0.1) drawn once per image per presentation.
+# Section 4.1: PCA lighting, alpha_i ~ N(0, 0.1) drawn once per image per presentation: 0.1 is
+# the standard deviation, as in the English original (the Chinese translation's 方差, "variance",
+# is a slip; docs/model.md "Where the translation differs").
 LIGHTING_STD = 0.1
 
 # Section 3.3: local response normalisation, k=2, n=5, alpha=1e-4, beta=0.75.
@@ -27,7 +29,8 @@ LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 # Section 4.2: dropout 0.5 in fc6 and fc7; kept units unscaled in training, x0.5 at test.
 DROPOUT = 0.5
 
-# Section 5: weights ~ N(0, 0.01^2); biases 1 in conv2, conv4, conv5 and the hidden FC layers.
+# Section 5: weights ~ N(0, 0.01^2), i.e. standard deviation 0.01 (the translation's "variance
+# 0.01" is the same slip); biases 1 in conv2, conv4, conv5 and the hidden FC layers.
 INIT_STD = 0.01
 ONE_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 

@@ -62,15 +62,13 @@ def test_cifar_learns_far_above_chance(cifar_run):
 def test_eval_ten_crop_and_ensemble(cifar_run, cifar_ready, tmp_path):
     ck = cifar_run / "last.pt"
     metrics = json.loads((cifar_run / "metrics.jsonl").read_text().splitlines()[-1])
-    proc = alextrain(
-        "eval", "--data", cifar_ready, "--checkpoint", ck, "--ten-crop", "--json-out", tmp_path / "ten.json"
-    )
+    proc = alextrain("eval", "--data", cifar_ready, "--checkpoint", ck, "--json-out", tmp_path / "ten.json")
     ten = json.loads((tmp_path / "ten.json").read_text())
     assert ten["ten_crop"] and ten["rows"][0]["samples"] == 10000 and "top-1 err" in proc.stdout
     assert abs(ten["rows"][0]["top1_err"] - metrics["val_top1_err"]) < 0.05  # 10-crop ~ centre crop
     twin = doubled_logits(ck, tmp_path / "twin.pt")
     proc = alextrain("eval", "--data", cifar_ready, "--checkpoint", ck, "--checkpoint", twin,
-                     "--json-out", tmp_path / "two.json")  # fmt: skip
+                     "--centre-crop", "--json-out", tmp_path / "two.json")  # fmt: skip
     assert "average of 2" in proc.stdout
     single, other, avg = json.loads((tmp_path / "two.json").read_text())["rows"]
     assert single["top1_err"] == pytest.approx(metrics["val_top1_err"])  # eval agrees with training

@@ -5,7 +5,8 @@ data, class names, saving). Figure 4, right, is `trainer.neighbors`; the run rep
 
 Images given by the user are preprocessed exactly as the val pipeline sees them: the offline
 step (shorter side 256, centre crop, JPEG q90, as `alexprep shard` stores them), then the
-centre 224 crop (or the 10 crops) minus the mean image (`pipeline.single.image_input`).
+paper's 10 crops of 224 (or, with --centre-crop, the centre one) minus the mean image
+(`pipeline.single.image_input`).
 A figure command writes into the run folder unless told otherwise (`default_output`).
 """
 

@@ -19,7 +19,13 @@ from trainer.runstate import data_identity
 
 
 def pick_device(name: str) -> torch.device:
-    """--device auto|cuda|cpu -> the one device a command puts its model AND its loader on."""
+    """--device auto|cuda|cpu -> the one device a command puts its model AND its loader on.
+
+    Inference is the paper's fp32: torch's cuDNN defaults to TF32 convolutions on Ampere and
+    later, which would quietly make eval, predict and neighbors something else (section 5's
+    arithmetic; TF32 is a training choice, `alextrain run --precision tf32`)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainError("--device cuda, but no CUDA GPU is visible")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):

@@ -140,8 +140,8 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 class StepSchedule:
     """Divide the lr by 10 at fixed epochs (`--schedule step --lr-steps 30,60,80`).
 
-    For runs without a validation split, where a plateau cannot be seen; the paper's three
-    drops fell near epochs 30, 60 and 80 of its ~90.
+    For runs without a validation split, where a plateau cannot be seen. The paper gives no
+    epochs for its three drops ("when the validation error stopped improving"), only ~90 in all.
     """
 
     lr: float = LEARNING_RATE

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.loader import EvalLoader, Feed, TrainLoader, epoch_seed
+from preprocess import paper
 from shards import layout
 from shards.reader import classes_without_samples, default_val_split, load_classes, load_dataset
 from shards.verify import preflight
@@ -75,10 +76,11 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
     if val is None and cfg.optim.schedule == "plateau":
         raise TrainError(
             f"{data} has no val, validation or test split, so the plateau schedule would never drop "
-            "the lr; pass --schedule step --lr-steps 30,60,80 (the paper's drops fell near those epochs)"
+            "the lr; pass --schedule step --lr-steps 30,60,80 (three fixed drops in ~90 epochs: the paper's "
+            "count)"
         )
     size = meta["size"]
-    crop = m.crop or (224 if m.arch == "alexnet" else size)  # the paper's crop; cifar: the stored size
+    crop = m.crop or (paper.CROP_SIZE if m.arch == "alexnet" else size)  # cifar: the stored size
     if crop > size:
         raise TrainError(f"--crop (crop) = {crop}: larger than the stored images ({size}px) of {data}")
     if crop < MIN_CIFAR_CROP:  # cifar's default crop is the stored size (alexnet's is checked above)
@@ -371,7 +373,7 @@ def announce(cfg: TrainConfig, env: Env, steps: int, pos: Position, lr_now: floa
         f"{where}: global batch {o.global_batch} ({env.batch} per process x {env.world}), {lr} ({schedule}), "
         f"{cfg.run.precision}, {steps} steps per epoch, {o.epochs} epochs"
     )
-    if o.global_batch != 128 and o.lr_scaling == "none":
+    if o.global_batch != paper.BATCH_SIZE and o.lr_scaling == "none":
         line += f"\nnote: global batch {o.global_batch} is not the paper's 128 and the lr is not rescaled"
         line += " (see --lr-scaling linear --warmup-epochs 5, docs/runbook.md)"
     return line
