@@ -30,6 +30,7 @@ import numpy as np
 from pipeline.config import LIGHTING_CONVENTIONS, NORMALIZATIONS
 from preprocess.paper import CROP_SIZE, LIGHTING_STD, TEN_CROP_POS  # noqa: F401 (section 4.1)
 from shards import layout
+from shards.reader import images_digest
 
 
 class StatsError(Exception):
@@ -93,6 +94,23 @@ def _stats_problem(v: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+def estimate_note(out: Path) -> str | None:
+    """A line for a run's start when OUT's statistics are `pca-stats --max-images`'s estimate
+    rather than the paper's (over the whole training set); None otherwise."""
+    try:
+        s = json.loads((out / layout.STATS_JSON).read_text())
+        record = s["computed_from"]
+        if not record.get("estimate"):
+            return None
+        n, of = int(s["num_images"]), _dataset_meta(out)["splits"]["train"]["written"]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # nothing recorded to say (load_stats checks the file itself)
+    return (
+        f"{out / layout.STATS_JSON}: an estimate from {n:,} of the train split's {of:,} images "
+        f"(pca-stats --max-images); `alexprep pca-stats {out}` computes the paper's, over all of them"
+    )
+
+
 def _dataset_meta(out: Path) -> dict:
     try:
         return layout.read_json(out / layout.DATASET_JSON)
@@ -103,17 +121,26 @@ def _dataset_meta(out: Path) -> dict:
 def _check_plan(sj: Path, s: dict, meta: dict, redo: str) -> None:
     """Stats computed from another dataset (another shard plan) are refused where this dataset
     has a train split to compute its own from; a dataset without one (an eval-only set) uses the
-    training set's statistics, as the paper does. Hand-written stats record no plan."""
+    training set's statistics, as the paper does. Hand-written stats record no plan. Stats of
+    the same plan whose train images have changed since (a shard redone from a changed source
+    file: dataset.json's tar hashes) are refused too."""
     record = s.get("computed_from")
     recorded = record.get("dataset_plan_sha256") if isinstance(record, dict) else None
     here = meta.get("plan_sha256")
     has_train = "train" in (meta.get("splits") or {})
-    if recorded is None or here is None or not has_train or recorded == here:
+    if recorded is None or here is None or not has_train:
         return
-    raise StatsError(
-        f"{sj}: computed from another dataset (plan {str(recorded)[:12]}, this one is "
-        f"{str(here)[:12]}: other images, --seed or --shard-size); {redo}"
-    )
+    if recorded != here:
+        raise StatsError(
+            f"{sj}: computed from another dataset (plan {str(recorded)[:12]}, this one is "
+            f"{str(here)[:12]}: other images, --seed or --shard-size); {redo}"
+        )
+    then, now = record.get("train_images_sha256"), images_digest(meta, "train")
+    if then is not None and now is not None and then != now:
+        raise StatsError(
+            f"{sj}: computed from other train images than the shards now hold (a shard rewritten "
+            f"since, e.g. by --redo-shard after a source file changed); {redo}"
+        )
 
 
 def _check_pair(sj: Path, s: dict, mi: Path, redo: str) -> None:

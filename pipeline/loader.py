@@ -67,6 +67,8 @@ def _named_errors(it: Iterator, s: _Split) -> Iterator:
         message = _one_line(e)
         traceback.clear_frames(e.__traceback__)
     except RuntimeError as e:  # DALI: no sample named, only the operator that failed
+        if str(e).startswith("DataLoader worker"):  # a worker killed: not the data (the trainer says it)
+            raise
         message = (
             f"{s.data}/{s.split}: reading the shards failed ({_one_line(e)}); a shard may be "
             f"damaged: run `alexprep verify {s.data}` to find it, then re-shard it"

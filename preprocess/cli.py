@@ -119,7 +119,8 @@ def main() -> None:
 @click.option(
     "--labels",
     type=UserPath(path_type=Path),
-    help="CSV of `filename,label` for a flat SRC folder (label: class name or wnid).",
+    help="CSV of `filename,label` for a flat SRC folder (filename: relative to SRC, or absolute "
+    "under it; label: class name or wnid).",
 )
 @click.option(
     "--label-from-name",
@@ -243,8 +244,23 @@ def shard_cmd(
         click.echo(
             f"{total} reject(s){more}, each with its reason: {printable(str(out))}/<split>/rejects.parquet"
         )
+    if summary.changed:
+        click.echo(
+            f"alexprep: warning: redone from changed source files, not as they were written: "
+            f"{printable('; '.join(summary.changed))}; statistics of the old images no longer fit "
+            f"(`alextrain run` refuses them): re-run `alexprep pca-stats {printable(str(out))}`",
+            err=True,
+        )
+    if summary.rebuilt:
+        click.echo(f"rebuilt from the shards' parts: {', '.join(summary.rebuilt)}")
     if summary.wrote_nothing:
         click.echo("nothing to do: every shard is complete and matches its manifest part; nothing written")
+    if summary.complete and any(summary.found.values()) and not any(summary.written.values()):
+        _fail(
+            f"{printable(str(out))}: every one of the {sum(summary.found.values())} input(s) was rejected "
+            "(the reasons above and in <split>/rejects.parquet): the dataset holds no image; fix the "
+            "inputs, then re-run into an empty OUT"
+        )
     if summary.empty_classes:
         _warn_empty_classes(summary.empty_classes, flat=summary.layout == "flat")
     if summary.complete:

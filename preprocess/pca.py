@@ -24,7 +24,15 @@ from tqdm import tqdm
 
 from shards import layout
 from shards.pool import check_stop, fork_pool
-from shards.reader import DamagedDataError, DatasetError, iter_shard, load_dataset, repair_hint, shard_paths
+from shards.reader import (
+    DamagedDataError,
+    DatasetError,
+    images_digest,
+    iter_shard,
+    load_dataset,
+    repair_hint,
+    shard_paths,
+)
 from shards.verify import check_structure, read_manifest
 
 PIXEL_SCALE = 255
@@ -175,6 +183,7 @@ def pca_stats(out: Path, workers: int = 0, max_images: int | None = None, progre
         "max_images": max_images,
         "estimate": max_images is not None and total.images < meta["splits"]["train"]["written"],
         "dataset_plan_sha256": meta["plan_sha256"],
+        "train_images_sha256": images_digest(meta, "train"),  # a shard redone from changed files
         "decoder": f"OpenCV {cv2.__version__} (libjpeg-turbo)",
     }
     buf = io.BytesIO()

@@ -1,10 +1,8 @@
 """`alexprep shard`: a source folder -> verified-format WebDataset shards, resumably.
 
-The plan is computed up front and is a pure function of the inputs and arguments: the train
-split is shuffled globally with `seed` (DALI's reader only shuffles inside a buffer, so order on
-disk must already be random), other splits keep source order, and each split is cut into
-shards of `shard_size` inputs. Keys are the position in that order, so shard contents never
-depend on timing, worker count or which node wrote them.
+The plan is computed up front (`preprocess.plan`: a pure function of the inputs and arguments,
+the train split shuffled globally). Keys are the position in that order, so shard contents
+never depend on timing, worker count or which node wrote them.
 
 A shard is complete when its manifest part exists (written last, atomically) and its tar and
 index have the sizes the part records. A re-run skips complete shards and redoes the rest from
@@ -26,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -34,7 +31,8 @@ from tqdm import tqdm
 from preprocess import workers
 from preprocess.defaults import DEFAULT_SEED, DEFAULT_SHARD_SIZE
 from preprocess.image import IMAGE_SIZE, JPEG_QUALITY, MAX_BYTES, MAX_PIXELS
-from preprocess.sources import Source, clean_name
+from preprocess.plan import FLAGS, SplitPlan, check_out, dataset_identity, plan_splits
+from preprocess.sources import Source
 from preprocess.workers import ShardError, ShardTask  # noqa: F401 (ShardError: re-exported)
 from shards import layout
 from shards.reader import classes_without_samples
@@ -59,21 +57,6 @@ class Options:
 
 
 @dataclass
-class SplitPlan:
-    name: str
-    # (source path relative to root, label, reason if rejected before reading), in shard order
-    items: list[tuple[str, int, str | None]]
-    shard_size: int
-
-    @property
-    def num_shards(self) -> int:
-        return -(-len(self.items) // self.shard_size)
-
-    def shard_items(self, index: int) -> list[tuple[str, int, str | None]]:
-        return self.items[index * self.shard_size : (index + 1) * self.shard_size]
-
-
-@dataclass
 class Summary:
     layout: str
     notes: list[str]
@@ -88,105 +71,8 @@ class Summary:
     first_rejects: list[str] = field(default_factory=list)
     wrote_nothing: bool = False  # complete already: no file in OUT was touched
     empty_classes: list[str] = field(default_factory=list)  # no sample written to train on
-
-
-def plan_splits(source: Source, shard_size: int, seed: int) -> list[SplitPlan]:
-    plans = []
-    for name in sorted(source.splits):
-        reasons = source.reasons.get(name, {})
-        items = [(path, label, reasons.get(n)) for n, (path, label) in enumerate(source.splits[name])]
-        if name == "train":
-            order = np.random.default_rng(seed).permutation(len(items))
-            items = [items[i] for i in order]
-        plans.append(SplitPlan(name, items, shard_size))
-    return plans
-
-
-def _identity(source: Source, plans: list[SplitPlan], opt: Options) -> dict:
-    """What makes two runs the same dataset (and nothing that does not: workers, nodes)."""
-    digest = hashlib.sha256()
-    for p in plans:
-        for path, label, reason in p.items:
-            extra = "" if reason is None else f"\t{reason}"
-            digest.update(f"{p.name}\t{clean_name(path)}\t{label}{extra}\n".encode())
-    return {
-        "format_version": layout.FORMAT_VERSION,
-        "layout": source.layout,
-        "size": opt.size,
-        "quality": opt.quality,
-        "shard_size": opt.shard_size,
-        "seed": opt.seed,
-        "num_classes": len(source.classes),
-        "plan_sha256": digest.hexdigest(),
-    }
-
-
-FLAGS = {"size": "--size", "quality": "--quality", "shard_size": "--shard-size", "seed": "--seed"}
-
-
-def _difference(key: str, old: dict, identity: dict, found: dict[str, int]) -> str | None:
-    """One setting of OUT's dataset.json that this run would make otherwise, in the user's
-    terms: the flag and both values, or, for the plan (the inputs, their labels and, for train,
-    their --seed order), the inputs counted per split; None where a flag already explains it."""
-    if key != "plan_sha256":
-        return f"{FLAGS.get(key, key)}: OUT {old.get(key)!r}, now {identity[key]!r}"
-    if any(old.get(k) != identity[k] for k in ("seed", "layout", "num_classes")):
-        return None  # the order or the classes changed: said by that key
-    splits = old.get("splits") if isinstance(old.get("splits"), dict) else {}
-    before = {k: v.get("found") for k, v in splits.items() if isinstance(v, dict)}
-    now = ", ".join(f"{k} {n}" for k, n in sorted(found.items()))
-    if not before:  # a run that stopped before its summary: no counts to compare
-        return f"SRC's inputs are not those OUT was started from (found now: {now})"
-    if before == found:
-        return (
-            f"SRC's inputs are not those OUT was made from (as many, {now}: renamed, replaced or relabelled)"
-        )
-    then = ", ".join(f"{k} {n}" for k, n in sorted(before.items()))
-    return f"SRC's inputs are not those OUT was made from (found then: {then}; now: {now})"
-
-
-def _check_out(src: Path, out: Path, identity: dict, found: dict[str, int]) -> dict | None:
-    """OUT's existing dataset.json if it is the same dataset; refuse anything else (reads only).
-    `found`: the inputs per split now, to say how SRC changed."""
-    if out.is_symlink():  # written through, a link would put the dataset somewhere OUT does not say
-        target = "a folder" if out.is_dir() else "nothing" if not out.exists() else "a file"
-        raise ShardError(
-            f"{out}: is a symbolic link (to {target}); pass a real folder's path as OUT "
-            f"(e.g. the link's target, {os.path.realpath(out)})"
-        )
-    if out.exists() and not out.is_dir():
-        raise ShardError(f"{out}: exists and is not a folder")
-    if out.resolve() == src.resolve():
-        raise ShardError(f"{out}: OUT must not be SRC itself (a subfolder of SRC is fine)")
-    path = out / layout.DATASET_JSON
-    if path.exists() or path.is_symlink():
-        try:
-            old = layout.read_json(path)
-        except layout.LayoutError as e:
-            raise ShardError(f"{e}; OUT is not a dataset this tool wrote: use an empty OUT") from None
-        diff = [_difference(k, old, identity, found) for k in identity if old.get(k) != identity[k]]
-        diff = [d for d in diff if d]
-        if diff:
-            raise ShardError(
-                f"{out}: holds a different dataset ({'; '.join(diff)}); "
-                "use an empty OUT or the original arguments"
-            )
-        return old
-    if out.is_dir():
-        try:
-            # another node's lock and temporary files may appear before its dataset.json
-            entries = [
-                e
-                for e in os.listdir(out)
-                if not (
-                    e.startswith(".alexprep-node") or (e.startswith(".") and e.endswith(layout.TMP_SUFFIX))
-                )
-            ]
-        except OSError as e:
-            raise ShardError(f"{out}: cannot list ({e.strerror})") from None
-        if entries:
-            raise ShardError(f"{out}: not empty and has no {layout.DATASET_JSON}; refusing to mix")
-    return None
+    rebuilt: list[str] = field(default_factory=list)  # merged files found damaged and rebuilt
+    changed: list[str] = field(default_factory=list)  # shards redone with other images than before
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -205,8 +91,11 @@ def _merge(out: Path, plans: list[SplitPlan], records: dict[str, dict]) -> dict:
         table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
         ok = table.filter(table["reason"].is_null()).drop_columns(["reason"])
         bad = table.filter(table["reason"].is_valid()).select(["source", "label", "shard", "reason"])
+        digests = {}
         for name, t in ((layout.MANIFEST, ok), (layout.REJECTS, bad)):
-            layout.write_atomic(out / p.name / name, _parquet_bytes(t))
+            data = _parquet_bytes(t)
+            layout.write_atomic(out / p.name / name, data)
+            digests[MERGED[name]] = hashlib.sha256(data).hexdigest()
         names = [layout.shard_name(p.name, i) for i in range(p.num_shards)]
         counts[p.name] = {
             "found": len(p.items),
@@ -214,8 +103,35 @@ def _merge(out: Path, plans: list[SplitPlan], records: dict[str, dict]) -> dict:
             "rejected": bad.num_rows,
             "shards": p.num_shards,
             "files": {n: records[n] for n in names if records.get(n) is not None},
+            **digests,
         }
     return counts
+
+
+MERGED = {layout.MANIFEST: "manifest_sha256", layout.REJECTS: "rejects_sha256"}
+
+
+def _merged_problems(out: Path, plans: list[SplitPlan], old: dict | None) -> list[str]:
+    """Each split's manifest and rejects that are not what the merge wrote: missing, not a file,
+    or (where dataset.json records their SHA-256) other bytes, e.g. damaged or edited. A re-run
+    rebuilds them from the parts rather than saying "nothing to do" over a broken manifest."""
+    splits = (old or {}).get("splits")
+    problems = []
+    for p in plans:
+        counts = splits.get(p.name) if isinstance(splits, dict) else None
+        for name, key in MERGED.items():
+            path = out / p.name / name
+            why = layout.regular_file_problem(path)
+            want = counts.get(key) if isinstance(counts, dict) else None
+            if why is None and want is not None:
+                try:
+                    same = hashlib.sha256(path.read_bytes()).hexdigest() == want
+                    why = None if same else "not the bytes written: damaged or edited"
+                except OSError as e:
+                    why = f"unreadable ({e.strerror})"
+            if why:
+                problems.append(f"{p.name}/{name} ({why})")
+    return problems
 
 
 def _shard_state(out: Path, split: str, index: int) -> tuple[dict | None, str | None]:
@@ -263,18 +179,16 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
     if not 0 <= opt.node_rank < opt.num_nodes:
         raise ShardError(f"--node-rank {opt.node_rank} is not in [0, {opt.num_nodes})")
     plans = plan_splits(source, opt.shard_size, opt.seed)
-    identity = _identity(source, plans, opt)
-    old = _check_out(source.root, out, identity, {k: len(v) for k, v in source.splits.items()})
+    identity = dataset_identity(source, plans, {k: getattr(opt, k) for k in FLAGS})
+    found = {k: len(v) for k, v in source.splits.items()}
+    old = check_out(source.root, out, identity, found)
     redo = _check_redo(plans, opt)
     summary = Summary(source.layout, list(source.notes))
 
     states = {} if old is None else _states(out, plans)
-    merged = all(
-        layout.regular_file_problem(out / p.name / f) is None
-        for p in plans
-        for f in (layout.MANIFEST, layout.REJECTS)
-    )
-    if old and old.get("complete") and merged and not redo and all(why is None for _, why in states.values()):
+    done = bool(old and old.get("complete"))
+    summary.rebuilt = _merged_problems(out, plans, old) if done else []
+    if done and not summary.rebuilt and not redo and all(why is None for _, why in states.values()):
         try:
             same_classes = layout.read_json_list(out / layout.CLASSES_JSON) == _classes_json(source)
         except layout.LayoutError:
@@ -290,6 +204,10 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
     try:
         layout.ensure_dir(out)
         with layout.NodeLock(out, opt.node_rank):
+            # nodes started at one moment on an empty OUT all passed the check above: the first
+            # to create dataset.json claims OUT, and the others compare against it like any re-run
+            if not layout.create_json(out / layout.DATASET_JSON, _dataset_json(identity, None)):
+                check_out(source.root, out, identity, found)
             return _shard_locked(source, out, opt, plans, identity, redo, summary)
     except layout.LayoutError as e:
         raise ShardError(str(e)) from None
@@ -327,6 +245,7 @@ def _shard_locked(
         for folder in (out / p.name, out / p.name / layout.PARTS):
             layout.ensure_dir(folder)
             layout.remove_stale_tmp(folder)
+    before = {(p.name, i): _stored(out, p.name, i) for p, i in todo if states[(p.name, i)][0] is not None}
     for p, i in todo:  # the part is the commit marker: remove it first, then redo the shard
         layout.part_path(out, p.name, i).unlink(missing_ok=True)
     wnids = {c.index: c.wnid for c in source.classes}
@@ -382,6 +301,8 @@ def _shard_locked(
         raise ShardError(
             f"{out}: shard(s) changed while writing ({'; '.join(bad[:3])}); is another writer active?"
         )
+    summary.changed = [_changed(out, n, i, then) for (n, i), then in before.items()]
+    summary.changed = [line for line in summary.changed if line]
     summary.complete = all(why is None for _, why in states.values())
     if summary.complete:
         records = {layout.shard_name(n, i): rec for (n, i), (rec, _) in states.items()}
@@ -395,6 +316,23 @@ def _shard_locked(
         counts = _count_parts(out, plans, opt)
     _fill_counts(summary, counts)
     return summary
+
+
+def _stored(out: Path, split: str, index: int) -> dict[str, str | None]:
+    """source -> SHA-256 of the JPEG a committed shard holds for it (None: rejected)."""
+    t = layout.read_parquet(layout.part_path(out, split, index), columns=["source", "sha256"])
+    return dict(zip(t["source"].to_pylist(), t["sha256"].to_pylist(), strict=True))
+
+
+def _changed(out: Path, split: str, index: int, then: dict[str, str | None]) -> str | None:
+    """A redone shard that holds other images than before (its sources changed since: a repair
+    is byte-identical only from the same files), said with an example; None if the same."""
+    now = _stored(out, split, index)
+    diff = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    if not diff:
+        return None
+    name = layout.shard_name(split, index)
+    return f"{name}: {len(diff)} of {len(now)} images not as before (e.g. {diff[0]})"
 
 
 def _count_parts(out: Path, plans: list[SplitPlan], opt: Options) -> dict:

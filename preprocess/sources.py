@@ -177,7 +177,21 @@ def _read_labels_csv(labels_csv: Path, src: Path) -> list[tuple[str, str]]:
             f"{labels_csv}:{n}: first row {clean_name(','.join(first))[:80]!r} names no file in SRC "
             "(a header row must be exactly `filename,label`; a file name needs its suffix)"
         )
-    return [(r[0].strip(), r[1].strip()) for _, r in rows]
+    return [(_csv_name(src, r[0]), r[1].strip()) for _, r in rows]
+
+
+def _csv_name(src: Path, cell: str) -> str:
+    """A row's file as a path inside SRC. Spaces around it are the CSV's (`a.jpg, cat`) unless a
+    file has them; an absolute path inside SRC (as given, or through SRC's real path: a list made
+    with `find $PWD/...`) is taken relative to SRC. Anything else is left for `_row_problem`."""
+    name = cell if cell == cell.strip() or os.path.lexists(src / cell) else cell.strip()
+    if not os.path.isabs(name) or "\x00" in name:
+        return name
+    for root in dict.fromkeys((os.path.abspath(src), os.path.realpath(src))):
+        rel = os.path.relpath(os.path.normpath(name), root)
+        if rel != os.curdir and rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return rel
+    return name
 
 
 def _is_other_header(src: Path, name: str) -> bool:
@@ -192,7 +206,7 @@ def _row_problem(name: str) -> str | None:
     if not name:
         return "empty file name in the labels CSV"
     if "\x00" in name or os.path.isabs(name) or ".." in PurePosixPath(name).parts:
-        return "outside SRC: a labels CSV row must be a relative path inside SRC (no `..`, not absolute)"
+        return "outside SRC: a labels CSV row names a file in SRC (relative to it, or absolute under it)"
     return None
 
 

@@ -9,6 +9,7 @@ as `\\xHH` (`clean_name`). OUT is never walked, even when it lies inside SRC (`e
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,11 +26,12 @@ _excluded: set[str] = set()  # real paths never walked (OUT, when it lies inside
 _skipped: set[str] = set()  # files seen in image folders that are not inputs (said in the summary)
 _outside: dict[str, tuple[int, str]] = {}  # why -> (count, first name): image files with no place
 _lost: set[str] = set()  # lost+found folders passed over (said in the summary)
+_loops: set[str] = set()  # folder links back to a folder above them: not followed (said)
 
 
 def reset() -> None:
     """Forget what an earlier walk excluded, skipped and passed over (one `discover` at a time)."""
-    for seen in (_excluded, _skipped, _outside, _lost):
+    for seen in (_excluded, _skipped, _outside, _lost, _loops):
         seen.clear()
 
 
@@ -126,18 +128,23 @@ def _images_in(folder: Path) -> list[str]:
     return sorted(names)
 
 
-def _images_under(folder: Path) -> list[str]:
+def _images_under(folder: Path, above: frozenset[str] = frozenset()) -> list[str]:
     """`_images_in` of a class folder and of every folder below it (`cat/sub/x.jpg`, as
-    torchvision's ImageFolder reads), as paths relative to `folder`. Hidden folders and folder
-    links are not entered; the files in them are counted as not read (`_skipped`)."""
+    torchvision's ImageFolder reads), as paths relative to `folder`. Folder links are followed
+    (a link farm is a normal SRC), except one back to a folder above it, a loop: the images
+    there are read once, at their place, and the link is said (`_loops`). Hidden
+    folders are not entered; the files in them are counted as not read (`_skipped`)."""
+    here = above | {os.path.realpath(folder)}
     found = [name for name in _images_in(folder)]
     for e in _scandir(folder):
         if not _is_dir(e):
             continue
-        if e.name.startswith(".") or e.is_symlink():
+        if e.name.startswith("."):
             _skip_tree(Path(e.path))
-            continue
-        found += [f"{e.name}/{name}" for name in _images_under(Path(e.path))]
+        elif e.is_symlink() and os.path.realpath(e.path) in here:
+            _loops.add(e.path)
+        else:
+            found += [f"{e.name}/{name}" for name in _images_under(Path(e.path), here)]
     return sorted(found)
 
 
@@ -186,11 +193,17 @@ def note_outside_splits(src: Path, top: list[str], split_dirs: list[str]) -> Non
 
 
 def outside_notes(src: Path) -> list[str]:
-    """The summary's lines for `_outside`: per reason, how many and one example."""
-    return [
+    """The summary's lines for `_outside` (per reason, how many and one example) and `_loops`."""
+    notes = [
         f"{count} image file(s) not read: {why} (e.g. {clean_name(os.path.relpath(first, src))})"
         for why, (count, first) in sorted(_outside.items())
     ]
+    if _loops:
+        notes.append(
+            f"{len(_loops)} folder link(s) not followed: each leads back to a folder above it, whose "
+            f"images are read once (e.g. {clean_name(os.path.relpath(min(_loops), src))})"
+        )
+    return notes
 
 
 def lost_found_notes(src: Path) -> list[str]:
@@ -228,7 +241,7 @@ def _subdirs(folder: Path) -> list[str]:
 
 def _csv_numbered(path: Path, what: str) -> list[tuple[int, list[str]]]:
     """(line number, row) pairs, so that an error can name the line of the row at fault."""
-    reader = csv.reader(_read_text(path, what).splitlines())
+    reader = csv.reader(io.StringIO(_read_text(path, what), newline=""))  # a quoted name may hold a newline
     try:
         return [(reader.line_num, row) for row in reader]
     except csv.Error as e:

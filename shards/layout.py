@@ -202,6 +202,25 @@ def write_json(path: Path, obj: object) -> None:
     write_atomic(path, json_bytes(obj))
 
 
+def create_json(path: Path, obj: object) -> bool:
+    """Write `path` only if nothing is there, atomically and exclusively (a hard link of a full
+    temporary file: two processes racing to create it cannot both succeed); False if it was."""
+    tmp = tmp_path(path)
+    with writing(path):
+        fd = open_exclusive(tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json_bytes(obj))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def write_json_if_changed(path: Path, obj: object) -> bool:
     """Write only if the bytes differ: a complete read-only OUT is re-runnable; True if written."""
     data = json_bytes(obj)

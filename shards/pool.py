@@ -35,6 +35,18 @@ def check_stop() -> None:
         raise Stopped("stopped: the run is ending")
 
 
+class _Pool(ProcessPoolExecutor):
+    def submit(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        """With the fork context the workers are forked in the first `submit`: SIGINT is blocked
+        around it, so a Ctrl-C at that moment is held for the parent (raised as submit returns)
+        rather than interrupting a child's start-up (its at-fork hooks) before `_init` ignores it."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return super().submit(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @contextmanager
 def fork_pool(
     workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
@@ -44,9 +56,7 @@ def fork_pool(
     one; a worker that dies (the OOM killer) fails its job with `BrokenProcessPool`, never a hang."""
     ctx = mp.get_context("fork")
     stop = ctx.Event()
-    pool = ProcessPoolExecutor(
-        max(1, workers), mp_context=ctx, initializer=_init, initargs=(stop, initializer, initargs)
-    )
+    pool = _Pool(max(1, workers), mp_context=ctx, initializer=_init, initargs=(stop, initializer, initargs))
     try:
         yield pool
     except BaseException:
@@ -60,6 +70,7 @@ def _init(stop, initializer: Callable[..., None] | None, initargs: tuple) -> Non
     global _stop
     _stop = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by `_Pool.submit`
     die_with_parent()
     if initializer is not None:
         initializer(*initargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,18 @@ def load_dataset(out: Path) -> dict:
     if not isinstance(meta.get("size"), int):
         raise DatasetError(f"{path}: `size` is missing or malformed")
     return meta
+
+
+def images_digest(meta: dict, split: str) -> str | None:
+    """One SHA-256 over the split's shard tars as dataset.json records them (each tar's own
+    SHA-256, in order): it changes exactly when a stored image does (the tars are byte-
+    reproducible). None where a shard has no record (an older dataset)."""
+    counts = (meta.get("splits") or {}).get(split) or {}
+    files, n = counts.get("files") or {}, counts.get("shards")
+    names = [layout.shard_name(split, i) for i in range(n if isinstance(n, int) else 0)]
+    if not names or not all(isinstance(files.get(x), dict) and files[x].get("tar_sha256") for x in names):
+        return None
+    return hashlib.sha256("".join(f"{x}\t{files[x]['tar_sha256']}\n" for x in names).encode()).hexdigest()
 
 
 def shard_paths(out: Path, split: str) -> list[Path]:

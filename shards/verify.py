@@ -127,6 +127,9 @@ def _verified(out: Path, meta: dict, splits: Sequence[str], record_path: Path | 
         return False
 
 
+MAX_SHOWN = 5  # problems named in a DamagedDataError's one line
+
+
 def _damaged(
     data: Path, problems: list[str], bad: list[Path], structure_only: bool = False
 ) -> DamagedDataError:
@@ -139,8 +142,11 @@ def _damaged(
         if structure_only
         else ""
     )
+    shown = "; ".join(problems[:MAX_SHOWN])
+    if len(problems) > MAX_SHOWN:  # one line a terminal can show: `alexprep verify` lists them all
+        shown += f"; and {len(problems) - MAX_SHOWN} more (`alexprep verify {data}` lists every one)"
     return DamagedDataError(
-        f"{data}: {len(bad)} damaged shard(s): " + "; ".join(problems) + ". "
+        f"{data}: {len(bad)} damaged shard(s): {shown}. "
         f"Repair: {first}re-run `alexprep shard SRC {data} ... {redo}` with the original arguments "
         "(byte-identical), then `alexprep verify`"
     )

@@ -61,7 +61,7 @@ def _summary(proc) -> dict[str, str]:  # noqa: ANN001
     return {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()}
 
 
-def test_images_in_sub_folders_are_read_and_hidden_folders_counted(tmp_path):
+def test_images_in_sub_folders_and_folder_links_are_read_and_hidden_folders_counted(tmp_path):
     src = tmp_path / "src"
     for rel in ("train/cat/a.jpg", "train/cat/sub/b.jpg", "train/cat/sub/deeper/c.jpg", "train/dog/d.jpg"):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -70,11 +70,14 @@ def test_images_in_sub_folders_are_read_and_hidden_folders_counted(tmp_path):
     for rel in hidden:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(jpeg((5, 5, 5)))
-    (src / "train" / "dog" / "linked").symlink_to(src / "train" / "cat" / "sub")  # not entered
+    (src / "train" / "dog" / "linked").symlink_to(src / "train" / "cat" / "sub")  # a link farm: read
+    (src / "train" / "dog" / "again").symlink_to(src / "train" / "dog")  # a loop: said, not followed
     proc = alexprep("shard", src, tmp_path / "out", "--size", 16, "--quiet")
     s = _summary(proc)
-    assert s["train"] == "found 4, written 4, rejected 0", proc.stdout
-    assert "4 file(s) not read: hidden or not an image suffix" in s["layout"], proc.stdout
+    assert s["train"] == "found 6, written 6, rejected 0", proc.stdout  # b and c once more, as dog's
+    assert "3 file(s) not read: hidden or not an image suffix" in s["layout"], proc.stdout
+    assert "1 folder link(s) not followed: each leads back to a folder above it" in s["layout"]
+    assert "(e.g. train/dog/again)" in s["layout"], proc.stdout
     classes = json.loads((tmp_path / "out" / "classes.json").read_text())
     assert [c["name"] for c in classes] == ["cat", "dog"]
 

@@ -86,6 +86,39 @@ def test_ctrl_c_twice_is_one_line_not_an_atexit_traceback(data, tmp_path, gap):
         assert f"`alextrain run --out {run} --resume`" in err or "start it again" in err, err
 
 
+def _forked_children(pid: int) -> list[int]:
+    """The children of `pid` forked from it (its own command line): its loading workers."""
+    mine = Path(f"/proc/{pid}/cmdline").read_bytes()
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes() == mine:
+                found.append(int(child))
+    return found
+
+
+@pytest.mark.slow  # a real training process; its loading worker killed as the OOM killer would
+def test_a_killed_loading_worker_is_said_as_such_not_as_damaged_data(data, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer.cli", "run", "--data", data, "--out", run, *long_run()]
+    cmd += ["--device", "cpu", "--loader", "reference"]
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(run / "config.json")
+        end = time.time() + 60
+        while not (workers := _forked_children(proc.pid)):
+            assert time.time() < end and proc.poll() is None, "no loading worker appeared"
+            time.sleep(0.1)
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert "a loading worker process ended (DataLoader worker (pid" in last and "killed by signal" in last
+    assert "not a fault of the data" in last and "--resume" in last and "verify" not in last, last
+
+
 def _rank_pids(outs: Path, rank: int | None = None) -> list[int]:
     """The workers of this test's run (rank `rank`, or all): torchrun starts each in a session of
     its own, so killing an agent's process group leaves its worker running."""

@@ -19,6 +19,7 @@ import time
 import zlib
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -209,6 +210,32 @@ def test_bom_csv_makes_no_phantom_class(two_images, tmp_path):
     assert [c["name"] for c in classes] == ["cat", "dog"]
 
 
+def test_csv_names_absolute_under_src_quoted_newlines_and_spaces_are_read(two_images, tmp_path):
+    src = two_images
+    for name in ("new\nline.jpg", " lead.jpg", "c.jpg"):
+        (src / name).write_bytes(jpeg((9, 9, 200)))
+    via = tmp_path / "via"
+    via.symlink_to(src)  # SRC given through a link, rows naming the real folder, and the other way
+    labels = tmp_path / "l.csv"
+    labels.write_text(
+        f'filename,label\n{src / "a.jpg"},cat\n{via / "b.jpg"}, dog\n"new\nline.jpg",cat\n'
+        '" lead.jpg",dog\nc.jpg ,cat\n'
+    )
+    proc = alexprep("shard", via, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
+    assert summary_counts(proc.stdout) == (5, 5, 0), proc.stdout
+    assert set(written(tmp_path / "out")) == {"a.jpg", "b.jpg", "new\nline.jpg", " lead.jpg", "c.jpg"}
+
+
+def test_a_dataset_with_every_input_rejected_is_an_error_not_complete(two_images, tmp_path):
+    labels = write_labels(tmp_path / "l.csv", ["A.JPG", "b.jpeg"])  # names of no file in SRC
+    out = tmp_path / "out"
+    proc = alexprep("shard", two_images, out, "--labels", labels, "--size", SIZE, "--quiet", check=False)
+    assert proc.returncode == 2 and "\ncomplete:" not in proc.stdout, proc.stdout
+    assert "every one of the 2 input(s) was rejected" in proc.stderr and "holds no image" in proc.stderr
+    assert "rejected: A.JPG: unreadable: No such file" in proc.stdout  # and why, as always
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_split_must_be_a_plain_name(two_images, tmp_path):
     labels = write_labels(tmp_path / "l.csv", ["a.jpg", "b.jpg"])
     out = tmp_path / "deep" / "out"
@@ -383,6 +410,33 @@ def test_verify_reports_a_shard_that_is_a_link_and_a_garbage_manifest(small_shar
     assert proc.returncode == 2 and "manifest.parquet: missing" in proc.stderr
 
 
+@pytest.mark.parametrize("damage", ["garbage", "a row dropped", "a label edited", "deleted"])
+def test_a_rerun_rebuilds_a_damaged_or_edited_manifest_from_the_parts(small_shards, tmp_path, damage):
+    labels, _, pristine = small_shards
+    out = _copy(small_shards, tmp_path)
+    manifest = out / "train" / "manifest.parquet"
+    table = pq.read_table(manifest)
+    if damage == "garbage":
+        manifest.write_bytes(b"PAR1 garbage")
+    elif damage == "deleted":
+        manifest.unlink()
+    else:  # edited with pyarrow: a readable manifest that is not the shards'
+        edited = table.slice(1) if damage == "a row dropped" else table.set_column(
+            1, "label", pa.array([1 - v for v in table["label"].to_pylist()], pa.int32())
+        )  # fmt: skip
+        pq.write_table(edited, manifest)
+    assert alexprep("verify", out, "--quiet", check=False).returncode != 0
+    args = ("shard", IMAGENET, out, "--labels", labels, "--size", SIZE, "--shard-size", 10, "--quiet")
+    proc = alexprep(*args)
+    why = "missing" if damage == "deleted" else "not the bytes written: damaged or edited"
+    assert f"rebuilt from the shards' parts: train/manifest.parquet ({why})" in proc.stdout, proc.stdout
+    assert "nothing to do" not in proc.stdout and "\ncomplete:" in proc.stdout
+    assert manifest.read_bytes() == (pristine / "train" / "manifest.parquet").read_bytes()
+    assert alexprep("verify", out, "--quiet").returncode == 0
+    again = alexprep(*args)
+    assert "nothing to do" in again.stdout and "rebuilt" not in again.stdout
+
+
 def test_preflight_catches_truncation_fast_and_a_flipped_byte_when_full(small_shards, tmp_path):
     out = _copy(small_shards, tmp_path)
     preflight(out, ["train"], full=True)  # intact
@@ -435,6 +489,21 @@ def test_preflight_hashes_once_says_so_and_one_process_per_host_does_it(small_sh
     assert len(said) == 2
 
 
+def test_a_shard_with_many_damaged_samples_is_one_readable_line(small_shards, tmp_path):
+    out = _copy(small_shards, tmp_path)
+    for sample in range(7):
+        tar, m = _member(out, "train-000001", sample, "jpg")
+        _flip(tar, m.offset + m.size // 2)
+    with pytest.raises(DamagedDataError) as e:
+        preflight(out, ["train"], full=True)
+    why = str(e.value)
+    assert why.count("checksum mismatch") == 5 and "\n" not in why, why
+    assert f"and 2 more (`alexprep verify {out}` lists every one)" in why
+    assert "--redo-shard train-000001" in why
+    proc = alexprep("verify", out, "--quiet", check=False)
+    assert proc.returncode == 1 and proc.stdout.count("train-000001.tar: ") >= 7, proc.stdout
+
+
 def test_redo_shard_repairs_byte_identically_and_planted_links_are_replaced(small_shards, tmp_path):
     labels, _, pristine = small_shards
     out = _copy(small_shards, tmp_path)
@@ -451,8 +520,32 @@ def test_redo_shard_repairs_byte_identically_and_planted_links_are_replaced(smal
     assert not (out / "train" / "train-000002.tar").is_symlink()
     for f in ("train-000001.tar", "train-000002.tar", "manifest.parquet"):
         assert (out / "train" / f).read_bytes() == (pristine / "train" / f).read_bytes(), f
+    assert "changed source files" not in proc.stderr  # the same files: the same images
     proc = alexprep("shard", IMAGENET, out, *args, "--redo-shard", "train-000099", check=False)
     assert proc.returncode == 2 and "no such shard" in proc.stderr
+
+
+def test_a_shard_redone_from_a_changed_source_is_said_and_the_old_stats_refused(tmp_path):
+    from pipeline.augment import StatsError, load_stats
+
+    files, src, out = imagenet_files()[:12], tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for f in files:
+        shutil.copy(IMAGENET / f, src / f)
+    args = ("shard", src, out, "--labels", write_labels(tmp_path / "l.csv", files), "--size", SIZE)
+    alexprep(*args, "--shard-size", 4, "--quiet")
+    alexprep("pca-stats", out, "--quiet")
+    load_stats(out)  # they fit
+    rows = pq.read_table(out / "train" / "manifest.parquet").to_pylist()
+    shard = next(r["shard"] for r in rows if r["source"] == files[0]).removesuffix(".tar")
+    shutil.copy(IMAGENET / imagenet_files()[40], src / files[0])  # the same name, another picture
+    proc = alexprep(*args, "--shard-size", 4, "--quiet", "--redo-shard", shard)
+    assert "warning: redone from changed source files" in proc.stderr, proc.stderr
+    assert f"{shard}: 1 of 4 images not as before (e.g. {files[0]})" in proc.stderr
+    with pytest.raises(StatsError, match="computed from other train images than the shards now hold"):
+        load_stats(out)
+    alexprep("pca-stats", out, "--quiet")
+    load_stats(out)
 
 
 def test_pca_stats_names_the_truncated_shard_and_the_undecodable_sample(small_shards, tmp_path):
@@ -550,6 +643,44 @@ def test_two_nodes_on_one_shared_out_at_once_give_the_single_node_dataset(small_
     ]:
         assert (out / f).read_bytes() == (pristine / f).read_bytes(), f
     assert not [p for p in out.rglob("*.tmp")]
+
+
+def _create_at_once(path: str, value: int, barrier, results) -> None:  # noqa: ANN001
+    barrier.wait()
+    results.put((value, layout.create_json(Path(path), {"value": value})))
+
+
+def test_of_processes_creating_one_json_at_once_exactly_one_wins_and_its_file_stays(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    path, barrier, results = tmp_path / "claim.json", ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_create_at_once, args=(str(path), v, barrier, results)) for v in range(4)]
+    for p in procs:
+        p.start()
+    won = [v for v, ok in (results.get(timeout=60) for _ in procs) if ok]
+    for p in procs:
+        p.join(timeout=60)
+    assert len(won) == 1 and json.loads(path.read_text()) == {"value": won[0]}
+    assert [p.name for p in tmp_path.iterdir()] == ["claim.json"]  # no temporary file left
+
+
+def test_two_nodes_with_other_settings_started_at_once_never_both_write(small_shards, tmp_path):
+    labels, _, _ = small_shards
+    for trial in range(3):  # before the claim, 1 start in 4 let both nodes write (issue found by a probe)
+        out = tmp_path / f"out{trial}"
+        args = ["shard", IMAGENET, out, "--labels", labels, "--shard-size", 10, "--workers", 1, "--quiet"]
+        cmd = [sys.executable, "-m", "preprocess.cli", *map(str, args), "--num-nodes", "2"]
+        nodes = [
+            subprocess.Popen([*cmd, "--node-rank", r, "--size", size], stderr=subprocess.PIPE, text=True)
+            for r, size in (("0", "32"), ("1", "24"))
+        ]
+        codes = [(p.wait(timeout=120), p.stderr.read()) for p in nodes]
+        ok = [size for (code, _), size in zip(codes, (32, 24), strict=True) if code == 0]  # a node's share
+        assert len(ok) == 1, codes
+        assert json.loads((out / "dataset.json").read_text())["size"] == ok[0]
+        refused = next(err for code, err in codes if code != 0)
+        assert "holds a different dataset (--size: OUT" in refused, refused
 
 
 def test_a_split_folder_replaced_by_a_link_is_refused_not_followed(two_images, tmp_path):

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.augment import estimate_note
 from preprocess.pca import decode_rgb
 from shards.reader import iter_shard, shard_paths
 from tests.conftest import alexprep
@@ -98,6 +99,13 @@ def test_max_images_is_an_estimate(imagenet_shards, tmp_path):
     assert "estimate" in proc.stdout
     stats = json.loads((out / "stats.json").read_text())
     assert stats["num_images"] == 100 and stats["computed_from"]["estimate"]
+    note = estimate_note(out)  # said when a run starts on it: not the paper's statistics
+    assert note == (
+        f"{out}/stats.json: an estimate from 100 of the train split's 1,000 images (pca-stats "
+        f"--max-images); `alexprep pca-stats {out}` computes the paper's, over all of them"
+    )
+    alexprep("pca-stats", out, "--quiet")
+    assert estimate_note(out) is None
 
 
 def test_no_train_shards_is_a_clear_error(tmp_path):

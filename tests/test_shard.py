@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -96,7 +97,12 @@ def test_flat_imagenet_samples(imagenet_shards):
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["complete"] and meta["layout"] == "flat"
     files = meta["splits"]["train"].pop("files")
+    merged = {k: meta["splits"]["train"].pop(k) for k in ("manifest_sha256", "rejects_sha256")}
     assert meta["splits"]["train"] == {"found": 1000, "written": 1000, "rejected": 0, "shards": 4}
+    assert (
+        merged["manifest_sha256"]
+        == hashlib.sha256((out / "train" / "manifest.parquet").read_bytes()).hexdigest()
+    )
     # what each shard must be, recorded when written: the sizes on disk and the index's count
     assert sorted(files) == [f"train-00000{i}" for i in range(4)]
     for name, rec in files.items():

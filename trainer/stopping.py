@@ -77,6 +77,27 @@ def lost_peers(rank: int, world: int, run_dir: Path) -> Iterator[None]:
         ) from None
 
 
+@contextlib.contextmanager
+def lost_workers(run_dir: Path) -> Iterator[None]:
+    """A loading worker process killed (the kernel's OOM killer, a stray signal) is said in one
+    line, not as a traceback from wherever torch's SIGCHLD handler raised it (often the backward
+    pass), and not as damaged data: nothing in the shards is at fault."""
+    try:
+        yield
+    except RuntimeError as e:
+        why = " ".join(str(e).split())
+        if not why.startswith(LOADING_WORKER):
+            raise
+        raise TrainError(
+            f"a loading worker process ended ({why}): it was killed (by a signal, or by the kernel "
+            "when memory ran out: see `dmesg`), not a fault of the data; the last checkpoint in "
+            f"--out ({run_dir.name}/last.pt) is intact: start the same command again with --resume"
+        ) from None
+
+
+LOADING_WORKER = "DataLoader worker"  # torch: "DataLoader worker (pid N) is killed by signal: ..."
+
+
 def _cause(e: BaseException) -> str:
     """The backend's sentence that says what happened, without its source location."""
     text = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", " ".join(str(e).split()))

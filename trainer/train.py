@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.augment import estimate_note
 from pipeline.loader import EvalLoader, Feed, TrainLoader, epoch_seed
 from preprocess import paper
 from shards import layout
@@ -37,7 +38,7 @@ from trainer.metrics import METRICS, MetricsWriter, restore_metrics
 from trainer.model import build_model
 from trainer.optim import describe_drop, set_lr
 from trainer.runstate import Position, Sums, Trainer, data_identity, folder_refusal, start
-from trainer.stopping import lost_peers
+from trainer.stopping import lost_peers, lost_workers
 
 LOCK = ".alextrain.lock"  # in --out: held by the run that writes there
 
@@ -235,7 +236,7 @@ def run(
         # each key its own, so that a host whose data differs is told which part (its stats.json...)
         data_keys = {f"dataset.{k}": v for k, v in fingerprint.items()}
         agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, **data_keys}, env)
-        with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir):
+        with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir), lost_workers(run_dir):
             return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
     finally:
         if created:  # a folder this call made is removed again if the run stopped before writing
@@ -376,7 +377,8 @@ def announce(cfg: TrainConfig, env: Env, steps: int, pos: Position, lr_now: floa
     if o.global_batch != paper.BATCH_SIZE and o.lr_scaling == "none":
         line += f"\nnote: global batch {o.global_batch} is not the paper's 128 and the lr is not rescaled"
         line += " (see --lr-scaling linear --warmup-epochs 5, docs/runbook.md)"
-    return line
+    estimate = estimate_note(Path(cfg.run.data))
+    return line + (f"\nnote: {estimate}" if estimate else "")
 
 
 def _line(row: dict) -> str:
