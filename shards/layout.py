@@ -184,10 +184,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     with writing(path):
         fd = open_exclusive(tmp)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_fd(fd, data)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -204,21 +201,35 @@ def write_json(path: Path, obj: object) -> None:
 
 def create_json(path: Path, obj: object) -> bool:
     """Write `path` only if nothing is there, atomically and exclusively (a hard link of a full
-    temporary file: two processes racing to create it cannot both succeed); False if it was."""
-    tmp = tmp_path(path)
+    temporary file: two processes racing to create it cannot both succeed); False if it was.
+    Where the file system has no hard links (FAT, some FUSE mounts), an O_EXCL create of the
+    name itself: still exclusive, its bytes written just after."""
+    tmp, data = tmp_path(path), json_bytes(obj)
     with writing(path):
-        fd = open_exclusive(tmp)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json_bytes(obj))
-                f.flush()
-                os.fsync(f.fileno())
+            _write_fd(open_exclusive(tmp), data)
             os.link(tmp, path)
             return True
         except FileExistsError:
             return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
         finally:
             tmp.unlink(missing_ok=True)
+        try:
+            fd = open_exclusive(path)
+        except FileExistsError:
+            return False
+        _write_fd(fd, data)
+        return True
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json_if_changed(path: Path, obj: object) -> bool:
