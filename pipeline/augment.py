@@ -139,7 +139,8 @@ def _check_plan(sj: Path, s: dict, meta: dict, redo: str) -> None:
     if then is not None and now is not None and then != now:
         raise StatsError(
             f"{sj}: computed from other train images than the shards now hold (a shard rewritten "
-            f"since, e.g. by --redo-shard after a source file changed); {redo}"
+            f"since, e.g. by --redo-shard after a source file changed); {redo} (a run started on the "
+            "old images cannot --resume on the new ones: start a new run, or --init-from it)"
         )
 
 

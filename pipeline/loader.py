@@ -33,7 +33,7 @@ import torch
 from pipeline.ahead import Retired, Started, drain
 from pipeline.augment import Normalization, lighting_matrix, load_stats
 from pipeline.config import LoaderConfig
-from pipeline.errors import DamagedSampleError
+from pipeline.errors import WORKER, DamagedSampleError, LoaderWorkerError
 from pipeline.order import shard_order, shard_sizes
 from preprocess.paper import BATCH_SIZE, CROP_SIZE
 from shards import layout
@@ -59,20 +59,22 @@ def _one_line(e: BaseException) -> str:
 
 
 def _named_errors(it: Iterator, s: _Split) -> Iterator:
-    """Re-raise a reading failure as one DamagedSampleError naming the sample, or the split."""
-    message = None
-    try:
+    """Re-raise a reading failure as one DamagedSampleError naming the sample, or the split (a
+    killed loading worker: LoaderWorkerError, not the data's fault)."""
+    kind, message = DamagedSampleError, None  # the error is made as it is raised: held in a
+    try:  # local, it would hold this frame (and the reader) in a cycle with its traceback
         yield from it
     except DamagedSampleError as e:
         message = _one_line(e)
         traceback.clear_frames(e.__traceback__)
     except RuntimeError as e:  # DALI: no sample named, only the operator that failed
-        if str(e).startswith("DataLoader worker"):  # a worker killed: not the data (the trainer says it)
-            raise
-        message = (
-            f"{s.data}/{s.split}: reading the shards failed ({_one_line(e)}); a shard may be "
-            f"damaged: run `alexprep verify {s.data}` to find it, then re-shard it"
-        )
+        if str(e).startswith(WORKER):  # the reference loader's worker killed: not the data
+            kind, message = LoaderWorkerError, _one_line(e)
+        else:
+            message = (
+                f"{s.data}/{s.split}: reading the shards failed ({_one_line(e)}); a shard may be "
+                f"damaged: run `alexprep verify {s.data}` to find it, then re-shard it"
+            )
         traceback.clear_frames(e.__traceback__)
     if message is not None:  # raised outside `except`; the failed reader is let go of now, not
         # in a later fork: the traceback's frames, which hold it, are cleared above, so a
@@ -80,7 +82,7 @@ def _named_errors(it: Iterator, s: _Split) -> Iterator:
         # a gc pass, torch 2.13 waits 5 s for each worker, which never gets its stop message.)
         it.close()
         gc.collect()
-        raise DamagedSampleError(message)
+        raise kind(message)
 
 
 @dataclass(frozen=True)

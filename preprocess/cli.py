@@ -245,10 +245,16 @@ def shard_cmd(
             f"{total} reject(s){more}, each with its reason: {printable(str(out))}/<split>/rejects.parquet"
         )
     if summary.changed:
+        stats = any(line.startswith("train-") for line in summary.changed)  # pca-stats reads train only
         click.echo(
             f"alexprep: warning: redone from changed source files, not as they were written: "
-            f"{printable('; '.join(summary.changed))}; statistics of the old images no longer fit "
-            f"(`alextrain run` refuses them): re-run `alexprep pca-stats {printable(str(out))}`",
+            f"{printable('; '.join(summary.changed))}"
+            + (
+                "; statistics of the old images no longer fit (`alextrain run` refuses them): re-run "
+                f"`alexprep pca-stats {printable(str(out))}`"
+                if stats
+                else ""
+            ),
             err=True,
         )
     if summary.rebuilt:

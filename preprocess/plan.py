@@ -84,7 +84,9 @@ def _difference(key: str, old: dict, identity: dict, found: dict[str, int]) -> s
         return f"SRC's inputs are not those OUT was started from (found now: {now})"
     if before == found:
         return (
-            f"SRC's inputs are not those OUT was made from (as many, {now}: renamed, replaced or relabelled)"
+            f"SRC's inputs are not those OUT was made from (as many, {now}: renamed, replaced or "
+            "relabelled; or read otherwise by the alexprep that made OUT, e.g. one from before folder "
+            "links in class folders and absolute labels-CSV paths under SRC were read)"
         )
     then = ", ".join(f"{k} {n}" for k, n in sorted(before.items()))
     return f"SRC's inputs are not those OUT was made from (found then: {then}; now: {now})"

@@ -185,10 +185,10 @@ def _csv_name(src: Path, cell: str) -> str:
     file has them; an absolute path inside SRC (as given, or through SRC's real path: a list made
     with `find $PWD/...`) is taken relative to SRC. Anything else is left for `_row_problem`."""
     name = cell if cell == cell.strip() or os.path.lexists(src / cell) else cell.strip()
-    if not os.path.isabs(name) or "\x00" in name:
-        return name
+    if not os.path.isabs(name) or "\x00" in name or ".." in PurePosixPath(name).parts:
+        return name  # `..` after a link is not the folder above it: refused, as in a relative row
     for root in dict.fromkeys((os.path.abspath(src), os.path.realpath(src))):
-        rel = os.path.relpath(os.path.normpath(name), root)
+        rel = os.path.relpath(name, root)
         if rel != os.curdir and rel != os.pardir and not rel.startswith(os.pardir + os.sep):
             return rel
     return name
@@ -206,7 +206,8 @@ def _row_problem(name: str) -> str | None:
     if not name:
         return "empty file name in the labels CSV"
     if "\x00" in name or os.path.isabs(name) or ".." in PurePosixPath(name).parts:
-        return "outside SRC: a labels CSV row names a file in SRC (relative to it, or absolute under it)"
+        # this wording is part of the plan's hash (plan_sha256): changed, it would refuse OUTs made before
+        return "outside SRC: a labels CSV row must be a relative path inside SRC (no `..`, not absolute)"
     return None
 
 

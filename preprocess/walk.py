@@ -26,7 +26,7 @@ _excluded: set[str] = set()  # real paths never walked (OUT, when it lies inside
 _skipped: set[str] = set()  # files seen in image folders that are not inputs (said in the summary)
 _outside: dict[str, tuple[int, str]] = {}  # why -> (count, first name): image files with no place
 _lost: set[str] = set()  # lost+found folders passed over (said in the summary)
-_loops: set[str] = set()  # folder links back to a folder above them: not followed (said)
+_loops: set[str] = set()  # folder links to folders read elsewhere or above: not followed (said)
 
 
 def reset() -> None:
@@ -128,24 +128,36 @@ def _images_in(folder: Path) -> list[str]:
     return sorted(names)
 
 
-def _images_under(folder: Path, above: frozenset[str] = frozenset()) -> list[str]:
+def _images_under(folder: Path, seen: set[str] | None = None, root: str = "") -> list[str]:
     """`_images_in` of a class folder and of every folder below it (`cat/sub/x.jpg`, as
     torchvision's ImageFolder reads), as paths relative to `folder`. Folder links are followed
-    (a link farm is a normal SRC), except one back to a folder above it, a loop: the images
-    there are read once, at their place, and the link is said (`_loops`). Hidden
-    folders are not entered; the files in them are counted as not read (`_skipped`)."""
-    here = above | {os.path.realpath(folder)}
+    (a link farm is a normal SRC), but every real folder is entered once per class: a link to
+    the class folder or a folder above it (a loop), into the class's own tree, or to a folder
+    already entered is not followed, and is said (`_loops`). Hidden folders are not entered; the
+    files in them are counted as not read (`_skipped`)."""
+    seen = set() if seen is None else seen
+    root = root or os.path.realpath(folder)  # the class folder's
+    seen.add(os.path.realpath(folder))
     found = [name for name in _images_in(folder)]
-    for e in _scandir(folder):
+    for e in sorted(_scandir(folder), key=lambda e: e.name):
         if not _is_dir(e):
             continue
         if e.name.startswith("."):
             _skip_tree(Path(e.path))
-        elif e.is_symlink() and os.path.realpath(e.path) in here:
+        elif e.is_symlink() and _read_elsewhere(os.path.realpath(e.path), seen, root):
             _loops.add(e.path)
         else:
-            found += [f"{e.name}/{name}" for name in _images_under(Path(e.path), here)]
+            found += [f"{e.name}/{name}" for name in _images_under(Path(e.path), seen, root)]
     return sorted(found)
+
+
+def _read_elsewhere(target: str, seen: set[str], root: str) -> bool:
+    """A linked folder whose images this class reads at another place (or never should): one
+    in the class's own tree, one entered already, or one that holds a folder entered (SRC, `/`,
+    the class folder itself)."""
+    return target.startswith(root + os.sep) or any(
+        target == s or s.startswith(target.rstrip(os.sep) + os.sep) for s in seen
+    )
 
 
 def _skip_tree(folder: Path) -> None:
@@ -200,8 +212,9 @@ def outside_notes(src: Path) -> list[str]:
     ]
     if _loops:
         notes.append(
-            f"{len(_loops)} folder link(s) not followed: each leads back to a folder above it, whose "
-            f"images are read once (e.g. {clean_name(os.path.relpath(min(_loops), src))})"
+            f"{len(_loops)} folder link(s) not followed: each leads to a folder above it or one "
+            f"its class reads already, whose images are read once (e.g. "
+            f"{clean_name(os.path.relpath(min(_loops), src))})"
         )
     return notes
 

@@ -221,7 +221,11 @@ def create_json(path: Path, obj: object) -> bool:
             fd = open_exclusive(path)
         except FileExistsError:
             return False
-        _write_fd(fd, data)
+        try:
+            _write_fd(fd, data)
+        except BaseException:
+            path.unlink(missing_ok=True)  # an empty claim would refuse this OUT for good
+            raise
         return True
 
 

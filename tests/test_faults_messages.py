@@ -118,6 +118,6 @@ def test_a_changed_src_or_flag_says_what_changed(tmp_path):
     assert "(--size: OUT 16, now 32);" in refusal("--size", 32)
     assert "(--seed: OUT 0, now 1);" in refusal("--size", 16, "--seed", 1)  # not blamed on SRC
     (src / "train" / "c0" / "0.jpg").rename(src / "train" / "c0" / "renamed.jpg")
-    assert "(as many, train 6, val 3: renamed, replaced or relabelled)" in refusal("--size", 16)
+    assert "(as many, train 6, val 3: renamed, replaced or relabelled; or read" in refusal("--size", 16)
     (src / "train" / "c1" / "new.jpg").write_bytes(jpeg((1, 2, 3)))
     assert "(found then: train 6, val 3; now: train 7, val 3)" in refusal("--size", 16)

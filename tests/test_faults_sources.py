@@ -71,15 +71,26 @@ def test_images_in_sub_folders_and_folder_links_are_read_and_hidden_folders_coun
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(jpeg((5, 5, 5)))
     (src / "train" / "dog" / "linked").symlink_to(src / "train" / "cat" / "sub")  # a link farm: read
-    (src / "train" / "dog" / "again").symlink_to(src / "train" / "dog")  # a loop: said, not followed
+    (src / "train" / "dog" / "again").symlink_to(src / "train" / "dog")  # a loop
+    (src / "train" / "dog" / "up").symlink_to(src)  # above the class: every class, and a loop
+    (src / "train" / "cat" / "inner").symlink_to(src / "train" / "cat" / "sub" / "deeper")  # own tree
+    for i in range(4):  # siblings linked to each other: each real folder once, not n! paths
+        (src / "train" / "emu" / f"s{i}").mkdir(parents=True)
+        (src / "train" / "emu" / f"s{i}" / "e.jpg").write_bytes(jpeg((i * 50, 9, 9)))
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                (src / "train" / "emu" / f"s{i}" / f"to{j}").symlink_to(src / "train" / "emu" / f"s{j}")
     proc = alexprep("shard", src, tmp_path / "out", "--size", 16, "--quiet")
     s = _summary(proc)
-    assert s["train"] == "found 6, written 6, rejected 0", proc.stdout  # b and c once more, as dog's
+    # cat: a, b, c; dog: d, and b and c once more through its link farm; emu: its 4 images once
+    assert s["train"] == "found 10, written 10, rejected 0", proc.stdout
     assert "3 file(s) not read: hidden or not an image suffix" in s["layout"], proc.stdout
-    assert "1 folder link(s) not followed: each leads back to a folder above it" in s["layout"]
-    assert "(e.g. train/dog/again)" in s["layout"], proc.stdout
+    # again, up, inner, and emu's 12 links: to folders its class reads already (each one once)
+    assert "15 folder link(s) not followed: each leads to a folder above it or one its class" in s["layout"]
+    assert "(e.g. train/cat/inner)" in s["layout"], proc.stdout
     classes = json.loads((tmp_path / "out" / "classes.json").read_text())
-    assert [c["name"] for c in classes] == ["cat", "dog"]
+    assert [c["name"] for c in classes] == ["cat", "dog", "emu"]
 
 
 @pytest.mark.parametrize("kind", ["empty", "only-hidden", "only-val", "all-rejected"])  # only-*: not listed

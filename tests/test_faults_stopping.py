@@ -116,7 +116,10 @@ def test_a_killed_loading_worker_is_said_as_such_not_as_damaged_data(data, tmp_p
     last = err.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert "a loading worker process ended (DataLoader worker (pid" in last, last  # killed, or exited
-    assert "not a fault of the data" in last and "--resume" in last and "verify" not in last, last
+    assert "not a fault of the data" in last and "verify" not in last, last
+    resumable = (run / "last.pt").is_file()  # where to go on from: the checkpoint, if one was written
+    assert ("start the same command again with --resume" in last) == resumable, last
+    assert ("no checkpoint was written yet: start it again" in last) != resumable, last
 
 
 def _rank_pids(outs: Path, rank: int | None = None) -> list[int]:

@@ -219,10 +219,11 @@ def test_csv_names_absolute_under_src_quoted_newlines_and_spaces_are_read(two_im
     labels = tmp_path / "l.csv"
     labels.write_text(
         f'filename,label\n{src / "a.jpg"},cat\n{via / "b.jpg"}, dog\n"new\nline.jpg",cat\n'
-        '" lead.jpg",dog\nc.jpg ,cat\n'
+        f'" lead.jpg",dog\nc.jpg ,cat\n{src}/x/../b.jpg,dog\n'  # `..`: refused, absolute or not
     )
     proc = alexprep("shard", via, tmp_path / "out", "--labels", labels, "--size", SIZE, "--quiet")
-    assert summary_counts(proc.stdout) == (5, 5, 0), proc.stdout
+    assert summary_counts(proc.stdout) == (6, 5, 1), proc.stdout
+    assert rejects(tmp_path / "out")[f"{src}/x/../b.jpg"].startswith("outside SRC")
     assert set(written(tmp_path / "out")) == {"a.jpg", "b.jpg", "new\nline.jpg", " lead.jpg", "c.jpg"}
 
 

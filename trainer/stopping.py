@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.errors import WORKER, LoaderWorkerError
 from trainer.errors import TrainError
 
 _PEER_GONE = (
@@ -80,22 +81,23 @@ def lost_peers(rank: int, world: int, run_dir: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def lost_workers(run_dir: Path) -> Iterator[None]:
     """A loading worker process killed (the kernel's OOM killer, a stray signal) is said in one
-    line, not as a traceback from wherever torch's SIGCHLD handler raised it (often the backward
-    pass), and not as damaged data: nothing in the shards is at fault."""
+    line, with where to go on from: not a traceback from wherever torch's SIGCHLD handler raised
+    it (often the backward pass), and not damaged data (nothing in the shards is at fault)."""
     try:
         yield
-    except RuntimeError as e:
+    except (RuntimeError, LoaderWorkerError) as e:
         why = " ".join(str(e).split())
-        if not why.startswith(LOADING_WORKER):
-            raise
-        raise TrainError(
-            f"a loading worker process ended ({why}): it was killed (by a signal, or by the kernel "
-            "when memory ran out: see `dmesg`), not a fault of the data; the last checkpoint in "
-            f"--out ({run_dir.name}/last.pt) is intact: start the same command again with --resume"
-        ) from None
-
-
-LOADING_WORKER = "DataLoader worker"  # torch: "DataLoader worker (pid N) is killed by signal: ..."
+        if isinstance(e, RuntimeError):
+            if not why.startswith(WORKER):
+                raise
+            why = str(LoaderWorkerError(why))
+        last = run_dir / "last.pt"
+        then = (
+            f"the last checkpoint ({last}) is intact: start the same command again with --resume"
+            if last.is_file()
+            else "no checkpoint was written yet: start it again"
+        )
+        raise TrainError(f"{why}; {then}") from None
 
 
 def _cause(e: BaseException) -> str:
