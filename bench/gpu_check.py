@@ -147,7 +147,7 @@ def make_bench_set(data: Path, dest: Path, copies: int, shard_size: int = 32) ->
     from preprocess.shard import Options, shard
     from preprocess.sources import discover
     from shards import layout
-    from shards.reader import iter_shard, load_classes, load_dataset, shard_paths
+    from shards.reader import images_digest, iter_shard, load_classes, load_dataset, shard_paths
 
     meta, classes = load_dataset(data), load_classes(data)
     folders = [c.get("wnid") or c["name"] for c in classes]
@@ -167,10 +167,11 @@ def make_bench_set(data: Path, dest: Path, copies: int, shard_size: int = 32) ->
     # would take half a minute), bound here to this set's plan, which the loader checks; stats.json
     # last, as the mark of a finished set
     shutil.copyfile(data / layout.MEAN_IMAGE, out / layout.MEAN_IMAGE)
-    stats = layout.read_json(data / layout.STATS_JSON)
+    stats, made = layout.read_json(data / layout.STATS_JSON), load_dataset(out)
     stats["computed_from"] = {
         **stats.get("computed_from", {}),
-        "dataset_plan_sha256": load_dataset(out)["plan_sha256"],
+        "dataset_plan_sha256": made["plan_sha256"],
+        "train_images_sha256": images_digest(made, "train"),
         "note": f"copied by bench/gpu_check.py from {data.name}: the same images {copies} times over",
     }
     layout.write_json(out / layout.STATS_JSON, stats)
