@@ -125,7 +125,8 @@ def _merged_problems(out: Path, plans: list[SplitPlan], old: dict | None) -> lis
             want = counts.get(key) if isinstance(counts, dict) else None
             if why is None and want is not None:
                 try:
-                    same = hashlib.sha256(path.read_bytes()).hexdigest() == want
+                    with open(path, "rb") as f:
+                        same = hashlib.file_digest(f, "sha256").hexdigest() == want
                     why = None if same else "not the bytes written: damaged or edited"
                 except OSError as e:
                     why = f"unreadable ({e.strerror})"
@@ -206,7 +207,8 @@ def shard(source: Source, out: Path, opt: Options) -> Summary:
         with layout.NodeLock(out, opt.node_rank):
             # nodes started at one moment on an empty OUT all passed the check above: the first
             # to create dataset.json claims OUT, and the others compare against it like any re-run
-            if not layout.create_json(out / layout.DATASET_JSON, _dataset_json(identity, None)):
+            claim = _dataset_json(identity, None)
+            if old is None and not layout.create_json(out / layout.DATASET_JSON, claim):
                 check_out(source.root, out, identity, found)
             return _shard_locked(source, out, opt, plans, identity, redo, summary)
     except layout.LayoutError as e:
@@ -301,8 +303,7 @@ def _shard_locked(
         raise ShardError(
             f"{out}: shard(s) changed while writing ({'; '.join(bad[:3])}); is another writer active?"
         )
-    summary.changed = [_changed(out, n, i, then) for (n, i), then in before.items()]
-    summary.changed = [line for line in summary.changed if line]
+    summary.changed = [line for (n, i), then in before.items() if (line := _changed(out, n, i, then))]
     summary.complete = all(why is None for _, why in states.values())
     if summary.complete:
         records = {layout.shard_name(n, i): rec for (n, i), (rec, _) in states.items()}

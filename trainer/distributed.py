@@ -50,9 +50,13 @@ def per_process_batch(global_batch: int, world: int) -> int:
 def set_precision(cfg: TrainConfig) -> None:
     """TF32 only when asked: torch's cuDNN convolutions default to TF32 on Ampere and later,
     which would make "fp32" (the paper's arithmetic) quietly something else."""
-    tf32 = cfg.run.precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    allow_tf32(cfg.run.precision == "tf32")
+
+
+def allow_tf32(on: bool) -> None:
+    """TF32 for matmuls and cuDNN convolutions, both or neither (process-wide flags)."""
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
 
 
 def setup(cfg: TrainConfig) -> Env:

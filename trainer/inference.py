@@ -12,6 +12,7 @@ from pipeline.loader import EvalLoader, Feed, LoaderConfig
 from shards.reader import DatasetError, default_val_split, load_classes, load_dataset
 from trainer import checkpoint
 from trainer.config import SECTIONS, TrainConfig
+from trainer.distributed import allow_tf32
 from trainer.errors import TrainError
 from trainer.evaluate import evaluate_many
 from trainer.model import ModelConfig, build_model
@@ -24,8 +25,7 @@ def pick_device(name: str) -> torch.device:
     Inference is the paper's fp32: torch's cuDNN defaults to TF32 convolutions on Ampere and
     later, which would quietly make eval, predict and neighbors something else (section 5's
     arithmetic; TF32 is a training choice, `alextrain run --precision tf32`)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    allow_tf32(False)
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainError("--device cuda, but no CUDA GPU is visible")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
