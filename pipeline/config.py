@@ -22,6 +22,8 @@ from preprocess.paper import LIGHTING_STD  # noqa: F401 (re-exported for the gra
 LIGHTING_CONVENTIONS = ("cuda-convnet", "paper", "fbresnet", "off")
 NORMALIZATIONS = ("mean-image", "channel")
 BACKENDS = ("auto", "dali", "reference")
+MAX_SHUFFLE_BUFFER = 65536  # larger: tens of GB of JPEGs held, and DALI's arithmetic overflows
+MAX_PREFETCH = 32
 
 
 class ConfigError(ValueError):
@@ -158,10 +160,16 @@ class LoaderConfig:
         4096,
         "Samples in the reader's shuffle buffer (DALI initial_fill; the shard order is also permuted "
         "every epoch and the training split was shuffled when written).",
-        check=at_least(1),
-        rule="must be >= 1",
+        check=between(1, MAX_SHUFFLE_BUFFER),
+        rule=f"must be in [1, {MAX_SHUFFLE_BUFFER}] (held in memory as encoded images: "
+        f"{MAX_SHUFFLE_BUFFER:,} ImageNet JPEGs at 256 px are ~7 GB)",
     )
-    prefetch: int = setting(2, "Batches DALI prepares ahead.", check=at_least(1), rule="must be >= 1")
+    prefetch: int = setting(
+        2,
+        "Batches DALI prepares ahead.",
+        check=between(1, MAX_PREFETCH),
+        rule=f"must be in [1, {MAX_PREFETCH}] (each is a whole batch in memory)",
+    )
     hw_decoder_load: float = setting(
         0.65,
         "Share of JPEGs sent to the A100/H100 hardware decoder (GPU loader only).",
@@ -181,6 +189,20 @@ class LoaderConfig:
                 f"{flag_name('lighting_scale_div')} = {self.lighting_scale_div:g} divides after the "
                 f"colour noise, but {flag_name('lighting')} = 'off' adds none; leave one of them out"
             )
+
+    def resolved_backend(self) -> str:
+        """The loader that runs: auto is DALI where it is installed, else the reference loader.
+        A checkpoint records it, so that a resume on a host without DALI is not silently
+        another loader (another data stream) under the same `auto`."""
+        if self.backend != "auto":
+            return self.backend
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("nvidia.dali") is not None
+        except ModuleNotFoundError:  # no `nvidia` package at all
+            found = False
+        return "dali" if found else "reference"
 
     def eval(self) -> LoaderConfig:
         """The same loader for evaluation: no lighting noise, so no divide after it."""

@@ -138,7 +138,7 @@ class _Split:
         if feed.crop > self.size:
             raise ValueError(f"crop {feed.crop} is larger than the stored images ({self.size})")
         self.rank, self.world = rank_world(feed)
-        self.backend = cfg.backend if cfg.backend != "auto" else _auto_backend()
+        self.backend = cfg.resolved_backend()
         # both normalisations need it (mean image, or mean/std per channel); training takes this
         # dataset's own, evaluation the model's (copied from its training set, checked by hash)
         stats = load_stats(data, own=need_lighting)
@@ -196,13 +196,6 @@ class _Split:
             part=(self.rank, self.world),
             crop=self.feed.crop,
         )
-
-
-def _auto_backend() -> str:
-    """DALI when it is installed, else the reference loader."""
-    import importlib.util
-
-    return "dali" if importlib.util.find_spec("nvidia.dali") is not None else "reference"
 
 
 def _dali_iter(pipe, policy_name: str):

@@ -68,7 +68,7 @@ def clean_name(name: str) -> str:
 def printable(text: str) -> str:
     """`text` on one line: a control character in a file name (a newline) is shown escaped, so
     that a hostile name cannot forge lines of a summary or a table."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in clean_name(text))
 
 
 def check_split_name(split: str) -> str:

@@ -57,7 +57,22 @@ def test_a_run_started_with_a_relative_data_resumes_and_predicts_from_anywhere(
     proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 3, check=False)
     assert f"--data {tmp_path / 'moved'} (from the run's config.json" in proc.stderr, proc.stderr
     assert "is not found here: pass --data" in proc.stderr
-    # a checkpoint without its config.json: the settings are what is missing, not the run
+    # a checkpoint without its config.json: its last.pt records the same settings (the arch fell
+    # back to alexnet's default before: "--crop (crop) = 224: larger than the stored images")
     config.unlink()
-    proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 3, check=False)
-    assert proc.returncode == 2 and "config.json: missing, so the run's settings are unknown" in proc.stderr
+    proc = alextrain("run", "--out", "work/run", "--resume", "--epochs", 3, "--quiet")
+    assert "resuming at epoch 2" in proc.stdout and json.loads(config.read_text())["model"]["arch"] == "cifar"
+
+
+def test_keep_1_on_a_run_that_kept_more_prunes_them_and_keep_n_keeps_n(tmp_path):
+    """A run resumed with --keep 1 after --keep 3 kept its three step files for good."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (1, 2):
+        checkpoint.save_run(run, {"step": step}, keep=3)
+    assert [p.name for p in checkpoint.kept(run)] == ["step-00000001.pt", "step-00000002.pt"]  # < 3: all
+    for step in (3, 4):
+        checkpoint.save_run(run, {"step": step}, keep=3)
+    assert [p.name for p in checkpoint.kept(run)] == [f"step-{s:08d}.pt" for s in (2, 3, 4)]
+    checkpoint.save_run(run, {"step": 5}, keep=1)
+    assert checkpoint.kept(run) == [] and torch.load(run / "last.pt", weights_only=True) == {"step": 5}

@@ -83,10 +83,10 @@ def bank(data, tmp_path_factory):  # noqa: ANN201
     run = tmp_path_factory.mktemp("run")
     ckpt = cifar_checkpoint(run / "last.pt")
     model, _ = load_model(ckpt, torch.device("cpu"))
-    cache = feature_cache(ckpt, "train")
+    cache = feature_cache(ckpt, data, "train")
 
-    def features() -> np.ndarray:
-        return np.array(extract_features(model, data, "train", 32, "mean-image", cache, 8, False, 1))
+    def features(shards: Path = data, where: Path = cache) -> np.ndarray:
+        return np.array(extract_features(model, shards, "train", 32, "mean-image", where, 8, False, 1))
 
     return features, cache
 
@@ -113,3 +113,21 @@ def test_a_wrong_feature_cache_is_computed_again(bank, garble, why):
     assert [why in str(w.message) for w in caught] == [True], [str(w.message) for w in caught]
     np.testing.assert_array_equal(again, right)
     np.testing.assert_array_equal(np.load(cache), right)  # and the cache is right again
+
+
+def test_another_dataset_of_the_same_classes_never_reads_the_cache(bank, data, tmp_path):
+    """The cache was keyed on the checkpoint and the split's name alone, and checked on its
+    first rows: a dataset whose first images are the same and the rest other (here: the same
+    sources with one image more per class) got the other dataset's features for the rest."""
+    from trainer.features import feature_cache
+
+    features, cache = bank
+    mine = features()
+    other = make_dataset(tmp_path / "other", train=9)  # 9 images per class: data's 8, then one more
+    ckpt = cache.parent / "last.pt"
+    assert feature_cache(ckpt, other, "train") != cache
+    theirs = features(other, feature_cache(ckpt, other, "train"))
+    (tmp_path / "fresh").mkdir()
+    fresh = features(other, tmp_path / "fresh" / "features.npy")
+    assert theirs.shape[0] == 27 and mine.shape[0] == 24
+    np.testing.assert_array_equal(theirs, fresh)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from preprocess.image import RejectedImage, jpeg_complete, process
 from tests.conftest import IMAGENET, alexprep, alextrain
-from tests.faults_common import jpeg, make_dataset
+from tests.faults_common import jpeg, make_dataset, make_source
 
 
 def _progressive(color: tuple[int, int, int]) -> bytes:
@@ -120,6 +120,33 @@ def test_a_class_without_a_training_image_is_said_and_refused_by_run(tmp_path, k
     )  # fmt: skip
     assert run.returncode == 2 and "1 class(es) have no train image (e.g. 'emu'" in run.stderr, run.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("loader", ["dali", "reference"])
+def test_a_split_whose_every_image_was_rejected_is_refused_by_name(tmp_path, loader):
+    """A split written with 0 images: DALI failed on it as if a shard were damaged (which
+    verify denied), the reference loader scored 0 of 0 as 100 % val error and trained on."""
+    src = make_source(tmp_path / "src", train=4, val=1, classes=2)
+    shutil.copytree(src / "val", src / "test")
+    for f in (src / "val").rglob("*.jpg"):
+        f.write_bytes(b"")
+    out = tmp_path / "out"
+    alexprep("shard", src, out, "--size", 32, "--workers", 1, "--quiet", check=False)
+    alexprep("pca-stats", out, "--workers", 1, "--quiet")
+    said = f"{out}/val: the val split holds no image (none was found or every one was rejected"
+    args = ("--arch", "cifar", "--global-batch", 4, "--loader", loader, "--device", "cpu", "--quiet")
+    run = alextrain("run", "--data", out, "--out", tmp_path / "run", *args, check=False)
+    assert run.returncode == 2 and said in run.stderr, run.stderr
+    assert not (tmp_path / "run").exists()
+    # named, another split serves; eval and neighbors refuse the empty one the same way
+    alextrain("run", "--data", out, "--out", tmp_path / "run", *args, "--val-split", "test", "--epochs", 1)
+    query = next((src / "test").rglob("*.jpg"))
+    for cmd in (
+        ("eval", "--data", out, "--checkpoint", tmp_path / "run", "--split", "val"),
+        ("neighbors", tmp_path / "run", "--query", query, "--split", "val"),
+    ):
+        proc = alextrain(*cmd, "--device", "cpu", check=False)
+        assert proc.returncode == 2 and said in proc.stderr, (cmd[0], proc.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -96,3 +96,28 @@ def test_report(cifar_run, tmp_path):
     assert Image.open(tmp_path / "report.png").size == (1200, 350)
     proc = alextrain("report", tmp_path, check=False)
     assert proc.returncode == 2 and "no metrics.jsonl" in proc.stderr
+
+
+def test_the_true_class_is_the_class_folder_before_the_file_name():
+    """predict took `odd/cat/truck.jpg` for a truck and `cat/dog_park.jpg` for a dog: the file
+    name's first word was read before the folder, which is how a class is given."""
+    from pathlib import Path
+
+    from trainer.figures import true_class
+
+    classes = [
+        {"index": 0, "name": "cat"},
+        {"index": 1, "name": "dog"},
+        {"index": 2, "name": "truck"},
+        {"index": 3, "name": "tench", "wnid": "n01440764"},
+    ]
+    cases = {
+        "odd/cat/truck.jpg": (0, None),
+        "odd/cat/dog_park.jpg": (0, None),
+        "odd/cat/cat_on_a_mat.jpg": (0, "on a mat"),
+        "odd/cat/0001.jpg": (0, None),
+        "samples/n01440764_tench.JPEG": (3, "tench"),  # ImageNet's naming, outside a class folder
+        "samples/dog_12.jpg": (1, None),
+        "samples/photo.jpg": (None, None),
+    }
+    assert {p: true_class(Path(p), classes) for p in cases} == cases

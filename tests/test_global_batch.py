@@ -85,6 +85,32 @@ def test_large_batch_recipe_scales_and_warms_the_lr():
     assert TrainConfig.of(global_batch=1024).optim.base_lr() == 0.01  # no scaling unless asked
     with pytest.raises(ConfigError, match=r"--warmup-epochs \(warmup_epochs\) = 90: must be fewer"):
         TrainConfig.of(warmup_epochs=90).check()
+    # a ramp to where it started (no scaling) or down (a batch under 128) is no warm-up: refused
+    linear = {"lr_scaling": "linear"}
+    for kw in ({"global_batch": 1024}, {"global_batch": 16, **linear}, linear):
+        with pytest.raises(ConfigError, match=r"= 1: ramps from --lr up to the linearly scaled lr"):
+            TrainConfig.of(warmup_epochs=1, **kw).check()
+
+
+def test_warm_up_epochs_record_the_lr_their_steps_took(tmp_path):
+    """metrics.jsonl gave a warm-up epoch the lr it ramps to, not the lrs its steps used."""
+    rng = np.random.default_rng(1)
+    for i in range(320):
+        d = tmp_path / "src" / "train" / f"c{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i:03d}.png"), rng.integers(0, 255, (16, 16, 3), np.uint8))
+    alexprep("shard", tmp_path / "src", tmp_path / "data", "--size", 16, "--quiet")
+    alexprep("pca-stats", tmp_path / "data", "--quiet")
+    out = tmp_path / "run"
+    alextrain(
+        "run", "--data", tmp_path / "data", "--out", out, "--arch", "cifar", "--crop", 16, "--epochs", 2,
+        "--global-batch", 160, "--lr-scaling", "linear", "--warmup-epochs", 1, "--schedule", "step",
+        "--lr-steps", 5, "--num-threads", 1, "--quiet",
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # 2 steps per epoch; lr 0.01 x 160/128 = 0.0125, reached at step 2 from 0.01
+    assert rows[0]["lr"] == pytest.approx(0.0125) and rows[0]["lr_warmup"] == pytest.approx([0.01, 0.01125])
+    assert rows[1]["lr"] == pytest.approx(0.0125) and "lr_warmup" not in rows[1]
 
 
 def test_lighting_scale_div_without_lighting_is_refused_before_any_work(tmp_path):

@@ -69,6 +69,18 @@ def test_a_newline_in_an_image_name_cannot_forge_lines_of_predicts_table(demo_da
     proc = alextrain("predict", demo_run, evil / "x.jpg", "--out", tmp_path / "fig4.png", "--device", "cpu")
     assert "a\\n  0.9999  forged/x.jpg" in proc.stdout
     assert not any(line.startswith("  0.9999  forged") for line in proc.stdout.splitlines())
+    # bytes that are not UTF-8 in a name: \xNN in the table and in --json, as alexprep writes
+    # them (the JSON held lone surrogates, which strict parsers and UTF-8 writers refuse)
+    odd = tmp_path / os.fsdecode(b"\xff\xfe name.jpg")
+    shutil.copy(image, odd)
+    args = ("predict", demo_run, odd, "--json-out", tmp_path / "p.json", "--out", tmp_path / "f.png")
+    proc = alextrain(*args, "--device", "cpu")
+    assert f"{tmp_path}/\\xff\\xfe name.jpg" in proc.stdout
+    rows = json.loads((tmp_path / "p.json").read_bytes().decode("utf-8"))
+    assert rows[0]["image"] == f"{tmp_path}/\\xff\\xfe name.jpg", rows[0]["image"]
+    assert (tmp_path / "f.png").stat().st_size > 0  # the figure's label: matplotlib raised on it
+    proc = alextrain("neighbors", demo_run, "--query", odd, "--out", tmp_path / "n.png", "--device", "cpu")
+    assert f"{tmp_path}/\\xff\\xfe name.jpg" in proc.stdout and (tmp_path / "n.png").stat().st_size > 0
 
 
 def labelled_files(tmp_path: Path, csv: str, *names: str) -> tuple[Path, Path]:
@@ -226,6 +238,50 @@ def test_config_that_is_a_device_a_fifo_or_huge_is_refused_without_reading(tiny_
         proc = subprocess.run([*cmd, "--config", str(config)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_config_files_as_editors_write_them(tmp_path):
+    """A key in another section was called unknown; a TOML file named .TOML or with no suffix
+    was read as JSON; a UTF-8 BOM was refused (each found by a probe)."""
+    from trainer.config import ConfigError, load_config_file
+
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[run]\nnum_threads = 1\nlr = 0.02\n")
+    with pytest.raises(
+        ConfigError, match=r"in \[run\], 'lr' belongs in \[optim\], 'num_threads' belongs in \[loader\]"
+    ):
+        load_config_file(wrong)
+    for name, text in (("UPPER.TOML", "[optim]\nlr = 0.02\n"), ("nosuffix", "lr = 0.02\n")):
+        (tmp_path / name).write_text(text)
+        assert load_config_file(tmp_path / name) == {"lr": 0.02}, name
+    for name, text in (("bom.json", '{"lr": 0.02}'), ("bom.toml", "lr = 0.02\n")):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert load_config_file(tmp_path / name) == {"lr": 0.02}, name
+    (tmp_path / "bad").write_text("lr = = 1\n")
+    with pytest.raises(ConfigError, match="bad: not a readable JSON or TOML config"):
+        load_config_file(tmp_path / "bad")
+
+
+def test_a_refused_setting_from_a_config_file_names_the_file(tmp_path):
+    """`--schedule plateau` over a file's `schedule = "step"` and `lr_steps` said "--lr-steps
+    ...; leave it out", though no flag gave it: out of the file is where it must go."""
+    config = tmp_path / "c.toml"
+    args = ("run", "--data", tmp_path / "none", "--out", tmp_path / "r", "--config", config)
+    for text, flags, said in (
+        (
+            'schedule = "step"\nlr_steps = [5]\n',
+            ("--schedule", "plateau"),
+            "--lr-steps (lr_steps): --schedule",
+        ),
+        ("epochs = -1\n", (), "--epochs (epochs) = -1: must be >= 1"),
+    ):
+        config.write_text(text)
+        proc = alextrain(*args, *flags, check=False)
+        assert proc.returncode == 2 and said in proc.stderr and f"(set in {config})" in proc.stderr, (
+            proc.stderr
+        )
+    proc = alextrain(*args, "--epochs", -1, check=False)  # a flag's own value: no file to name
+    assert "--epochs (epochs) = -1: must be >= 1" in proc.stderr and "set in" not in proc.stderr
 
 
 def test_tilde_in_a_config_file_and_in_flag_equals_is_the_home_folder(tiny_data, tmp_path, monkeypatch):

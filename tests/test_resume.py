@@ -161,6 +161,52 @@ def test_kill_during_the_first_checkpoint_write_lists_each_epoch_once(straight, 
 
 
 @pytest.mark.slow
+def test_a_run_that_lost_its_last_checkpoint_is_never_started_over(straight, cifar_tiny, tmp_path):
+    """A trained run without last.pt (deleted, left out of a copy) was overwritten by a plain
+    start and by --auto-resume, and --resume said that no run was started there."""
+    run = tmp_path / "run"
+    shutil.copytree(straight(), run)
+    (run / "last.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    args = _args(cifar_tiny, "--keep", 3)
+    for how in ((), ("--auto-resume",), ("--resume",)):
+        code, err = _cli("--out", run, *args, *how)
+        held = "best.pt, step-00000006.pt, step-00000008.pt, step-00000010.pt, metrics.jsonl (2 epoch(s))"
+        assert code == 2 and f"last.pt: missing, though {run} holds {held} of a run" in err, (how, err)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    shutil.copy(run / "step-00000010.pt", run / "last.pt")  # as the refusal says
+    alextrain("run", "--out", run, "--resume", "--epochs", 3, "--quiet")
+    assert [r["epoch"] for r in _rows(run)] == [0, 1, 2] and _rows(run)[:2] == _rows(straight())
+
+
+NO_DALI = """
+import sys
+class _NoDali:  # as on a host where nvidia-dali is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "nvidia.dali" or name.startswith("nvidia.dali."):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, _NoDali())
+from trainer.cli import main
+main()
+"""
+
+
+def test_loader_auto_resumed_where_it_resolves_to_another_loader_is_refused(cifar_tiny, tmp_path):
+    """--loader auto (the default) is DALI where it is installed: resumed on a host without it,
+    the run went on with the reference loader (another data stream), saying nothing."""
+    run = tmp_path / "run"
+    args = [a for a in _args(cifar_tiny, epochs=1, every=None) if a not in ("--loader", "dali")]
+    alextrain("run", "--out", run, *args)
+    assert torch.load(run / "last.pt", weights_only=True)["backend"] == "dali"
+    cmd = [sys.executable, "-c", NO_DALI, "run", "--out", str(run), "--resume", "--epochs", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    said = "the loader that ran (checkpoint 'dali', now 'reference' (nvidia.dali is not installed here))"
+    assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+    alextrain("run", "--out", run, "--resume", "--epochs", 2, "--quiet")  # where DALI is: it goes on
+    assert [r["epoch"] for r in _rows(run)] == [0, 1]
+
+
+@pytest.mark.slow
 def test_resume_refuses_other_settings_but_extends_epochs(straight, cifar_tiny, tmp_path):
     straight_run = straight()
     run = tmp_path / "run"
@@ -171,6 +217,8 @@ def test_resume_refuses_other_settings_but_extends_epochs(straight, cifar_tiny, 
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "lr (checkpoint 0.01, now 0.02)" in err and "activation (checkpoint 'relu', now 'tanh')" in err
     assert (run / "config.json").read_text() == config  # nothing rewritten
+    code, err = _cli("--out", run, *args, "--auto-resume", "--lr", 0.02)  # the same, up front
+    assert code == 2 and "--auto-resume with other settings than the run's: lr (checkpoint 0.01" in err
     # the settings left out come from the run's config.json: no need to repeat every flag
     alextrain("run", "--out", run, "--resume", "--epochs", 3, "--quiet")
     assert [r["epoch"] for r in _rows(run)] == [0, 1, 2] and _rows(run)[:2] == _rows(straight_run)
@@ -198,6 +246,7 @@ def test_malformed_checkpoints_are_refused_clearly(straight, cifar_tiny, tmp_pat
     (run / "last.pt").write_bytes(b"not a checkpoint")
     code, err = _cli("--out", run, *_args(cifar_tiny), "--resume")
     assert code == 2 and "not a readable checkpoint" in err
+    assert "its other checkpoints: best.pt, step-00000006.pt, step-00000008.pt, step-00000010.pt" in err
 
 
 def _cli(*args: object) -> tuple[int, str]:
@@ -232,6 +281,8 @@ def test_settings_are_refused_up_front_with_the_key_named(demo_data, tmp_path):
         (["--patience", -1], "--patience (patience) = -1"),
         (["--max-drops", -1], "--max-drops (max_drops) = -1"),
         (["--keep", 0], "--keep (keep) = 0"),
+        (["--shuffle-buffer", 10**12], "(shuffle_buffer) = 1000000000000: must be in [1, 65536]"),
+        (["--prefetch", 10**9], "--prefetch (prefetch) = 1000000000: must be in [1, 32]"),
         (["--checkpoint-every", 0], "--checkpoint-every (checkpoint_every) = 0"),
         (["--schedule", "step"], "--schedule step needs --lr-steps"),
         (["--lr-steps", "30,60"], "--lr-steps (lr_steps): --schedule plateau"),

@@ -47,6 +47,9 @@ KEYS = frozenset(
         "world",
     }
 )
+# Written since the loader `auto` was resolved per host (a checkpoint from before lacks it):
+# the loader that ran, "dali" or "reference".
+OPTIONAL_KEYS = frozenset({"backend"})
 # Settings a resumed run may change: none of them touches the arithmetic or the data order.
 _STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
 
@@ -87,8 +90,9 @@ def save_run(run: Path, state: dict, keep: int = 1, best: bool = False) -> Path:
         written = run / f"step-{state['step']:08d}.pt"
         save(written, state)
         _publish(written, last)
-        for old in kept(run)[:-keep]:
-            old.unlink(missing_ok=True)
+    steps = kept(run)  # with --keep 1 none (a run resumed with it after --keep N kept N)
+    for old in steps[: max(0, len(steps) - keep)] if keep > 1 else steps:
+        old.unlink(missing_ok=True)
     if best:
         _publish(written, run / BEST)
     return written
@@ -167,7 +171,7 @@ def check_state(state: dict, model: torch.nn.Module, path: Path) -> None:
     """Refuse a checkpoint that loads but is not a complete one for this model."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an alextrain checkpoint (a {type(state).__name__})")
-    missing, extra = sorted(KEYS - set(state)), sorted(set(state) - KEYS)
+    missing, extra = sorted(KEYS - set(state)), sorted(set(state) - KEYS - OPTIONAL_KEYS)
     if missing or extra:
         raise CheckpointError(
             f"{path}: malformed checkpoint ("

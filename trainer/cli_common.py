@@ -16,6 +16,7 @@ import click
 
 from pipeline.augment import StatsError
 from preprocess.cli import InterruptibleGroup, UserPath
+from preprocess.walk import clean_name
 from shards import layout
 from shards.reader import DatasetError
 from trainer.errors import CheckpointError, FigureError, TrainError
@@ -141,7 +142,7 @@ def note(message: str, as_json: bool) -> None:
 
 def emit(result: object, as_json: bool, json_out: Path | None, table: Callable[[], None]) -> None:
     """The result as a table (default) or JSON on stdout, and as a JSON file with --json-out."""
-    text = json.dumps(result, indent=2) + "\n"
+    text = json.dumps(_bytes_escaped(result), indent=2) + "\n"
     if as_json:
         click.echo(text, nl=False)
     else:
@@ -152,6 +153,18 @@ def emit(result: object, as_json: bool, json_out: Path | None, table: Callable[[
         except layout.LayoutError as e:  # a full disk, a read-only folder
             fail(str(e))
         note(f"wrote {json_out}", as_json)
+
+
+def _bytes_escaped(value: object) -> object:
+    """Every string of a JSON result with a file name's non-UTF-8 bytes as \\xNN (as the tables
+    show them): lone surrogates would make JSON that strict parsers refuse."""
+    if isinstance(value, str):
+        return clean_name(value)
+    if isinstance(value, dict):
+        return {_bytes_escaped(k): _bytes_escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_bytes_escaped(v) for v in value]
+    return value
 
 
 def in_run_folder(checkpoint: Path, name: str, optional: bool = False) -> Path | None:

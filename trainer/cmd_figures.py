@@ -186,8 +186,9 @@ def neighbors_cmd(
     last hidden layer, with their class and file; the query's own copy in the split is left out.
 
     CHECKPOINT is a checkpoint file, or a run folder (its best.pt, else last.pt). The split's
-    features are extracted once and cached beside the checkpoint, keyed on its content
-    (features-<name>-<split>-<hash>.npy: a checkpoint rewritten by a later epoch is re-extracted);
+    features are extracted once and cached beside the checkpoint, keyed on its content and the
+    split's images (features-<name>-<split>-<hash>.npy: a checkpoint rewritten by a later epoch,
+    or another dataset's split, is extracted anew);
     the search runs in blocks of --chunk rows, so memory stays bounded. The model and the loader
     run on the one --device.
     """

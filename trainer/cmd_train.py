@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.config import flag_name
 from preprocess.cli import UserPath, on_interrupt  # on_interrupt: one Ctrl-C mechanism for both CLIs
 from trainer import fig1_stats  # torch-free: fig1's defaults
 from trainer.cli_common import (
@@ -43,10 +44,12 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
     from trainer.train import run
 
     values: dict = {}
+    from_file: set[str] = set()
     flags = user_paths(flags)  # before --resume looks for --out=~/r's config.json
     on_interrupt(lambda: _interrupted(flags.get("out") or values.get("out")))
     try:
         values = load_config_file(config_file) if config_file else {}
+        from_file = {k for k in values if flags.get(k) is None}
         # only flags count as given: a config file (a run's config.json) may hold every key, the
         # defaults of options its arch lacks too, and is refused only where a value would matter
         given = {k for k, v in flags.items() if v is not None}
@@ -54,19 +57,19 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         if resume or auto_resume:  # what the user leaves out is what the run was started with
             from trainer.hosts import run_settings  # rank 0's, on hosts that do not share --out
 
-            saved = run_settings(values.get("out"), _saved_settings)
+            saved = run_settings(values.get("out"), _saved_settings if resume else _resumable_settings)
             if resume and not saved and values.get("out") and not values.get("data"):
                 raise TrainError(_no_settings(Path(values["out"])))
             _refuse_lost_data(saved, values)
             values = {**saved, **values}
-            if resume and saved:
-                _refuse_changed(saved, values)
+            if saved:  # before a hash pass of the shards (an hour on ImageNet) is spent
+                _refuse_changed(saved, values, "--resume" if resume else "--auto-resume")
         cfg = TrainConfig.from_flat(values)
         if not cfg.run.data or not cfg.run.out:
             raise TrainError("--data and --out are required (flags or config file)")
         rows = run(cfg, resume=resume, progress=not quiet, auto_resume=auto_resume, given=given)
     except USER_ERRORS as e:
-        fail(str(e))
+        fail(str(e) + _from_file(str(e), from_file, config_file))
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 speaks for the run
     if rows:
@@ -80,7 +83,14 @@ def run_cmd(config_file: Path | None, resume: bool, auto_resume: bool, quiet: bo
         click.echo(f"nothing to do: {_finished(Path(cfg.run.out), cfg.optim.epochs)}")
 
 
-def _refuse_changed(saved: dict, values: dict) -> None:
+def _from_file(message: str, from_file: set[str], config_file: Path | None) -> str:
+    """Where a refused setting came from when it was --config's and no flag's: "leave it out"
+    then means out of that file (a flag cannot unset what a file sets)."""
+    named = any(message.startswith(flag_name(k)) for k in from_file)
+    return f" (set in {config_file})" if named else ""
+
+
+def _refuse_changed(saved: dict, values: dict, flag: str) -> None:
     """--resume with a given setting that differs from the run's: refused naming it, before the
     merged settings are checked, which would blame one the user did not give (`--arch alexnet`
     on a cifar run: "crop 32: alexnet takes 224"). `values` is `saved` with the given flags over
@@ -88,7 +98,7 @@ def _refuse_changed(saved: dict, values: dict) -> None:
     process count) on every rank; this check is the same on every rank (rank 0's settings)."""
     changed = config_changes(TrainConfig.from_flat(saved).to_dict(), TrainConfig.from_flat(values))
     if changed:
-        raise TrainError(f"--resume with other settings than the run's: {'; '.join(changed)}")
+        raise TrainError(f"{flag} with other settings than the run's: {'; '.join(changed)}")
 
 
 def _finished(out: Path, epochs: int) -> str:
@@ -140,11 +150,26 @@ def _refuse_lost_data(saved: dict, values: dict) -> None:
 
 
 def _saved_settings(out: str | None) -> dict:
-    """The settings in OUT/config.json of the run to resume ({} when there is none yet)."""
+    """The settings of the run to resume: OUT/config.json's, else (that file lost) the same
+    settings as its last.pt records them; {} when there is no run yet."""
     saved = Path(out) / "config.json" if out else None
-    if saved is None or not saved.is_file():
+    if saved is None:
         return {}
-    return {k: v for k, v in load_config_file(saved).items() if k != "out"}
+    if saved.is_file():
+        return {k: v for k, v in load_config_file(saved).items() if k != "out"}
+    if not (saved.parent / "last.pt").is_file():
+        return {}
+    from trainer import checkpoint
+    from trainer.config import flatten
+
+    config = checkpoint.load(saved.parent / "last.pt").get("config")
+    return {k: v for k, v in flatten(config, "last.pt's config").items() if k != "out"} if config else {}
+
+
+def _resumable_settings(out: str | None) -> dict:
+    """--auto-resume's: the run's settings where it will resume (OUT/last.pt is there), else {}
+    (it starts anew with the settings given, as a restart before the first checkpoint should)."""
+    return _saved_settings(out) if out and (Path(out) / "last.pt").is_file() else {}
 
 
 @click.command("fig1")

@@ -27,15 +27,20 @@ from trainer.errors import FigureError
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def feature_cache(checkpoint: Path, split: str) -> Path:
-    """Where the split's features are cached: beside the checkpoint, keyed on its content.
+def feature_cache(checkpoint: Path, data: Path, split: str) -> Path:
+    """Where the split's features are cached: beside the checkpoint, keyed on its content and
+    the split's.
 
-    The key is a hash of the checkpoint's bytes, so a checkpoint overwritten by a later epoch
-    (same name, new weights) never reuses the old features.
+    The key hashes the checkpoint's bytes and the split's manifest (its images by SHA-256, in
+    their order): a checkpoint overwritten by a later epoch (same name, new weights), or another
+    dataset's split of the same name (other images, the training statistics copied in), never
+    reuses the features of the other.
     """
-    with open(checkpoint, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-    return checkpoint.parent / f"features-{checkpoint.stem}-{split}-{digest}.npy"
+    key = hashlib.sha256()
+    for path in (checkpoint, data / split / layout.MANIFEST):
+        with open(path, "rb") as f:
+            key.update(hashlib.file_digest(f, "sha256").digest())
+    return checkpoint.parent / f"features-{checkpoint.stem}-{split}-{key.hexdigest()[:16]}.npy"
 
 
 def extract_features(

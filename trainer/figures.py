@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.augment import load_stats
 from pipeline.single import IMAGE_SIZE, LIMITS, UnusableImage, image_input
+from preprocess.walk import printable
 from shards import layout
 from shards.reader import DatasetError, load_classes, load_dataset
 from trainer import imagenet
@@ -235,8 +236,9 @@ def class_names(data: Path, classes: list[dict]) -> tuple[list[str], list[int]]:
 def true_class(path: Path, classes: list[dict]) -> tuple[int | None, str | None]:
     """The class an image's path names, and a human name the file name gives, if any.
 
-    `n01440764_tench.JPEG` (ImageNet's naming) -> the class with that wnid, named "tench";
-    `.../cat/0000.jpg` (one folder per class) -> the class `cat`.
+    `.../cat/0000.jpg` (one folder per class) -> the class `cat`, whatever the file is called
+    (`cat/truck.jpg` is a cat: the folder is how a class is given, as `alexprep shard` reads it);
+    elsewhere `n01440764_tench.JPEG` (ImageNet's naming) -> the class with that wnid, named "tench".
     """
     by_key = {}
     for c in classes:
@@ -244,10 +246,11 @@ def true_class(path: Path, classes: list[dict]) -> tuple[int | None, str | None]
             if key:
                 by_key[str(key)] = c["index"]
     head, _, rest = path.stem.partition("_")
-    if head in by_key:
-        named = rest.replace("_", " ") if rest and not rest.isdigit() else None
-        return by_key[head], named
-    return by_key.get(path.parent.name), None
+    named = rest.replace("_", " ") if rest and not rest.isdigit() else None
+    folder = by_key.get(path.parent.name)
+    if folder is not None:
+        return folder, named if by_key.get(head) == folder else None
+    return by_key.get(head), named if head in by_key else None
 
 
 # ---- Figure 4 (left) ----------------------------------------------------------------------------
@@ -314,7 +317,9 @@ def plot_predictions(results: list[dict], path: Path) -> None:
     for j, r in enumerate(results):
         axes[0, j].imshow(r["_rgb"])
         axes[0, j].set_axis_off()
-        label = (r["true_name"] or Path(r["image"]).name)[:22]  # under the image, as in the paper
+        # under the image, as in the paper; a name's control characters and non-UTF-8 bytes
+        # escaped (matplotlib's text layout raises on the surrogates that carry such bytes)
+        label = printable(r["true_name"] or Path(r["image"]).name)[:22]
         axes[0, j].text(0.5, -0.03, label, transform=axes[0, j].transAxes, ha="center", va="top", fontsize=8)
         names = [t["name"][:18] for t in r["top"]][::-1]
         probs = [t["prob"] for t in r["top"]][::-1]

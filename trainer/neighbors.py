@@ -8,7 +8,8 @@ own copy at distance 0 says nothing about what the network has learned. "The sam
 decided by content, not path: the query goes through `alexprep shard`'s offline step, and a
 bank sample whose stored JPEG has the same SHA-256 (the manifest's `sha256`) is the query.
 
-The split's features are extracted once and cached beside the checkpoint, keyed on its content;
+The split's features are extracted once and cached beside the checkpoint, keyed on its content
+and the split's images;
 the search runs in blocks, so memory stays bounded whatever the split's size (ImageNet's
 1.28M x 4096 floats is 21 GB).
 """
@@ -26,8 +27,9 @@ import torch
 from pipeline.augment import load_stats
 from pipeline.single import LIMITS
 from preprocess.image import RejectedImage, process_file
+from preprocess.walk import printable
 from shards import layout
-from shards.reader import load_classes
+from shards.reader import load_classes, require_images
 from trainer.errors import FigureError
 from trainer.features import extract_features, feature_cache
 from trainer.figures import class_names, load_for_figures, load_image, pyplot, save_figure, true_class
@@ -57,6 +59,7 @@ def find_neighbors(
     meta = layout.read_json(data / layout.DATASET_JSON)
     if split not in meta.get("splits", {}):
         raise FigureError(f"{data}: no split {split!r} to search (have {', '.join(sorted(meta['splits']))})")
+    require_images(data, meta, split)
     stats, classes = load_stats(data, own=False), load_classes(data)  # checked: load_for_figures
     names, _ = class_names(data, classes)
     loaded = [
@@ -73,7 +76,7 @@ def find_neighbors(
         split,
         cfg["crop"],
         cfg["normalization"],
-        feature_cache(checkpoint, split),
+        feature_cache(checkpoint, data, split),
         batch_size,
         progress,
         num_threads,
@@ -177,7 +180,7 @@ def plot_neighbors(results: list[dict], queries: list[np.ndarray], data: Path, p
     )
     for row, (r, q) in enumerate(zip(results, queries, strict=True)):
         shown = stored_images(data, [n["index"] for n in r["neighbors"]], r["split"])
-        labels = [f"query\n{(r['query_class'] or Path(r['query']).name)[:18]}"]
+        labels = [f"query\n{printable(r['query_class'] or Path(r['query']).name)[:18]}"]  # as predict's
         labels += [f"{n['name'][:18]}\n{n['distance']:.1f}" for n in r["neighbors"]]
         for col, ax in enumerate(axes[row]):
             ax.set_axis_off()

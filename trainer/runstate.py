@@ -31,6 +31,7 @@ from trainer.distributed import Env, broadcast
 from trainer.errors import TrainError
 from trainer.guard import check as check_finite
 from trainer.guard import mark as mark_nonfinite
+from trainer.metrics import METRICS, read_metrics
 from trainer.optim import PaperSGD, PlateauSchedule, StepSchedule, param_groups
 
 
@@ -191,6 +192,7 @@ class Trainer:
             "model_config": self.cfg.model.to_dict(),
             "dataset": self.fingerprint,
             "world": self.env.world,
+            "backend": self.cfg.loader.resolved_backend(),
         }
 
     def save(self, seconds: float = 0.0, best: bool = False) -> None:
@@ -211,6 +213,10 @@ class Trainer:
         data = dataset_change(state["dataset"], self.fingerprint, Path(self.cfg.run.data))
         if data:
             changed.append(data)
+        ran, runs = state.get("backend"), self.cfg.loader.resolved_backend()
+        if self.cfg.loader.backend == "auto" and ran is not None and ran != runs:  # else: config's
+            why = " (nvidia.dali is not installed here)" if runs == "reference" else ""
+            changed.append(f"the loader that ran (checkpoint {ran!r}, now {runs!r}{why})")
         if state["world"] != self.env.world:
             changed.append(f"the process count (checkpoint {state['world']}, now {self.env.world})")
         if changed:
@@ -236,15 +242,34 @@ class Trainer:
             ) from None
 
 
+_COPY = f"to go on from one, copy it to {checkpoint.LAST} and --resume; best.pt is the best epoch's state"
+
+
 def folder_refusal(run_dir: Path, resume: bool, auto_resume: bool) -> str | None:
     """Why rank 0 refuses to start in `run_dir`, as far as the folder alone tells (a resume
     with no checkpoint, a new run over an old one); None if it may. Asked before any hashing."""
     last = run_dir / checkpoint.LAST
-    if resume and not auto_resume and not last.is_file():
-        return f"{last}: no such checkpoint (--resume): no run was started in {run_dir}"
-    if not (resume or auto_resume) and last.exists():
+    if last.exists():
+        if resume or auto_resume:
+            return None
         return f"{run_dir}: holds a run already; pass --resume to continue it, or use a new --out"
+    left = trained_here(run_dir)
+    if left:  # a run trained here and its last.pt was lost: starting anew would overwrite the rest
+        return (
+            f"{last}: missing, though {run_dir} holds {', '.join(left)} of a run trained there; "
+            f"{_COPY}, or use a new --out"
+        )
+    if resume and not auto_resume:
+        return f"{last}: no such checkpoint (--resume): no run was started in {run_dir}"
     return None
+
+
+def trained_here(run_dir: Path) -> list[str]:
+    """What a run leaves once it has finished an epoch, besides last.pt: best.pt, kept
+    step-*.pt, metrics.jsonl rows. A start killed before its first checkpoint leaves none."""
+    found = [p.name for p in (run_dir / checkpoint.BEST, *checkpoint.kept(run_dir)) if p.is_file()]
+    rows = len(read_metrics(run_dir / METRICS))
+    return found + ([f"{METRICS} ({rows} epoch(s))"] if rows else [])
 
 
 def start(trainer: Trainer, env: Env, resume: bool, auto_resume: bool) -> None:
@@ -261,7 +286,9 @@ def start(trainer: Trainer, env: Env, resume: bool, auto_resume: bool) -> None:
                 why = trainer.refusal(state, last)
                 verdict = ("error", why) if why else ("resume", state)
         except checkpoint.CheckpointError as e:
-            verdict = ("error", str(e))
+            others = [n for n in trained_here(trainer.run_dir) if n.endswith(".pt")]
+            also = f"; its other checkpoints: {', '.join(others)} ({_COPY})" if others else ""
+            verdict = ("error", f"{e}{also}")
     kind, payload = broadcast(verdict, env)
     if kind == "error":
         raise TrainError(payload if env.main else f"rank 0 refused to start: {payload}")

@@ -25,7 +25,13 @@ from pipeline.augment import estimate_note
 from pipeline.loader import EvalLoader, Feed, TrainLoader, epoch_seed
 from preprocess import paper
 from shards import layout
-from shards.reader import classes_without_samples, default_val_split, load_classes, load_dataset
+from shards.reader import (
+    classes_without_samples,
+    default_val_split,
+    load_classes,
+    load_dataset,
+    require_images,
+)
 from shards.verify import preflight
 from trainer import checkpoint, finetune, hosts
 from trainer.config import PER_HOST, TrainConfig
@@ -74,6 +80,9 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
         val = default_val_split(meta)
     elif val not in splits:
         raise TrainError(f"--val-split (val_split) = {val!r}: {data} has no such split")
+    for split in (r.train_split, val):
+        if split is not None:
+            require_images(data, meta, split)
     if val is None and cfg.optim.schedule == "plateau":
         raise TrainError(
             f"{data} has no val, validation or test split, so the plateau schedule would never drop "
@@ -100,9 +109,10 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
         # --quality, is another dataset to --resume (another data order, other pixels)
         **{k: meta.get(k) for k in ("plan_sha256", "shard_size", "quality")},
     }
-    # recorded absolute: `--resume`, predict and neighbors find the shards from any folder
-    here = os.path.abspath(data)
-    return cfg.replace(data=here, num_classes=classes, val_split=val, crop=crop), fingerprint
+    # recorded absolute: `--resume`, predict and neighbors find the shards from any folder, and
+    # `--config RUN/config.json` run elsewhere writes to the run it names, not to a new one there
+    here, out = os.path.abspath(data), os.path.abspath(r.out) if r.out else r.out
+    return cfg.replace(data=here, out=out, num_classes=classes, val_split=val, crop=crop), fingerprint
 
 
 def feed(cfg: TrainConfig, env: Env) -> Feed:
@@ -235,7 +245,9 @@ def run(
         hosts.init_group(env.cuda)
         # each key its own, so that a host whose data differs is told which part (its stats.json...)
         data_keys = {f"dataset.{k}": v for k, v in fingerprint.items()}
-        agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, **data_keys}, env)
+        # and what `auto` became on each host: DALI installed on some only, a GPU on some only
+        ran = {"loader (resolved)": cfg.loader.resolved_backend(), "device (resolved)": env.devices[0].type}
+        agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, **data_keys, **ran}, env)
         with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir), lost_workers(run_dir):
             return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
     finally:
@@ -324,6 +336,8 @@ def _train_locked(
         schedule.begin(epoch)
         set_lr(trainer.opt, schedule.lr)
         row = {"epoch": epoch, "lr": schedule.lr}
+        if epoch < cfg.optim.warmup_epochs:  # the lr its steps took: a ramp up to `lr`
+            row["lr_warmup"] = [warmup_lr(cfg, epoch * steps + k, steps, schedule.lr) for k in (0, steps - 1)]
         sums = train_epoch(trainer, net, train, epoch, steps, progress and env.main)
         check_finite(sums.bad_step, net, epoch, pos.epoch_step, env.world)  # before eval and saving
         row.update(sums.epoch_row(env.world, steps))
@@ -366,19 +380,23 @@ def announce(cfg: TrainConfig, env: Env, steps: int, pos: Position, lr_now: floa
     if o.lr_scaling == "linear":
         lr += f" (= {o.lr:g} x {o.global_batch}/128, linear scaling)"
     if o.warmup_epochs:
-        lr += f", warm-up from {o.lr:g} over {o.warmup_epochs} epochs"
+        lr += f", warm-up from {o.lr:g} over {_count(o.warmup_epochs, 'epoch')}"
     if pos.step and lr_now is not None and not math.isclose(lr_now, o.base_lr()):
         lr += f", now {lr_now:g} after its drops"
     where = f"resuming at epoch {pos.epoch} step {pos.epoch_step}" if pos.step else "starting"
     line = (
         f"{where}: global batch {o.global_batch} ({env.batch} per process x {env.world}), {lr} ({schedule}), "
-        f"{cfg.run.precision}, {steps} steps per epoch, {o.epochs} epochs"
+        f"{cfg.run.precision}, {_count(steps, 'step')} per epoch, {_count(o.epochs, 'epoch')}"
     )
     if o.global_batch != paper.BATCH_SIZE and o.lr_scaling == "none":
         line += f"\nnote: global batch {o.global_batch} is not the paper's 128 and the lr is not rescaled"
         line += " (see --lr-scaling linear --warmup-epochs 5, docs/runbook.md)"
     estimate = estimate_note(Path(cfg.run.data))
     return line + (f"\nnote: {estimate}" if estimate else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _line(row: dict) -> str:
