@@ -452,6 +452,10 @@ def test_eval_of_one_model_given_twice_is_refused_not_averaged_as_two(tiny_data,
         )
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr
     assert "average of 2" in alextrain(*ev, "--checkpoint", runs[0], "--checkpoint", runs[1]).stdout
+    one = ("eval", "--data", tiny_data, "--checkpoint", runs[0])
+    for n in (0, -3):  # 0 was taken as "not given" and replaced by the run's value
+        proc = alextrain(*one, "--num-threads", n, check=False)
+        assert proc.returncode == 2 and f"--num-threads (num_threads) = {n}: must be >= 1" in proc.stderr
 
 
 def test_report_of_a_file_outside_any_run_names_the_file(tmp_path):

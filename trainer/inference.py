@@ -152,7 +152,8 @@ def evaluate_checkpoints(
         if (c["crop"], c["normalization"]) != (cfg["crop"], cfg["normalization"]):
             raise ValueError(f"{p}: trained with other input preprocessing than {paths[0]}")
     loader_cfg = LoaderConfig(
-        normalization=cfg["normalization"], num_threads=num_threads or cfg["num_threads"]
+        normalization=cfg["normalization"],
+        num_threads=cfg["num_threads"] if num_threads is None else num_threads,
     )
     feed = Feed(batch_size=batch_size, crop=cfg["crop"], device=dev.type)
     loader = EvalLoader(data, loader_cfg, feed, split=split, ten_crop=ten_crop)
