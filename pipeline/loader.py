@@ -37,7 +37,7 @@ from pipeline.errors import WORKER, DamagedSampleError, LoaderWorkerError
 from pipeline.order import shard_order, shard_sizes
 from preprocess.paper import BATCH_SIZE, CROP_SIZE
 from shards import layout
-from shards.reader import load_dataset, shard_paths
+from shards.reader import load_dataset, require_images, shard_paths
 
 if TYPE_CHECKING:
     from pipeline.host import MeanWindows
@@ -131,6 +131,7 @@ class _Split:
             )
         self.data, self.split, self.cfg, self.feed = data, split, cfg, feed
         self.meta = load_dataset(data)
+        require_images(data, self.meta, split)  # bench, features: every reader refuses it alike
         self.tars = [str(t) for t in shard_paths(data, split)]
         self.idxs = [str(layout.idx_path(Path(t))) for t in self.tars]
         self.written = self.meta["splits"][split]["written"]

@@ -6,7 +6,7 @@ It sits at the root of the data flow (`preprocess/`) so every later stage may im
 imports nothing, so `alexprep --help` and `alextrain --help` stay instant.
 
 Where the paper's text and Krizhevsky's code differ, the constant is the one both agree on and
-the convention is a setting (see trainer/config.py and docs/model.md).
+the convention is a setting (see trainer/sections.py and docs/model.md).
 """
 
 from __future__ import annotations

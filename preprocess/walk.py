@@ -61,8 +61,15 @@ class Source:
 
 
 def clean_name(name: str) -> str:
-    """`name` as valid UTF-8 text: undecodable bytes (surrogateescape'd) become `\\xHH`."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """`name` as valid UTF-8 text: undecodable bytes (surrogateescape'd) become `\\xHH`; any
+    other lone surrogate (a `\\ud800` escape in a JSON label, never a file name) `\\uHHHH`."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        lone = "".join(
+            f"\\u{ord(c):04x}" if 0xD800 <= ord(c) < 0xDC80 or 0xDD00 <= ord(c) < 0xE000 else c for c in name
+        )
+        return clean_name(lone)
 
 
 def printable(text: str) -> str:

@@ -159,14 +159,14 @@ def classes_without_samples(out: Path, split: str, classes: list[dict]) -> list[
     return [str(c.get("name")) for c in classes if c["index"] not in labels]
 
 
-def require_images(out: Path, meta: dict, split: str) -> None:
+def require_images(out: Path, meta: dict, split: str, how: str = "") -> None:
     """Refuse a split with no image written (empty class folders, or every image rejected): DALI
     would fail on it as if a shard were damaged, and a tally over it would score 0 of 0 as 100 %
     error, the number a plateau schedule and best.pt would then follow."""
     if not meta["splits"][split].get("written"):
         raise DatasetError(
             f"{out}/{split}: the {split} split holds no image (none was found or every one was "
-            f"rejected when sharding: see {split}/{layout.REJECTS})"
+            f"rejected when sharding: see {split}/{layout.REJECTS}){how}"
         )
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline.augment import StatsError, load_stats
-from tests.faults_common import cifar_checkpoint, make_dataset
+from tests.conftest import alexprep
+from tests.faults_common import cifar_checkpoint, jpeg, make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -117,17 +118,27 @@ def test_a_wrong_feature_cache_is_computed_again(bank, garble, why):
 
 def test_another_dataset_of_the_same_classes_never_reads_the_cache(bank, data, tmp_path):
     """The cache was keyed on the checkpoint and the split's name alone, and checked on its
-    first rows: a dataset whose first images are the same and the rest other (here: the same
-    sources with one image more per class) got the other dataset's features for the rest."""
+    first rows: a dataset with the same first images and other ones after them (here: the same
+    sources, the images after the first batch repainted) got the other dataset's features."""
+    from shards import layout
     from trainer.features import feature_cache
 
     features, cache = bank
     mine = features()
-    other = make_dataset(tmp_path / "other", train=9)  # 9 images per class: data's 8, then one more
+    src = tmp_path / "src"
+    shutil.copytree(data.parent / "src", src)
+    sources = layout.read_parquet(data / "train" / layout.MANIFEST, columns=["source"])["source"]
+    for n, rel in enumerate(sources.to_pylist()[8:]):  # after the first batch (8) that was checked
+        (src / rel).write_bytes(jpeg((250 - 9 * n, 20, 200)))
+    other = tmp_path / "other"
+    alexprep("shard", src, other, "--size", 32, "--workers", 1, "--quiet")
+    for name in ("stats.json", "mean_image.npy"):  # the model's statistics, as eval takes them
+        shutil.copy(data / name, other / name)
     ckpt = cache.parent / "last.pt"
-    assert feature_cache(ckpt, other, "train") != cache
-    theirs = features(other, feature_cache(ckpt, other, "train"))
     (tmp_path / "fresh").mkdir()
     fresh = features(other, tmp_path / "fresh" / "features.npy")
-    assert theirs.shape[0] == 27 and mine.shape[0] == 24
-    np.testing.assert_array_equal(theirs, fresh)
+    assert fresh.shape == mine.shape
+    np.testing.assert_array_equal(fresh[:8], mine[:8])  # the same first rows: the old check passed
+    assert not np.array_equal(fresh[8:], mine[8:])
+    np.testing.assert_array_equal(features(other, feature_cache(ckpt, other, "train")), fresh)
+    assert cache.is_file()  # each dataset keeps its cache: going back and forth extracts nothing

@@ -137,6 +137,7 @@ def test_a_split_whose_every_image_was_rejected_is_refused_by_name(tmp_path, loa
     args = ("--arch", "cifar", "--global-batch", 4, "--loader", loader, "--device", "cpu", "--quiet")
     run = alextrain("run", "--data", out, "--out", tmp_path / "run", *args, check=False)
     assert run.returncode == 2 and said in run.stderr, run.stderr
+    assert "; name another held-out split with --val-split, or re-shard" in run.stderr  # val was the default
     assert not (tmp_path / "run").exists()
     # named, another split serves; eval and neighbors refuse the empty one the same way
     alextrain("run", "--data", out, "--out", tmp_path / "run", *args, "--val-split", "test", "--epochs", 1)

@@ -181,6 +181,32 @@ def test_killed_fig1_resumes_to_the_same_numbers_and_a_finished_one_only_rereads
     assert "starting:" not in third and "resuming" not in third and tail(third) == tail(again)
 
 
+@pytest.mark.slow  # reads back ~14 runs, trains one again
+def test_records_copied_without_checkpoints_continue_and_an_unfinished_one_is_trained_again(
+    straight, tiny, tmp_path
+):
+    """As docs/figures.md says of its records (config.json and metrics.jsonl): copied into a new
+    OUT they are read back, and a run with fewer epochs than asked has no checkpoint to go on
+    from, so it is trained again (it was refused as a run that lost its last.pt)."""
+    straight_out, _ = straight
+    out = tmp_path / "out"
+    for run in straight_out.glob("*/lr*-seed*"):
+        dest = out / run.relative_to(straight_out)
+        dest.mkdir(parents=True)
+        for name in ("config.json", "metrics.jsonl"):
+            shutil.copy(run / name, dest / name)
+    lr = json.loads((straight_out / "ablation.json").read_text())["nets"]["relu"]["lr"]
+    short = out / "relu" / f"lr{lr:g}-seed2"
+    whole = (short / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (short / "metrics.jsonl").write_text("".join(whole[:2]))
+    again = _fig1(tiny, out).stdout
+    assert "relu, final lr" in again and "2 epochs recorded, no last.pt to go on from: trained again" in again
+    assert again.count("starting:") == 1, again
+    timing = ("img_per_s", "train_seconds")
+    retrained = [{k: v for k, v in r.items() if k not in timing} for r in _rows(short)]
+    assert retrained == [{k: v for k, v in json.loads(r).items() if k not in timing} for r in whole]
+
+
 @pytest.mark.slow  # reads back ~14 runs, and one more small shard
 def test_a_damaged_or_foreign_run_is_restored_or_refused_never_read_back_short(straight, tiny, tmp_path):
     """What fig1 reads back is what was trained, on this data, under these settings: a kill

@@ -723,3 +723,16 @@ def test_links_and_fifos_in_class_folders_are_counted_and_rejected(tmp_path):
     r = rejects(tmp_path / "out")
     assert r["cat/fifo.jpg"] == "not a regular file (a FIFO)"
     assert r["cat/dangling.jpg"].startswith("unreadable") and "symbolic links" in r["cat/loop.jpg"]
+
+
+def test_names_are_shown_as_valid_utf8_whatever_their_surrogates():
+    """A file name's non-UTF-8 bytes arrive as U+DC80-DCFF (surrogateescape) and are shown as
+    \\xNN; any other lone surrogate (a \\ud800 escape in a JSON label) raised UnicodeEncodeError
+    in every table and JSON output once names went through clean_name."""
+    from preprocess.walk import clean_name, printable
+
+    assert clean_name(os.fsdecode(b"a\xffb.jpg")) == "a\\xffb.jpg"
+    assert clean_name("a\ud800b\udcffc\udfff") == "a\\ud800b\\xffc\\udfff"
+    assert printable("x\ud800\ny\udcfe") == "x\\ud800\\ny\\xfe"
+    for text in ("a\ud800", "\udc00", "plain"):
+        clean_name(text).encode("utf-8")  # strict: no surrogate left

@@ -200,10 +200,21 @@ def test_loader_auto_resumed_where_it_resolves_to_another_loader_is_refused(cifa
     assert torch.load(run / "last.pt", weights_only=True)["backend"] == "dali"
     cmd = [sys.executable, "-c", NO_DALI, "run", "--out", str(run), "--resume", "--epochs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    said = "the loader that ran (checkpoint 'dali', now 'reference' (nvidia.dali is not installed here))"
+    said = "the loader that ran (checkpoint 'dali', now 'reference': nvidia.dali is not installed here)"
     assert proc.returncode == 2 and said in proc.stderr, proc.stderr
     alextrain("run", "--out", run, "--resume", "--epochs", 2, "--quiet")  # where DALI is: it goes on
     assert [r["epoch"] for r in _rows(run)] == [0, 1]
+    # the other way: `auto` was the reference loader; where DALI is, that loader is named to go on
+    other = tmp_path / "other"
+    cmd = [sys.executable, "-c", NO_DALI, "run", "--out", str(other), *args]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=300).returncode == 0
+    code, err = _cli("--out", other, "--resume", "--epochs", 2)
+    said = "the loader that ran (checkpoint 'reference', now 'dali': pass --loader reference to go on)"
+    assert code == 2 and said in err, err
+    code, err = _cli("--out", other, "--resume", "--epochs", 2, "--loader", "dali")  # not what ran
+    assert code == 2 and "loader (checkpoint 'auto', now 'dali')" in err, err
+    alextrain("run", "--out", other, "--resume", "--epochs", 2, "--loader", "reference", "--quiet")
+    assert [r["epoch"] for r in _rows(other)] == [0, 1]
 
 
 @pytest.mark.slow
@@ -243,10 +254,12 @@ def test_malformed_checkpoints_are_refused_clearly(straight, cifar_tiny, tmp_pat
         checkpoint.save(run / "last.pt", state)
         code, err = _cli("--out", run, *_args(cifar_tiny), "--resume")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    (run / "last.pt").write_bytes(b"not a checkpoint")
+    (run / "last.pt").unlink()  # as --keep writes it: a hard link to the newest step file
+    os.link(run / "step-00000010.pt", run / "last.pt")
+    (run / "last.pt").write_bytes(b"not a checkpoint")  # so that one is damaged too
     code, err = _cli("--out", run, *_args(cifar_tiny), "--resume")
     assert code == 2 and "not a readable checkpoint" in err
-    assert "its other checkpoints: best.pt, step-00000006.pt, step-00000008.pt, step-00000010.pt" in err
+    assert "its other checkpoints: best.pt, step-00000006.pt, step-00000008.pt (to go on" in err, err
 
 
 def _cli(*args: object) -> tuple[int, str]:

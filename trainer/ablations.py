@@ -38,7 +38,7 @@ from trainer.config import TrainConfig, config_changes
 from trainer.errors import TrainError
 from trainer.guard import NonFiniteError
 from trainer.metrics import METRICS, read_metrics
-from trainer.runstate import dataset_change
+from trainer.runstate import dataset_change, trained_here
 from trainer.train import check_out, resolve_data, run
 
 # Figure 1's caption: no regularisation of any kind, a fixed lr (no schedule).
@@ -152,6 +152,13 @@ def _train(cfg: TrainConfig, label: str, say: Say, progress: bool) -> tuple[list
     if (folder / DIVERGED).is_file():
         say(f"fig1: {label}: diverged before, read back ({folder})")
     elif done < epochs:
+        if not (folder / checkpoint.LAST).is_file() and trained_here(folder):
+            # a record copied without its checkpoint (docs/fig1-settled/runs keeps none), or a
+            # longer --epochs than it holds: nothing to resume, and a run is its seed's function
+            say(f"fig1: {label}: {done} epochs recorded, no {checkpoint.LAST} to go on from: trained again")
+            for old in (folder / METRICS, folder / checkpoint.BEST, *checkpoint.kept(folder)):
+                old.unlink(missing_ok=True)
+            done = 0
         say(f"fig1: {label}: epochs {done}-{epochs - 1} (numbered from 0) of {epochs} ({folder})")
         try:
             run(cfg, auto_resume=True, progress=progress)

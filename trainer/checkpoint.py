@@ -4,10 +4,11 @@ Contents (KEYS): model weights (CPU tensors, the same layout whatever the device
 optimiser and schedule state, the position (`epoch` in progress and `epoch_step` steps into it;
 `step` counts all steps), the partial epoch's metric sums, every finished epoch's metrics row
 (`history`: metrics.jsonl is rewritten from it on resume), the best validation top-1 error, the
-resolved config and dataset fingerprint, and the process count. No RNG state: each epoch's data
-order and augmentation are a function of (seed, epoch, rank), and dropout is reseeded per step
-from (seed, epoch, step, rank), so the position alone fixes all randomness to come. Nothing but
-tensors, numbers, strings, lists and dicts, so `torch.load(path, weights_only=True)` reads it.
+resolved config and dataset fingerprint, the process count, and (OPTIONAL_KEYS) the loader
+that ran. No RNG state: each epoch's data order and augmentation are a function of (seed,
+epoch, rank), and dropout is reseeded per step from (seed, epoch, step, rank), so the position
+alone fixes all randomness to come. Nothing but tensors, numbers, strings, lists and dicts, so
+`torch.load(path, weights_only=True)` reads it.
 
 Files in a run folder: last.pt (newest), best.pt (best val top-1 so far), and with `--keep N`
 the newest N as step-00001234.pt (last.pt is a hard link to the newest of them).
@@ -50,7 +51,6 @@ KEYS = frozenset(
 # Written since the loader `auto` was resolved per host (a checkpoint from before lacks it):
 # the loader that ran, "dali" or "reference".
 OPTIONAL_KEYS = frozenset({"backend"})
-# Settings a resumed run may change: none of them touches the arithmetic or the data order.
 _STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
 
 

@@ -96,7 +96,7 @@ def _refuse_changed(saved: dict, values: dict, flag: str) -> None:
     on a cifar run: "crop 32: alexnet takes 224"). `values` is `saved` with the given flags over
     it, so what differs is what was given. The run's start refuses the rest (its data, its
     process count) on every rank; this check is the same on every rank (rank 0's settings)."""
-    changed = config_changes(TrainConfig.from_flat(saved).to_dict(), TrainConfig.from_flat(values))
+    changed = config_changes(TrainConfig.from_flat(saved).to_dict(), TrainConfig.from_flat(values), ran="*")
     if changed:
         raise TrainError(f"{flag} with other settings than the run's: {'; '.join(changed)}")
 
@@ -162,8 +162,9 @@ def _saved_settings(out: str | None) -> dict:
     from trainer import checkpoint
     from trainer.config import flatten
 
-    config = checkpoint.load(saved.parent / "last.pt").get("config")
-    return {k: v for k, v in flatten(config, "last.pt's config").items() if k != "out"} if config else {}
+    last = saved.parent / "last.pt"
+    config = checkpoint.load(last).get("config")
+    return {k: v for k, v in flatten(config, f"{last}'s config").items() if k != "out"} if config else {}
 
 
 def _resumable_settings(out: str | None) -> dict:

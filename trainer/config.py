@@ -199,18 +199,20 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def _parse(text: str, suffix: str) -> Any:
-    """By the suffix (.toml: TOML, .json: JSON, either case); another suffix, or none: JSON,
-    else TOML."""
+    """By the suffix (.toml: TOML, .json: JSON, either case); another suffix, or none: JSON if
+    it opens as JSON does, else TOML."""
     if suffix in (".toml", ".json"):
         return tomllib.loads(text) if suffix == ".toml" else json.loads(text)
-    try:
+    if text.lstrip().startswith(("{", "[")):  # JSON's error, not TOML's, for a broken JSON file
         return json.loads(text)
-    except ValueError:
-        return tomllib.loads(text)
+    return tomllib.loads(text)
 
 
-def config_changes(saved: dict, now: TrainConfig) -> list[str]:
+def config_changes(saved: dict, now: TrainConfig, ran: str | None = None) -> list[str]:
     """Settings that differ between a checkpoint's config and this run's, except RESUMABLE ones.
+
+    `ran`: the loader a run saved with `--loader auto` resolved to (its checkpoint's "backend"):
+    naming exactly that one is no change; "*" leaves the question to the checkpoint's check.
 
     A setting the saved config does not have (added to the code after that run was saved) is
     taken at its default: a new setting's default is the behaviour from before it existed. So a
@@ -219,6 +221,8 @@ def config_changes(saved: dict, now: TrainConfig) -> list[str]:
     then = flatten(saved, "checkpoint config")
     mine = now.flat()
     then = {**{k: default(FIELDS[k]) for k in set(mine) - set(then)}, **then}
+    if then.get("loader") == "auto" and ran in ("*", mine["loader"]):
+        then["loader"] = mine["loader"]
     keys = sorted((set(then) | set(mine)) - RESUMABLE)
     return [
         f"{k} (checkpoint {then.get(k)!r}, now {mine.get(k)!r})" for k in keys if then.get(k) != mine.get(k)

@@ -36,11 +36,15 @@ def feature_cache(checkpoint: Path, data: Path, split: str) -> Path:
     dataset's split of the same name (other images, the training statistics copied in), never
     reuses the features of the other.
     """
-    key = hashlib.sha256()
-    for path in (checkpoint, data / split / layout.MANIFEST):
-        with open(path, "rb") as f:
-            key.update(hashlib.file_digest(f, "sha256").digest())
-    return checkpoint.parent / f"features-{checkpoint.stem}-{split}-{key.hexdigest()[:16]}.npy"
+    weights, images = (_digest(p) for p in (checkpoint, data / split / layout.MANIFEST))
+    # the images' part of the name first: a new cache replaces the older ones of the same
+    # checkpoint file, split and images (an earlier epoch's), not another dataset's
+    return checkpoint.parent / f"features-{checkpoint.stem}-{split}-{images[:8]}-{weights[:16]}.npy"
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def extract_features(
@@ -58,8 +62,8 @@ def extract_features(
 
     Rows follow the split's manifest order (the eval reader's order on one rank). The loader
     runs on the device the model is on (a CUDA loader feeding a CPU model crashed). `cache`
-    names the checkpoint's content (`feature_cache`); a new cache replaces older caches of the
-    same checkpoint file and split.
+    names the checkpoint's and the split's content (`feature_cache`); a new cache replaces older
+    caches of the same checkpoint file, split and images.
     """
     from tqdm import tqdm
 

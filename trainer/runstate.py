@@ -203,24 +203,25 @@ class Trainer:
         if self.env.main:
             checkpoint.save_run(self.run_dir, self.state(sums), keep=self.cfg.run.keep, best=best)
 
-    def refusal(self, state: dict, path: Path) -> str | None:
+    def refusal(self, state: dict, path: Path, flag: str = "--resume") -> str | None:
         """Why this run cannot continue `state`, or None (rank 0 checks; all ranks are told)."""
+        ran = state.get("backend") if isinstance(state, dict) else None
         try:
             checkpoint.check_state(state, self.model, path)
-            changed = config_changes(state["config"], self.cfg)
+            changed = config_changes(state["config"], self.cfg, ran=ran)
         except (checkpoint.CheckpointError, ValueError) as e:
             return f"{path}: {e}"
         data = dataset_change(state["dataset"], self.fingerprint, Path(self.cfg.run.data))
         if data:
             changed.append(data)
-        ran, runs = state.get("backend"), self.cfg.loader.resolved_backend()
-        if self.cfg.loader.backend == "auto" and ran is not None and ran != runs:  # else: config's
-            why = " (nvidia.dali is not installed here)" if runs == "reference" else ""
-            changed.append(f"the loader that ran (checkpoint {ran!r}, now {runs!r}{why})")
+        runs = self.cfg.loader.resolved_backend()
+        if ran is not None and ran != runs and not any(c.startswith("loader ") for c in changed):
+            how = "nvidia.dali is not installed here" if ran == "dali" else f"pass --loader {ran} to go on"
+            changed.append(f"the loader that ran (checkpoint {ran!r}, now {runs!r}: {how})")
         if state["world"] != self.env.world:
             changed.append(f"the process count (checkpoint {state['world']}, now {self.env.world})")
         if changed:
-            return f"{path}: --resume with other settings than the run's: " + "; ".join(changed)
+            return f"{path}: {flag} with other settings than the run's: " + "; ".join(changed)
         return None
 
     def restore(self, state: dict, path: Path) -> None:
@@ -255,19 +256,22 @@ def folder_refusal(run_dir: Path, resume: bool, auto_resume: bool) -> str | None
         return f"{run_dir}: holds a run already; pass --resume to continue it, or use a new --out"
     left = trained_here(run_dir)
     if left:  # a run trained here and its last.pt was lost: starting anew would overwrite the rest
-        return (
-            f"{last}: missing, though {run_dir} holds {', '.join(left)} of a run trained there; "
-            f"{_COPY}, or use a new --out"
-        )
+        way = f"{_COPY}, or use" if any(n.endswith(".pt") for n in left) else "remove them, or use"
+        held = ", ".join(left)
+        return f"{last}: missing, though {run_dir} holds {held} of a run trained there; {way} a new --out"
     if resume and not auto_resume:
         return f"{last}: no such checkpoint (--resume): no run was started in {run_dir}"
     return None
 
 
-def trained_here(run_dir: Path) -> list[str]:
+def trained_here(run_dir: Path, besides: Path | None = None) -> list[str]:
     """What a run leaves once it has finished an epoch, besides last.pt: best.pt, kept
-    step-*.pt, metrics.jsonl rows. A start killed before its first checkpoint leaves none."""
-    found = [p.name for p in (run_dir / checkpoint.BEST, *checkpoint.kept(run_dir)) if p.is_file()]
+    step-*.pt, metrics.jsonl rows. A start killed before its first checkpoint leaves none.
+    `besides`: leave out the files that are this one (hard links of it)."""
+    files = [p for p in (run_dir / checkpoint.BEST, *checkpoint.kept(run_dir)) if p.is_file()]
+    if besides is not None and besides.is_file():
+        files = [p for p in files if not p.samefile(besides)]
+    found = [p.name for p in files]
     rows = len(read_metrics(run_dir / METRICS))
     return found + ([f"{METRICS} ({rows} epoch(s))"] if rows else [])
 
@@ -283,10 +287,11 @@ def start(trainer: Trainer, env: Env, resume: bool, auto_resume: bool) -> None:
                 verdict = ("error", why)
             elif resume or (auto_resume and last.is_file()):
                 state = checkpoint.load(last)
-                why = trainer.refusal(state, last)
+                why = trainer.refusal(state, last, "--resume" if resume else "--auto-resume")
                 verdict = ("error", why) if why else ("resume", state)
         except checkpoint.CheckpointError as e:
-            others = [n for n in trained_here(trainer.run_dir) if n.endswith(".pt")]
+            # not those that are last.pt under another name (--keep's hard links): the same bytes
+            others = [n for n in trained_here(trainer.run_dir, besides=last) if n.endswith(".pt")]
             also = f"; its other checkpoints: {', '.join(others)} ({_COPY})" if others else ""
             verdict = ("error", f"{e}{also}")
     kind, payload = broadcast(verdict, env)

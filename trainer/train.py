@@ -80,9 +80,10 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
         val = default_val_split(meta)
     elif val not in splits:
         raise TrainError(f"--val-split (val_split) = {val!r}: {data} has no such split")
-    for split in (r.train_split, val):
-        if split is not None:
-            require_images(data, meta, split)
+    require_images(data, meta, r.train_split)
+    if val is not None:
+        how = "" if r.val_split else "; name another held-out split with --val-split, or re-shard"
+        require_images(data, meta, val, how)
     if val is None and cfg.optim.schedule == "plateau":
         raise TrainError(
             f"{data} has no val, validation or test split, so the plateau schedule would never drop "
@@ -245,8 +246,9 @@ def run(
         hosts.init_group(env.cuda)
         # each key its own, so that a host whose data differs is told which part (its stats.json...)
         data_keys = {f"dataset.{k}": v for k, v in fingerprint.items()}
-        # and what `auto` became on each host: DALI installed on some only, a GPU on some only
-        ran = {"loader (resolved)": cfg.loader.resolved_backend(), "device (resolved)": env.devices[0].type}
+        # and what `--loader auto` became on each host (DALI installed on some only). A GPU on
+        # some hosts only cannot be told here: NCCL and gloo groups never meet in a collective
+        ran = {"loader (resolved)": cfg.loader.resolved_backend()}
         agree({**{k: v for k, v in cfg.flat().items() if k not in PER_HOST}, **data_keys, **ran}, env)
         with _run_lock(run_dir, env), lost_peers(env.rank, env.world, run_dir), lost_workers(run_dir):
             return _train_locked(cfg, env, fingerprint, resume, auto_resume, progress)
