@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import absolute, at_least, output, positive  # noqa: E402
 from pipeline.bench import Epochs  # noqa: E402
 from pipeline.loader import TrainLoader  # noqa: E402
 from shards.reader import DatasetError, load_classes, load_dataset  # noqa: E402
@@ -48,15 +49,16 @@ INPUTS = ("synthetic", "dali", "reference")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="shards (alexprep shard + pca-stats)")
+    ap.add_argument("--data", type=absolute, required=True, help="shards (alexprep shard + pca-stats)")
     ap.add_argument("--arch", default="cifar", choices=["cifar", "alexnet"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--warm", type=int, default=3, help="untimed steps first, for every input")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps, for every input")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="DALI threads / DataLoader workers")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--batch-size", type=positive, default=128)
+    ap.add_argument("--warm", type=at_least(0), default=3, help="untimed steps first, for every input")
+    ap.add_argument("--steps", type=positive, default=20, help="timed steps, for every input")
+    threads = "DALI threads / DataLoader workers"
+    ap.add_argument("--threads", type=positive, default=os.cpu_count(), help=threads)
+    ap.add_argument("--repeats", type=positive, default=3)
+    ap.add_argument("--json", type=output, help="write the figures here (checked before the run)")
     args = ap.parse_args()
     if args.warm < 1 or args.steps < 1 or args.repeats < 1:
         ap.error("--warm, --steps and --repeats must be >= 1")

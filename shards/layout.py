@@ -178,7 +178,20 @@ def ensure_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """`path` becomes `data` or stays as it was; a failed write leaves no temporary file and is
-    one LayoutError naming the path (`writing`)."""
+    one LayoutError naming the path (`writing`).
+
+    What `path` names is written, not replaced: through a link, its target (the link stays); a
+    device, FIFO or terminal (`--json-out /dev/stdout`, which a rename would have turned, as
+    root, into a regular file) is written into, as a stream, without the rename."""
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # nothing there (or a dangling link): a new file
+        special = False
+    if special and not path.is_dir():
+        with writing(path), open(path, "wb") as f:
+            f.write(data)
+        return
+    path = Path(os.path.realpath(path)) if path.is_symlink() else path
     ensure_dir(path.parent)
     tmp = tmp_path(path)
     with writing(path):
@@ -351,6 +364,24 @@ def _close_held_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
+def writer_of(out: Path) -> str | None:
+    """Who holds a NodeLock of `out` now (`pid N on HOST`), or None: asked without taking it (a
+    shared flock fails while a writer holds its exclusive one), so a reader can say "being
+    written" rather than send the user to start a second writer."""
+    for path in sorted(out.glob(".alexprep-node*.lock")):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        finally:
+            os.close(fd)  # also drops the shared lock, where it was taken
+    return None
 
 
 class NodeLock:

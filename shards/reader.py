@@ -38,7 +38,15 @@ def load_dataset(out: Path) -> dict:
         meta = layout.read_json(path)
     except layout.LayoutError as e:
         raise DatasetError(f"{e}; re-run `alexprep shard` into an empty OUT") from None
+    if not isinstance(meta, dict) or "format_version" not in meta:  # not alexprep's: re-running loops
+        raise DatasetError(
+            f"{path}: not a dataset.json that `alexprep shard` wrote (no format_version); "
+            "shard into an empty OUT"
+        )
     if not meta.get("complete"):
+        busy = layout.writer_of(out)
+        if busy:  # "re-run alexprep shard" would start a second writer
+            raise DatasetError(f"{out}: `alexprep shard` ({busy}) is writing it now; wait for it to finish")
         raise DatasetError(f"{out}: sharding is not complete; re-run `alexprep shard` to finish")
     splits = meta.get("splits")
     if not isinstance(splits, dict) or not all(

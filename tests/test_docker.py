@@ -335,3 +335,17 @@ def test_gpu_check_without_data_says_how_to_make_it(tmp_path):
     )
     assert proc.returncode == 2
     assert "bench/gpu_data.sh" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpu_data_removes_no_folder_that_is_not_a_dataset(tmp_path):
+    """bench/gpu_data.sh OUT began with `rm -rf OUT`: a folder of the user's given as OUT by
+    mistake was gone before anything was checked (a probe found it)."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    (tmp_path / "afile").write_text("mine")
+    for out in (precious, tmp_path / "afile"):
+        cmd = ["bash", str(ROOT / "bench" / "gpu_data.sh"), str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "is not a dataset (no dataset.json): not removed" in proc.stderr
+    assert (precious / "notes.txt").read_text() == "mine" and (tmp_path / "afile").read_text() == "mine"

@@ -82,3 +82,24 @@ def test_a_dataset_without_a_train_split_uses_the_training_sets_stats(trained, t
     for name in ("stats.json", "mean_image.npy"):
         shutil.copy(data / name, out / name)
     assert load_stats(out).mean_image.shape == (32, 32, 3)
+
+
+def test_readers_say_a_dataset_is_being_written_and_a_foreign_dataset_json_is_not_ours(tmp_path):
+    """verify and pca-stats said "sharding is not complete; re-run `alexprep shard`" while a
+    shard run was writing OUT (a second writer, refused) and for a dataset.json alexprep never
+    wrote (whose re-run was refused as another dataset: a loop). A probe found both."""
+    from shards import layout
+
+    out = make_dataset(tmp_path, stats=False, classes=2, train=2)
+    meta = json.loads((out / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**meta, "complete": False}))
+    with layout.NodeLock(out, 0):  # as `alexprep shard` holds it while it writes
+        for cmd in ("verify", "pca-stats"):
+            proc = alexprep(cmd, out, check=False)
+            assert proc.returncode != 0 and "`alexprep shard` (pid " in proc.stderr, proc.stderr
+            assert "is writing it now; wait for it to finish" in proc.stderr
+    proc = alexprep("verify", out, check=False)  # the writer gone: finish it
+    assert "sharding is not complete; re-run `alexprep shard` to finish" in proc.stderr, proc.stderr
+    (out / "dataset.json").write_text('{"version": 99}')
+    proc = alexprep("pca-stats", out, check=False)
+    assert "dataset.json: not a dataset.json that `alexprep shard` wrote (no format_version)" in proc.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -149,3 +150,33 @@ def test_a_shard_dropped_on_a_full_disk_closes_and_removes_its_file(small_disk):
         writer.commit()
     writer.abort()
     assert writer._file.closed and not temporaries(small_disk)
+
+
+def test_an_output_path_that_is_a_fifo_or_a_link_is_written_into_not_replaced(tmp_path):
+    """Outputs are written atomically by a rename, which replaced whatever the path named: as
+    root, `--json-out /dev/stdout` or `report --out /dev/full` turned the device into a regular
+    file, and a link into a file of its own (a probe found it)."""
+    import threading
+
+    from shards import layout
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    (tmp_path / "link-to-pipe").symlink_to(fifo)
+    try:
+        layout.write_atomic(tmp_path / "link-to-pipe", b'{"top1": 0.5}\n')
+        reader.join(timeout=30)
+    finally:  # a write that missed the pipe: end the reader's wait (it reads b"")
+        if reader.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert got == [b'{"top1": 0.5}\n'] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert (tmp_path / "link-to-pipe").is_symlink()
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    (tmp_path / "link.json").symlink_to(target)
+    layout.write_atomic(tmp_path / "link.json", b"new")
+    assert (tmp_path / "link.json").is_symlink() and target.read_bytes() == b"new"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -103,3 +103,16 @@ def test_a_relative_data_path_is_the_callers_and_a_missing_one_is_one_line(tmp_p
     last = proc.stderr.strip().splitlines()[-1]  # the path made absolute from the caller's folder
     assert last == f"gpu_check.py: error: --data {tmp_path.resolve() / 'nope'}: no such folder"
     assert "Traceback" not in proc.stderr and not (tmp_path / "gpu-out").exists()
+
+
+def test_train_throughput_checks_its_arguments_before_the_benchmark(tmp_path):
+    """--json DIR ended the whole benchmark with IsADirectoryError at its last line (a probe)."""
+    script = str(ROOT / "bench" / "train_throughput.py")
+    for args, said in (
+        (["--json", str(tmp_path)], f"argument --json: {tmp_path}: is a folder"),
+        (["--json", str(tmp_path / "no" / "x.json")], f"no folder {tmp_path / 'no'}"),
+        (["--steps", "0"], "argument --steps: 0 must be >= 1"),
+    ):
+        cmd = [sys.executable, script, "--data", str(tmp_path), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

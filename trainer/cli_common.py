@@ -90,7 +90,7 @@ def json_options(f: Callable) -> Callable:
     """--json (print) and --json-out PATH (write): the same two flags on every command with a result."""
     f = click.option(
         "--json-out",
-        type=UserPath(dir_okay=False, path_type=Path),
+        type=UserPath(dir_okay=False, readable=False, path_type=Path),  # written, never read
         callback=_not_stdout,
         help=HELP["json_out"],
     )(f)

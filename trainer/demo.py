@@ -32,7 +32,8 @@ from trainer.errors import TrainError
 # The demo's recipe: the CIFAR net at the stored 32 px, the paper's SGD, except a smaller batch
 # and lr than the paper's 128 and 0.01: with 128, 1,200 images are 9 steps an epoch, and the net
 # needs many epochs to leave its start; at 0.01 and batch 32 it died (loss stuck at ln 10). These
-# reach ~3 % val top-1 error in 8 epochs (from 90 %: chance).
+# reach 5-13 % val top-1 error in 8 epochs (from 90 %: chance; where in that range depends on
+# the CPU's thread count, which changes the order of float sums).
 SIZE = 32
 EPOCHS = 8
 BATCH_SIZE = 32
