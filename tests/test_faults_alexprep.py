@@ -51,11 +51,23 @@ def _ctrl_c(args: list[object], bar: bytes) -> tuple[int, str]:
     return proc.returncode, "\n".join(ln for ln in lines if ln.strip() and not ln.startswith(bar.decode()))
 
 
+def _ctrl_c_during(args: list[object], bar: bytes, result: Path) -> tuple[int, str]:
+    """`_ctrl_c`, pressed while the pass is under way: on a loaded machine the Ctrl-C can land
+    after the pass wrote `result` (then at interpreter exit, as -SIGINT), which is not the case
+    under test, so that try is repeated (at most 3)."""
+    for _ in range(3):
+        code, err = _ctrl_c(args, bar)
+        if not result.exists():
+            return code, err
+        result.unlink()
+    pytest.fail(f"the pass always ended before the Ctrl-C landed: {args}")
+
+
 @pytest.mark.slow  # real processes, 1,000 real images, signals
 def test_ctrl_c_of_pca_stats_says_nothing_was_written_and_exits_130(imagenet_shards, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(imagenet_shards, out)
-    code, err = _ctrl_c(["pca-stats", out, "--workers", 1], b"pca-stats")
+    code, err = _ctrl_c_during(["pca-stats", out, "--workers", 1], b"pca-stats", out / "stats.json")
     assert code == 130, err  # not click's "Aborted!" and 1
     said = f"nothing was written (stats.json comes at the end): re-run `alexprep pca-stats {out}`"
     assert err == f"alexprep: interrupted; {said}", err
@@ -67,7 +79,7 @@ def test_ctrl_c_of_verify_says_nothing_was_recorded_and_exits_130(imagenet_shard
     out = tmp_path / "out"
     shutil.copytree(imagenet_shards, out)
     (out / "verified.json").unlink(missing_ok=True)
-    code, err = _ctrl_c(["verify", out, "--workers", 1], b"verify")
+    code, err = _ctrl_c_during(["verify", out, "--workers", 1], b"verify", out / "verified.json")
     assert code == 130, err
     said = f"nothing was recorded as verified: re-run `alexprep verify {out}` to check it"
     assert err == f"alexprep: interrupted; {said}", err
