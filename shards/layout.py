@@ -366,6 +366,11 @@ def _close_held_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_close_held_locks_in_child)
 
 
+def _holder(fd: int) -> str:
+    """What a NodeLock's holder wrote into its file (`pid N on HOST`)."""
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
 def writer_of(out: Path) -> str | None:
     """Who holds a NodeLock of `out` now (`pid N on HOST`), or None: asked without taking it (a
     shared flock fails while a writer holds its exclusive one), so a reader can say "being
@@ -378,7 +383,7 @@ def writer_of(out: Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            return _holder(fd)
         finally:
             os.close(fd)  # also drops the shared lock, where it was taken
     return None
@@ -414,7 +419,7 @@ class NodeLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = _holder(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise LayoutError(

@@ -157,12 +157,12 @@ def _saved_settings(out: str | None) -> dict:
         return {}
     if saved.is_file():
         return {k: v for k, v in load_config_file(saved).items() if k != "out"}
-    if not (saved.parent / "last.pt").is_file():
+    last = saved.parent / "last.pt"
+    if not last.is_file():
         return {}
     from trainer import checkpoint
     from trainer.config import flatten
 
-    last = saved.parent / "last.pt"
     config = checkpoint.load(last).get("config")
     return {k: v for k, v in flatten(config, f"{last}'s config").items() if k != "out"} if config else {}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import warnings
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from shards import layout
+from shards.verify import file_sha256
 from trainer.errors import FigureError
 
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -36,15 +36,10 @@ def feature_cache(checkpoint: Path, data: Path, split: str) -> Path:
     dataset's split of the same name (other images, the training statistics copied in), never
     reuses the features of the other.
     """
-    weights, images = (_digest(p) for p in (checkpoint, data / split / layout.MANIFEST))
+    weights, images = (file_sha256(p) for p in (checkpoint, data / split / layout.MANIFEST))
     # the images' part of the name first: a new cache replaces the older ones of the same
     # checkpoint file, split and images (an earlier epoch's), not another dataset's
     return checkpoint.parent / f"features-{checkpoint.stem}-{split}-{images[:8]}-{weights[:16]}.npy"
-
-
-def _digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def extract_features(

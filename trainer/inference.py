@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from pipeline.augment import StatsError
 from pipeline.loader import EvalLoader, Feed, LoaderConfig
-from shards.reader import DatasetError, default_val_split, load_classes, load_dataset, require_images
+from shards.reader import DatasetError, default_val_split, load_classes, load_dataset
 from trainer import checkpoint
 from trainer.config import SECTIONS, TrainConfig
 from trainer.distributed import allow_tf32
@@ -135,7 +135,6 @@ def evaluate_checkpoints(
     split = split or default_val_split(meta)
     if split is None:
         raise ValueError(f"{data}: no val, validation or test split to evaluate (have: {have}); pass --split")
-    require_images(data, meta, split)
     dev = pick_device(device)
     num_classes = len(load_classes(data))
     paths = [checkpoint.resolve(p) for p in paths]

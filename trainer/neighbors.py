@@ -29,7 +29,7 @@ from pipeline.single import LIMITS
 from preprocess.image import RejectedImage, process_file
 from preprocess.walk import printable
 from shards import layout
-from shards.reader import load_classes, require_images
+from shards.reader import load_classes
 from trainer.errors import FigureError
 from trainer.features import extract_features, feature_cache
 from trainer.figures import class_names, load_for_figures, load_image, pyplot, save_figure, true_class
@@ -59,7 +59,6 @@ def find_neighbors(
     meta = layout.read_json(data / layout.DATASET_JSON)
     if split not in meta.get("splits", {}):
         raise FigureError(f"{data}: no split {split!r} to search (have {', '.join(sorted(meta['splits']))})")
-    require_images(data, meta, split)
     stats, classes = load_stats(data, own=False), load_classes(data)  # checked: load_for_figures
     names, _ = class_names(data, classes)
     loaded = [

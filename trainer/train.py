@@ -80,8 +80,7 @@ def resolve_data(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
         val = default_val_split(meta)
     elif val not in splits:
         raise TrainError(f"--val-split (val_split) = {val!r}: {data} has no such split")
-    require_images(data, meta, r.train_split)
-    if val is not None:
+    if val is not None:  # an empty train split is refused above: every class has no image
         how = "" if r.val_split else "; name another held-out split with --val-split, or re-shard"
         require_images(data, meta, val, how)
     if val is None and cfg.optim.schedule == "plateau":
