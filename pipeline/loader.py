@@ -350,7 +350,7 @@ class TrainLoader:
 
     def _reference(self, seed: int, order: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's DataLoader iterator: its workers are forked by this call."""
-        from pipeline.reference import train_loader
+        from pipeline.reference import handed_over, train_loader
 
         s = self.s
         if self._sizes is None:
@@ -368,7 +368,7 @@ class TrainLoader:
             shuffle_buffer=s.cfg.shuffle_buffer,
             seed=seed,
         )
-        return iter(loader)
+        return handed_over(iter(loader))
 
 
 class EvalLoader:
@@ -415,7 +415,9 @@ class EvalLoader:
             pipe.build()
             it = _dali_iter(pipe, "PARTIAL")
         if s.backend == "reference":
-            yield from it
+            from pipeline.reference import handed_over
+
+            yield from handed_over(iter(it))
         else:
             for batch in it:  # one epoch: padding trimmed, then StopIteration (and a reset)
                 yield batch[0]["data"], batch[0]["label"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -31,7 +32,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.augment import LIGHTING_STD, Normalization, eval_crops, reference_augment
-from pipeline.errors import DamagedSampleError
+from pipeline.errors import WORKER, DamagedSampleError
 from pipeline.order import rank_shards
 from shards import layout
 from shards.index import Member, read_index
@@ -188,3 +189,22 @@ def reference_loader(
         persistent_workers=persistent and workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def handed_over(batches: Iterator, grace: float = 5.0) -> Iterator:
+    """A DataLoader iterator's batches, with a worker that dies while handing one over said as
+    torch says a dead worker. A batch's tensors come through a socket of the worker's; killed
+    then, the read fails with ConnectionResetError before the worker can be reaped, so torch's
+    own check finds every worker alive and lets the socket's error out as if it were a fault."""
+    try:
+        yield from batches
+    except (ConnectionError, EOFError) as e:
+        workers = getattr(batches, "_workers", ())  # torch's, on a multi-process iterator
+        end = time.monotonic() + grace  # a killed process's exit takes far less
+        while not (dead := [w.pid for w in workers if not w.is_alive()]) and time.monotonic() < end:
+            time.sleep(0.05)
+        if not dead:
+            raise
+        pids = ", ".join(map(str, dead))
+        why = f"{type(e).__name__} while it handed over a batch"
+        raise RuntimeError(f"{WORKER} (pid(s) {pids}) exited unexpectedly ({why})") from None

@@ -232,3 +232,44 @@ def test_the_surviving_host_keeps_its_hash_record_when_its_peer_dies(data, tmp_p
     finally:
         _kill_all(outs, agents)
     assert record.is_file(), sorted(p.name for p in (outs / "rank1").glob("*"))
+
+
+class _Handing:
+    """A DataLoader iterator as torch's is when a batch's socket read fails: its `_workers`."""
+
+    def __init__(self, workers: list):
+        self._workers = workers
+        self.given = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.given += 1
+        if self.given > 2:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return self.given
+
+
+def test_a_worker_killed_while_handing_over_a_batch_is_a_dead_worker_not_a_socket_error():
+    """The race the CI met once: the worker killed while its batch's fds were being fetched."""
+    import multiprocessing
+
+    from pipeline.reference import handed_over
+
+    ctx = multiprocessing.get_context("fork")
+    dying, alive = ctx.Process(target=time.sleep, args=(60,)), ctx.Process(target=time.sleep, args=(60,))
+    dying.start(), alive.start()
+    try:
+        os.kill(dying.pid, signal.SIGKILL)  # not reaped yet: is_alive() reaps it in the wait
+        got = []
+        with pytest.raises(RuntimeError, match=rf"^DataLoader worker \(pid\(s\) {dying.pid}\) exited") as e:
+            got.extend(handed_over(_Handing([alive, dying])))
+        assert got == [1, 2] and "ConnectionResetError while it handed over a batch" in str(e.value)
+        # every worker alive: the socket's error is not a dead worker's, and goes out as it was
+        with pytest.raises(ConnectionResetError):
+            list(handed_over(_Handing([alive]), grace=0.2))
+    finally:
+        for p in (dying, alive):
+            p.kill()
+            p.join()
