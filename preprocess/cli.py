@@ -25,10 +25,16 @@ from preprocess.walk import printable
 
 
 class UserPath(click.Path):
-    """click.Path with `~` expanded: `--out=~/x` and a quoted "~/x" reach us without a shell's help."""
+    """click.Path with `~` expanded: `--out=~/x` and a quoted "~/x" reach us without a shell's help.
+    A file (dir_okay=False) named with a trailing `/` is refused: pathlib drops the slash, so
+    `--out reports/` would otherwise write a file called `reports`."""
 
     def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
-        return super().convert(os.path.expanduser(value) if isinstance(value, str) else value, param, ctx)
+        if isinstance(value, str):
+            if not self.dir_okay and value.endswith(os.sep):
+                self.fail(f"{value}: names a folder (it ends in {os.sep}); give a file name", param, ctx)
+            value = os.path.expanduser(value)
+        return super().convert(value, param, ctx)
 
 
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -205,10 +205,11 @@ def preflight(
         return
     before = _stamps_or_none(data, meta, splits)
     if say:
-        size = sum(v[0] for k, v in (before or {}).items() if k.endswith(".tar"))
+        nbytes = sum(v[0] for k, v in (before or {}).items() if k.endswith(".tar"))
         why = "--verify-data full" if full else "`alexprep verify` has not vouched for these files"
         shards = len(before or {}) // 2  # a tar and its index each
-        say(f"{data}: hashing {shards:,} shards ({size / 1e9:.1f} GB) against their SHA-256 ({why})")
+        size = tqdm.format_sizeof(nbytes, "B", 1000)  # "81.2kB", "140GB": not "0.0 GB" for a small set
+        say(f"{data}: hashing {shards:,} shards ({size}) against their SHA-256 ({why})")
     problems, bad = [], []
     sizes = {name: stamp[0] for name, stamp in (before or {}).items()}  # by path relative to data
     with tqdm(

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from tqdm import tqdm
 
 from shards import layout
 from shards.index import read_index
@@ -476,7 +477,10 @@ def test_preflight_hashes_once_says_so_and_one_process_per_host_does_it(small_sh
     (out / "verified.json").unlink(missing_ok=True)
     said: list[str] = []
     preflight(out, ["train"], say=said.append, progress=True)
-    assert len(said) == 1 and re.search(r"hashing \d+ shards \(\d+\.\d GB\).*alexprep verify", said[0])
+    tars = list((out / "train").glob("*.tar"))
+    size = tqdm.format_sizeof(sum(t.stat().st_size for t in tars), "B", 1000)  # kB here: not "0.0 GB"
+    assert len(said) == 1 and f"hashing {len(tars)} shards ({size}) against" in said[0], said
+    assert "alexprep verify" in said[0] and size.endswith("kB"), said
     bar = [ln for ln in re.split(r"[\r\n]", capsys.readouterr().err) if ln.strip()][-1]  # left on screen
     assert bar.startswith("hashing: 100%") and "B/s]" in bar, bar
     assert json.loads((out / "verified.json").read_text())["files"]

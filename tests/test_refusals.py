@@ -431,6 +431,27 @@ def test_report_out_named_png_is_refused_not_overwritten_by_the_markdown(tmp_pat
     assert (tmp_path / "figs" / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("report", "RUN", "--out", "OUT/"),
+        ("kernels", "RUN", "--out", "OUT/"),
+        ("predict", "RUN", "x.jpg", "--out", "OUT/"),
+        ("neighbors", "RUN", "--query", "x.jpg", "--out", "OUT/"),
+        ("eval", "--data", "RUN", "--checkpoint", "RUN", "--json-out", "OUT/"),
+    ],
+)
+def test_an_output_file_named_with_a_trailing_slash_is_refused_not_written_as_a_file(tmp_path, args):
+    """pathlib drops the slash: `--out reports/` wrote a file called `reports`."""
+    run = tmp_path / "run"
+    run.mkdir()
+    argv = [str(run) if a == "RUN" else f"{tmp_path / 'reports'}/" if a == "OUT/" else a for a in args]
+    proc = alextrain(*argv, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{tmp_path / 'reports'}/: names a folder (it ends in /); give a file name" in proc.stderr
+    assert not (tmp_path / "reports").exists()
+
+
 def test_eval_of_one_model_given_twice_is_refused_not_averaged_as_two(tiny_data, tmp_path):
     """A run folder and its best.pt, best.pt and last.pt (often hard links of one file), or a copy:
     the same weights, which eval would average as two CNNs."""

@@ -28,7 +28,9 @@ from trainer.cli_common import (
 @click.command("kernels")
 @checkpoint_argument
 @click.option(
-    "--out", type=UserPath(path_type=Path), help="Image file [default: fig3.png in the run folder]."
+    "--out",
+    type=UserPath(dir_okay=False, path_type=Path),
+    help="Image file [default: fig3.png in the run folder].",
 )
 @click.option(
     "--scale", type=click.IntRange(1, 32), help="Pixels per weight [default: ~44 px a kernel; 4 for 11x11]."
@@ -66,7 +68,7 @@ def kernels_cmd(checkpoint: Path, out: Path | None, scale: int | None) -> None:
 @data_option(required=False)
 @click.option(
     "--out",
-    type=UserPath(path_type=Path),
+    type=UserPath(dir_okay=False, path_type=Path),
     help="Figure 4 (left) as an image (.png, .pdf, ...) [default: fig4.png in the run folder].",
 )
 @ten_crop_option
@@ -157,7 +159,7 @@ def predict_cmd(
 )
 @click.option(
     "--out",
-    type=UserPath(path_type=Path),
+    type=UserPath(dir_okay=False, path_type=Path),
     help="Figure 4 (right) as an image (.png, .pdf, ...) [default: fig4b.png in the run folder].",
 )
 @device_option
@@ -238,7 +240,9 @@ def neighbors_cmd(
 
 @click.command("report")
 @click.argument("run", type=UserPath(path_type=Path))
-@click.option("--out", type=UserPath(path_type=Path), help="Markdown report [default: RUN/report.md].")
+@click.option(
+    "--out", type=UserPath(dir_okay=False, path_type=Path), help="Markdown report [default: RUN/report.md]."
+)
 def report_cmd(run: Path, out: Path | None) -> None:
     """Curves (loss, top-1/top-5 error, lr per epoch) as PNG, and the run's last epoch, beside the
     paper's Table 2 when its data has the 1,000 ILSVRC-2012 classes (else the report says why not).

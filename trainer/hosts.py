@@ -27,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch.distributed as dist
+from tqdm.std import tqdm
 
 from shards import layout
 from shards.reader import load_dataset
@@ -100,9 +101,10 @@ def wait_for_hosts(hash_bytes: int, say: Callable[[str], None] | None) -> None:
     if store is None:
         return
     if say:
+        size = tqdm.format_sizeof(hash_bytes, "B", 1000)
         say(
             f"shards checked; waiting up to {timeout:.0f} s for all {world} processes "
-            f"({BASE_WAIT_S} s + hashing {hash_bytes / 1e9:.1f} GB at {HASH_BYTES_PER_S / 1e6:.0f} MB/s)"
+            f"({BASE_WAIT_S} s + hashing {size} at {HASH_BYTES_PER_S / 1e6:.0f} MB/s)"
         )
     if store.add("preflight", 1) == world:
         store.set("preflight-all", "1")
