@@ -191,20 +191,33 @@ def reference_loader(
     )
 
 
+PIN_THREAD = "Pin memory thread exited unexpectedly"  # torch's, where the batch is read on a CUDA host
+
+
 def handed_over(batches: Iterator, grace: float = 5.0) -> Iterator:
     """A DataLoader iterator's batches, with a worker that dies while handing one over said as
     torch says a dead worker. A batch's tensors come through a socket of the worker's; killed
     then, the read fails with ConnectionResetError before the worker can be reaped, so torch's
-    own check finds every worker alive and lets the socket's error out as if it were a fault."""
+    own check finds every worker alive and lets the socket's error out as if it were a fault.
+    (With pin_memory, a CUDA host, that read is in torch's pin-memory thread, which dies of it:
+    PIN_THREAD.) Only workers still in service count: one whose share ran out exits cleanly
+    while the others go on, and a worker's own EOFError, re-raised here, is the data's."""
     try:
         yield from batches
-    except (ConnectionError, EOFError) as e:
-        workers = getattr(batches, "_workers", ())  # torch's, on a multi-process iterator
-        end = time.monotonic() + grace  # a killed process's exit takes far less
-        while not (dead := [w.pid for w in workers if not w.is_alive()]) and time.monotonic() < end:
-            time.sleep(0.05)
-        if not dead:
+    except (ConnectionError, EOFError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not str(e).startswith(PIN_THREAD):
             raise
+        workers = getattr(batches, "_workers", ())  # torch's, on a multi-process iterator
+        serving = getattr(batches, "_workers_status", ())
+        end = time.monotonic() + grace  # a killed process's exit takes far less
+        while not (
+            dead := [w.pid for w, on in zip(workers, serving, strict=True) if on and not w.is_alive()]
+        ):
+            if time.monotonic() >= end:
+                raise
+            time.sleep(0.05)
         pids = ", ".join(map(str, dead))
-        why = f"{type(e).__name__} while it handed over a batch"
-        raise RuntimeError(f"{WORKER} (pid(s) {pids}) exited unexpectedly ({why})") from None
+        why = "its pin-memory thread ended" if isinstance(e, RuntimeError) else type(e).__name__
+        raise RuntimeError(
+            f"{WORKER} (pid(s) {pids}) exited unexpectedly ({why} while it handed over a batch)"
+        ) from None

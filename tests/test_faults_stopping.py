@@ -235,10 +235,11 @@ def test_the_surviving_host_keeps_its_hash_record_when_its_peer_dies(data, tmp_p
 
 
 class _Handing:
-    """A DataLoader iterator as torch's is when a batch's socket read fails: its `_workers`."""
+    """A DataLoader iterator as torch's is when a batch's read fails: its `_workers` and which
+    of them are still in service (`_workers_status`); two batches, then `error`."""
 
-    def __init__(self, workers: list):
-        self._workers = workers
+    def __init__(self, workers: list, serving: list[bool], error: BaseException):
+        self._workers, self._workers_status, self.error = workers, serving, error
         self.given = 0
 
     def __iter__(self):
@@ -247,29 +248,42 @@ class _Handing:
     def __next__(self):
         self.given += 1
         if self.given > 2:
-            raise ConnectionResetError(104, "Connection reset by peer")
+            raise self.error
         return self.given
 
 
 def test_a_worker_killed_while_handing_over_a_batch_is_a_dead_worker_not_a_socket_error():
-    """The race the CI met once: the worker killed while its batch's fds were being fetched."""
+    """The race the CI met once: the worker killed while its batch's fds were being fetched (on a
+    CUDA host, pin_memory's thread does that read and dies of it). A worker that exited cleanly
+    when its share ran out is not the one, and a worker's own error is the data's."""
     import multiprocessing
 
-    from pipeline.reference import handed_over
+    from pipeline.reference import PIN_THREAD, handed_over
 
     ctx = multiprocessing.get_context("fork")
-    dying, alive = ctx.Process(target=time.sleep, args=(60,)), ctx.Process(target=time.sleep, args=(60,))
-    dying.start(), alive.start()
+    dying, alive, done = (ctx.Process(target=time.sleep, args=(t,)) for t in (60, 60, 0))
+    for p in (dying, alive, done):
+        p.start()
+    done.join()  # its share ran out: torch marked it out of service
+    reset = ConnectionResetError(104, "Connection reset by peer")
     try:
         os.kill(dying.pid, signal.SIGKILL)  # not reaped yet: is_alive() reaps it in the wait
-        got = []
-        with pytest.raises(RuntimeError, match=rf"^DataLoader worker \(pid\(s\) {dying.pid}\) exited") as e:
-            got.extend(handed_over(_Handing([alive, dying])))
-        assert got == [1, 2] and "ConnectionResetError while it handed over a batch" in str(e.value)
-        # every worker alive: the socket's error is not a dead worker's, and goes out as it was
-        with pytest.raises(ConnectionResetError):
-            list(handed_over(_Handing([alive]), grace=0.2))
+        for error, why in (
+            (reset, "ConnectionResetError"),
+            (RuntimeError(PIN_THREAD), "its pin-memory thread ended"),
+        ):
+            got = []
+            with pytest.raises(
+                RuntimeError, match=rf"^DataLoader worker \(pid\(s\) {dying.pid}\) exited"
+            ) as e:
+                got.extend(handed_over(_Handing([done, alive, dying], [False, True, True], error)))
+            assert got == [1, 2] and f"({why} while it handed over a batch)" in str(e.value)
+        # no worker in service died: the error goes out as it was (the cleanly exited one aside)
+        for error in (reset, EOFError("a worker's own"), RuntimeError("another fault")):
+            with pytest.raises(type(error)) as e:
+                list(handed_over(_Handing([done, alive], [False, True], error), grace=0.2))
+            assert e.value is error
     finally:
-        for p in (dying, alive):
+        for p in (dying, alive, done):
             p.kill()
             p.join()
