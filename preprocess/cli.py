@@ -26,12 +26,17 @@ from preprocess.walk import printable
 
 class UserPath(click.Path):
     """click.Path with `~` expanded: `--out=~/x` and a quoted "~/x" reach us without a shell's help.
-    A file (dir_okay=False) named with a trailing `/` is refused: pathlib drops the slash, so
-    `--out reports/` would otherwise write a file called `reports`."""
+    `output_file`: a name ending in `/` is refused, since pathlib drops the slash and `--out
+    reports/` would write a file called `reports` (a folder that exists is refused later, with
+    the command's other output checks, as `prepare_outputs` does)."""
+
+    def __init__(self, *args, output_file: bool = False, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.output_file = output_file or not self.dir_okay
 
     def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
         if isinstance(value, str):
-            if not self.dir_okay and value.endswith(os.sep):
+            if self.output_file and value.endswith(os.sep):
                 self.fail(f"{value}: names a folder (it ends in {os.sep}); give a file name", param, ctx)
             value = os.path.expanduser(value)
         return super().convert(value, param, ctx)

@@ -29,7 +29,7 @@ from trainer.cli_common import (
 @checkpoint_argument
 @click.option(
     "--out",
-    type=UserPath(dir_okay=False, path_type=Path),
+    type=UserPath(output_file=True, path_type=Path),
     help="Image file [default: fig3.png in the run folder].",
 )
 @click.option(
@@ -68,7 +68,7 @@ def kernels_cmd(checkpoint: Path, out: Path | None, scale: int | None) -> None:
 @data_option(required=False)
 @click.option(
     "--out",
-    type=UserPath(dir_okay=False, path_type=Path),
+    type=UserPath(output_file=True, path_type=Path),
     help="Figure 4 (left) as an image (.png, .pdf, ...) [default: fig4.png in the run folder].",
 )
 @ten_crop_option
@@ -159,7 +159,7 @@ def predict_cmd(
 )
 @click.option(
     "--out",
-    type=UserPath(dir_okay=False, path_type=Path),
+    type=UserPath(output_file=True, path_type=Path),
     help="Figure 4 (right) as an image (.png, .pdf, ...) [default: fig4b.png in the run folder].",
 )
 @device_option
@@ -241,7 +241,7 @@ def neighbors_cmd(
 @click.command("report")
 @click.argument("run", type=UserPath(path_type=Path))
 @click.option(
-    "--out", type=UserPath(dir_okay=False, path_type=Path), help="Markdown report [default: RUN/report.md]."
+    "--out", type=UserPath(output_file=True, path_type=Path), help="Markdown report [default: RUN/report.md]."
 )
 def report_cmd(run: Path, out: Path | None) -> None:
     """Curves (loss, top-1/top-5 error, lr per epoch) as PNG, and the run's last epoch, beside the
