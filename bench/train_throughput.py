@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import absolute, at_least, output, positive  # noqa: E402
+from bench.common import absolute, output, positive  # noqa: E402
 from pipeline.bench import Epochs  # noqa: E402
 from pipeline.loader import TrainLoader  # noqa: E402
 from shards.reader import DatasetError, load_classes, load_dataset  # noqa: E402
@@ -53,15 +53,13 @@ def main() -> None:
     ap.add_argument("--arch", default="cifar", choices=["cifar", "alexnet"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch-size", type=positive, default=128)
-    ap.add_argument("--warm", type=at_least(0), default=3, help="untimed steps first, for every input")
+    ap.add_argument("--warm", type=positive, default=3, help="untimed steps first, for every input")
     ap.add_argument("--steps", type=positive, default=20, help="timed steps, for every input")
     threads = "DALI threads / DataLoader workers"
     ap.add_argument("--threads", type=positive, default=os.cpu_count(), help=threads)
     ap.add_argument("--repeats", type=positive, default=3)
     ap.add_argument("--json", type=output, help="write the figures here (checked before the run)")
     args = ap.parse_args()
-    if args.warm < 1 or args.steps < 1 or args.repeats < 1:
-        ap.error("--warm, --steps and --repeats must be >= 1")
     try:
         meta, classes = load_dataset(args.data), len(load_classes(args.data))
     except (DatasetError, OSError, ValueError) as e:

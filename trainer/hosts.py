@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch.distributed as dist
-from tqdm.std import tqdm
+from tqdm import tqdm
 
 from shards import layout
 from shards.reader import load_dataset
